@@ -1,0 +1,92 @@
+"""t5x-style gin command line: --gin_file, --gin_bindings, --gin.NAME=value, search paths.
+
+Gin's own errors are turned into UserErrors naming the binding, and a `--gin.NAME=...`
+for a macro that no gin file defines (almost always a typo, which gin would otherwise
+accept silently) is rejected with the closest known names.
+"""
+
+import difflib
+import os
+import re
+import sys
+from typing import Sequence
+
+import gin
+from absl import flags
+
+from t5pt.errors import UserError
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GIN_DIR = os.path.join(REPO_ROOT, 'gin')
+
+flags.DEFINE_multi_string('gin_file', [], 'Gin config files, parsed in order.')
+flags.DEFINE_multi_string('gin_bindings', [], "Individual gin bindings, e.g. 'X = 1'.")
+flags.DEFINE_list('gin_search_paths', [], 'Directories searched for gin files and includes.')
+
+_MACRO = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=')
+
+
+def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
+  """Turns t5x's `--gin.NAME=value` shorthand into `--gin_bindings=NAME = value`."""
+  out = []
+  for arg in argv:
+    if arg.startswith('--gin.'):
+      name, sep, value = arg[len('--gin.'):].partition('=')
+      if not sep:
+        raise UserError(f'{arg!r} has no value; write --gin.{name}=VALUE '
+                        "(strings need inner quotes: --gin.MODEL_DIR=\"'/runs/x'\").")
+      out.append(f'--gin_bindings={name} = {value}')
+    else:
+      out.append(arg)
+  return out
+
+
+def defined_macros() -> set[str]:
+  return {scope for scope, selector in gin.config._CONFIG if selector == 'gin.macro'}  # pylint: disable=protected-access
+
+
+def _resolve(path: str, search_paths: Sequence[str]) -> str:
+  for base in ['', *search_paths]:
+    candidate = os.path.join(base, path)
+    if os.path.exists(candidate):
+      return candidate
+  raise UserError(f'--gin_file={path!r} not found (searched the working directory and '
+                  f'{list(search_paths)}).')
+
+
+def parse(gin_files: Sequence[str], bindings: Sequence[str],
+          search_paths: Sequence[str] = ()) -> None:
+  """Parses files then bindings into gin's global config, with user-facing errors."""
+  search_paths = [*search_paths, REPO_ROOT, GIN_DIR]
+  for path in search_paths:
+    gin.add_config_file_search_path(path)
+  if not gin_files:
+    raise UserError('No --gin_file given; try --gin_file=gin/t5_1_1_tiny_prompt.gin.')
+  try:
+    gin.parse_config_files_and_bindings(
+        [_resolve(f, search_paths) for f in gin_files], None, finalize_config=False)
+  except (ValueError, IOError, SyntaxError) as e:
+    raise UserError(f'Invalid gin config: {e}') from e
+  known = defined_macros()
+  for binding in bindings:
+    match = _MACRO.match(binding)
+    if match and match.group(1) not in known:
+      name = match.group(1)
+      close = difflib.get_close_matches(name, sorted(known), n=3)
+      hint = f' Did you mean {close}?' if close else ''
+      raise UserError(f'Binding {binding!r} sets macro {name}, which no gin file '
+                      f'defines, so it would have no effect.{hint}')
+    try:
+      gin.parse_config(binding)
+    except (ValueError, SyntaxError) as e:
+      raise UserError(f'Invalid gin binding {binding!r}: {e}') from e
+
+
+def run(main_fn, argv: Sequence[str]) -> None:
+  """Parses the gin flags in `argv` (after absl), calls main_fn(); exits 2 on UserError."""
+  try:
+    parse(flags.FLAGS.gin_file, flags.FLAGS.gin_bindings, flags.FLAGS.gin_search_paths)
+    main_fn()
+  except UserError as e:
+    print(f'\nt5pt: error: {e}', file=sys.stderr)
+    sys.exit(2)

@@ -1,0 +1,408 @@
+"""T5 1.1 / Flan-T5 (and T5 1.0) encoder-decoder in flax.linen, with a soft prompt.
+
+Parameter names, shapes and logical axis names follow t5x's `examples/t5`, so T5X
+checkpoints map onto this tree one to one:
+
+    token_embedder/embedding                                  [vocab, embed]
+    encoder/prompt/prompt                                     [prompt, embed]   (prompt_length > 0)
+    encoder/relpos_bias/rel_embedding                         [heads, relpos_buckets]
+    encoder/layers_N/pre_attention_layer_norm/scale           [embed]
+    encoder/layers_N/attention/{query,key,value}/kernel       [embed, joined_kv]
+    encoder/layers_N/attention/out/kernel                     [joined_kv, embed]
+    encoder/layers_N/pre_mlp_layer_norm/scale                 [embed]
+    encoder/layers_N/mlp/{wi_0,wi_1}/kernel  (or mlp/wi)      [embed, mlp]
+    encoder/layers_N/mlp/wo/kernel                            [mlp, embed]
+    encoder/encoder_norm/scale                                [embed]
+    decoder/relpos_bias/rel_embedding, decoder/decoder_norm/scale
+    decoder/layers_N/{pre_self_attention_layer_norm, self_attention,
+                      pre_cross_attention_layer_norm, encoder_decoder_attention,
+                      pre_mlp_layer_norm, mlp}/...
+    decoder/logits_dense/kernel                               [embed, vocab]   (untied only)
+
+Parameters are stored in float32 (or whatever dtype the caller casts them to); activations
+run in `T5Config.dtype`, with layer norms and softmax computed in float32.
+"""
+
+import dataclasses
+import functools
+from typing import Optional, Sequence
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from t5pt import prompts
+
+Array = jax.Array
+NEG_INF = -1e10
+
+
+@gin.configurable(module='network')
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+  """Sizes and options of a T5 network; the one place model shapes are defined."""
+  vocab_size: int = 32128
+  dtype: str = 'float32'
+  emb_dim: int = 512
+  num_heads: int = 6
+  num_encoder_layers: int = 8
+  num_decoder_layers: int = 8
+  head_dim: int = 64
+  mlp_dim: int = 1024
+  mlp_activations: Sequence[str] = ('gelu', 'linear')
+  dropout_rate: float = 0.0
+  logits_via_embedding: bool = False
+  relative_attention_num_buckets: int = 32
+  relative_attention_max_distance: int = 128
+  prompt_length: int = 0
+
+  @property
+  def activation_dtype(self):
+    return jnp.dtype(self.dtype)
+
+
+def _param(module, name, init, shape, axes):
+  """Declares a float32 parameter annotated with its logical axis names."""
+  return module.param(name, nn.with_logical_partitioning(init, axes), shape,
+                      jnp.float32)
+
+
+class Dense(nn.Module):
+  """A bias-free dense layer over the last axis: [..., in] -> [..., features]."""
+  features: int
+  kernel_axes: tuple[str, str]
+  kernel_init: nn.initializers.Initializer
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = _param(self, 'kernel', self.kernel_init,
+                    (x.shape[-1], self.features), self.kernel_axes)
+    return jnp.dot(x.astype(self.dtype), jnp.asarray(kernel, self.dtype))
+
+
+class Embed(nn.Module):
+  """Token embedding table; `attend` gives logits when embeddings are tied."""
+  num_embeddings: int
+  features: int
+  dtype: jnp.dtype = jnp.float32
+
+  def setup(self):
+    self.embedding = _param(self, 'embedding', nn.initializers.normal(1.0),
+                            (self.num_embeddings, self.features), ('vocab', 'embed'))
+
+  def __call__(self, tokens: Array) -> Array:
+    """[batch, length] int -> [batch, length, embed]."""
+    return jnp.take(jnp.asarray(self.embedding, self.dtype), tokens, axis=0)
+
+  def attend(self, query: Array) -> Array:
+    """[batch, length, embed] -> [batch, length, vocab]."""
+    return jnp.dot(query, jnp.asarray(self.embedding, self.dtype).T)
+
+
+class RMSNorm(nn.Module):
+  """T5 layer norm: no mean subtraction, no bias; computed in float32."""
+  dtype: jnp.dtype = jnp.float32
+  epsilon: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    x = x.astype(jnp.float32)
+    scale = _param(self, 'scale', nn.initializers.ones, (x.shape[-1],), ('embed',))
+    y = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.epsilon)
+    return (y * jnp.asarray(scale, jnp.float32)).astype(self.dtype)
+
+
+def relative_position_bucket(relative_position: Array, bidirectional: bool,
+                             num_buckets: int, max_distance: int) -> Array:
+  """T5's bucketing of (key - query) distances: exact when close, log-spaced when far."""
+  ret = 0
+  n = -relative_position
+  if bidirectional:
+    num_buckets //= 2
+    ret += (n < 0).astype(np.int32) * num_buckets
+    n = np.abs(n)
+  else:
+    n = np.maximum(n, 0)
+  max_exact = num_buckets // 2
+  is_small = n < max_exact
+  val_if_large = max_exact + (
+      np.log(n.astype(np.float32) / max_exact + np.finfo(np.float32).eps) /
+      np.log(max_distance / max_exact) * (num_buckets - max_exact)).astype(np.int32)
+  val_if_large = np.minimum(val_if_large, num_buckets - 1)
+  return ret + np.where(is_small, n, val_if_large)
+
+
+class RelativePositionBiases(nn.Module):
+  """Learned per-head attention bias from bucketed relative positions."""
+  num_buckets: int
+  max_distance: int
+  num_heads: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, qlen: int, klen: int, bidirectional: bool) -> Array:
+    """Returns the bias [1, heads, qlen, klen]."""
+    context = np.arange(qlen, dtype=np.int32)[:, None]
+    memory = np.arange(klen, dtype=np.int32)[None, :]
+    buckets = relative_position_bucket(memory - context, bidirectional,
+                                       self.num_buckets, self.max_distance)
+    table = _param(self, 'rel_embedding',
+                   nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform'),
+                   (self.num_heads, self.num_buckets), ('heads', 'relpos_buckets'))
+    bias = jnp.take(jnp.asarray(table, self.dtype), buckets, axis=1)
+    return bias[None]
+
+
+class MultiHeadAttention(nn.Module):
+  """Multi-head dot-product attention without 1/sqrt(d) (T5 folds it into the init)."""
+  num_heads: int
+  head_dim: int
+  dropout_rate: float
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Optional[Array],
+               bias: Optional[Array], deterministic: bool) -> Array:
+    """inputs_q [batch, q_len, embed], inputs_kv [batch, kv_len, embed],
+    mask [batch, 1, q_len, kv_len] (1 = may attend), bias [1|batch, heads, q_len, kv_len]
+    -> [batch, q_len, embed]."""
+    joined = self.num_heads * self.head_dim
+    init = nn.initializers.variance_scaling(1.0, 'fan_in', 'normal')
+    depth_scaling = np.sqrt(self.head_dim).astype(np.float32)
+    query_init = lambda *a: init(*a) / depth_scaling
+    dense = functools.partial(Dense, features=joined, kernel_axes=('embed', 'joined_kv'),
+                              dtype=self.dtype)
+    split = lambda x: x.reshape(x.shape[:2] + (self.num_heads, self.head_dim))
+    query = split(dense(kernel_init=query_init, name='query')(inputs_q))
+    key = split(dense(kernel_init=init, name='key')(inputs_kv))
+    value = split(dense(kernel_init=init, name='value')(inputs_kv))
+
+    logits = jnp.einsum('bqhd,bkhd->bhqk', query, key).astype(jnp.float32)
+    if bias is not None:
+      logits = logits + bias.astype(jnp.float32)
+    if mask is not None:
+      logits = jnp.where(mask > 0, logits, NEG_INF)
+    weights = jax.nn.softmax(logits).astype(self.dtype)
+    if not deterministic and self.dropout_rate > 0:
+      # Broadcast over queries, as t5x does.
+      keep = jax.random.bernoulli(self.make_rng('dropout'), 1.0 - self.dropout_rate,
+                                  weights.shape[:2] + (1,) + weights.shape[3:])
+      weights = weights * keep.astype(self.dtype) / (1.0 - self.dropout_rate)
+    out = jnp.einsum('bhqk,bkhd->bqhd', weights, value)
+    out = out.reshape(out.shape[:2] + (joined,))
+    return Dense(inputs_q.shape[-1], ('joined_kv', 'embed'), init, self.dtype,
+                 name='out')(out)
+
+
+class MlpBlock(nn.Module):
+  """Gated (T5 1.1: gelu * linear) or plain (T5 1.0: relu) feed-forward block."""
+  mlp_dim: int
+  activations: Sequence[str]
+  dropout_rate: float
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, deterministic: bool) -> Array:
+    """[batch, length, embed] -> [batch, length, embed]."""
+    init = nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')
+    hidden = None
+    for i, act in enumerate(self.activations):
+      name = f'wi_{i}' if len(self.activations) > 1 else 'wi'
+      h = Dense(self.mlp_dim, ('embed', 'mlp'), init, self.dtype, name=name)(x)
+      h = h if act == 'linear' else getattr(nn, act)(h)
+      hidden = h if hidden is None else hidden * h
+    hidden = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
+        hidden, deterministic=deterministic)
+    return Dense(x.shape[-1], ('mlp', 'embed'), init, self.dtype, name='wo')(hidden)
+
+
+class EncoderLayer(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Array, bias: Array, deterministic: bool) -> Array:
+    cfg = self.config
+    dtype = cfg.activation_dtype
+    dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
+    y = RMSNorm(dtype, name='pre_attention_layer_norm')(x)
+    y = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype,
+                           name='attention')(y, y, mask, bias, deterministic)
+    x = x + dropout(y, deterministic=deterministic)
+    y = RMSNorm(dtype, name='pre_mlp_layer_norm')(x)
+    y = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype,
+                 name='mlp')(y, deterministic)
+    return x + dropout(y, deterministic=deterministic)
+
+
+class DecoderLayer(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x: Array, encoded: Array, self_mask: Array, cross_mask: Array,
+               bias: Array, deterministic: bool) -> Array:
+    cfg = self.config
+    dtype = cfg.activation_dtype
+    dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
+    attention = functools.partial(MultiHeadAttention, cfg.num_heads, cfg.head_dim,
+                                  cfg.dropout_rate, dtype)
+    y = RMSNorm(dtype, name='pre_self_attention_layer_norm')(x)
+    y = attention(name='self_attention')(y, y, self_mask, bias, deterministic)
+    x = x + dropout(y, deterministic=deterministic)
+    y = RMSNorm(dtype, name='pre_cross_attention_layer_norm')(x)
+    y = attention(name='encoder_decoder_attention')(y, encoded, cross_mask, None,
+                                                    deterministic)
+    x = x + dropout(y, deterministic=deterministic)
+    y = RMSNorm(dtype, name='pre_mlp_layer_norm')(x)
+    y = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype,
+                 name='mlp')(y, deterministic)
+    return x + dropout(y, deterministic=deterministic)
+
+
+def _relpos(cfg: T5Config, name: str) -> RelativePositionBiases:
+  return RelativePositionBiases(cfg.relative_attention_num_buckets,
+                                cfg.relative_attention_max_distance, cfg.num_heads,
+                                cfg.activation_dtype, name=name)
+
+
+def encoder_key_mask(encoder_input_tokens: Array, prompt_length: int) -> Array:
+  """Which encoder positions are real (prompt or non-padding token): [batch, P + length]."""
+  batch = encoder_input_tokens.shape[0]
+  return jnp.concatenate([jnp.ones((batch, prompt_length), bool),
+                          encoder_input_tokens > 0], axis=1)
+
+
+def _segments_with_prompt(segment_ids: Array, prompt_length: int) -> Array:
+  """Prompt positions get segment 0 (shared by every packed example): [batch, P + length]."""
+  batch = segment_ids.shape[0]
+  return jnp.concatenate([jnp.zeros((batch, prompt_length), segment_ids.dtype),
+                          segment_ids], axis=1)
+
+
+def attention_mask(query_valid: Array, key_valid: Array,
+                   query_segments: Optional[Array] = None,
+                   key_segments: Optional[Array] = None,
+                   key_is_prompt: Optional[Array] = None,
+                   causal: bool = False) -> Array:
+  """Builds a [batch, 1, q_len, kv_len] 0/1 mask.
+
+  Packed batches (segment ids given) attend within their own segment; keys flagged by
+  `key_is_prompt` [kv_len] are visible to every segment.
+  """
+  mask = query_valid[:, :, None] & key_valid[:, None, :]
+  if query_segments is not None:
+    same = query_segments[:, :, None] == key_segments[:, None, :]
+    if key_is_prompt is not None:
+      same = same | key_is_prompt[None, None, :]
+    mask = mask & same
+  if causal:
+    q_len, k_len = mask.shape[1:]
+    mask = mask & jnp.tril(jnp.ones((q_len, k_len), bool))[None]
+  return mask[:, None].astype(jnp.float32)
+
+
+class Encoder(nn.Module):
+  config: T5Config
+  shared_embedding: nn.Module
+
+  @nn.compact
+  def __call__(self, encoder_input_tokens: Array, encoder_segment_ids: Optional[Array],
+               deterministic: bool) -> Array:
+    """[batch, length] tokens -> [batch, prompt_length + length, embed]."""
+    cfg = self.config
+    dtype = cfg.activation_dtype
+    p = cfg.prompt_length
+    x = self.shared_embedding(encoder_input_tokens.astype(jnp.int32))
+    if p:
+      x = prompts.Prompt(p, cfg.emb_dim, name='prompt')(x)
+    x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+    valid = encoder_key_mask(encoder_input_tokens, p)
+    segments = (None if encoder_segment_ids is None
+                else _segments_with_prompt(encoder_segment_ids, p))
+    is_prompt = jnp.arange(x.shape[1]) < p
+    mask = attention_mask(valid, valid, segments, segments, is_prompt)
+    bias = _relpos(cfg, 'relpos_bias')(x.shape[1], x.shape[1], bidirectional=True)
+    x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
+    for i in range(cfg.num_encoder_layers):
+      x = EncoderLayer(cfg, name=f'layers_{i}')(x, mask, bias, deterministic)
+    x = RMSNorm(dtype, name='encoder_norm')(x)
+    return nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
+
+
+class Decoder(nn.Module):
+  config: T5Config
+  shared_embedding: nn.Module
+
+  @nn.compact
+  def __call__(self, encoded: Array, encoder_input_tokens: Array,
+               decoder_input_tokens: Array, decoder_target_tokens: Array,
+               encoder_segment_ids: Optional[Array], decoder_segment_ids: Optional[Array],
+               deterministic: bool) -> Array:
+    """encoded [batch, P + in_len, embed] -> logits [batch, tgt_len, vocab] (float32)."""
+    cfg = self.config
+    dtype = cfg.activation_dtype
+    p = cfg.prompt_length
+    dec_valid = decoder_target_tokens > 0
+    self_mask = attention_mask(dec_valid, dec_valid, decoder_segment_ids,
+                               decoder_segment_ids, causal=True)
+    enc_segments = (None if encoder_segment_ids is None
+                    else _segments_with_prompt(encoder_segment_ids, p))
+    cross_mask = attention_mask(dec_valid, encoder_key_mask(encoder_input_tokens, p),
+                                decoder_segment_ids, enc_segments,
+                                jnp.arange(encoded.shape[1]) < p)
+    length = decoder_input_tokens.shape[1]
+    bias = _relpos(cfg, 'relpos_bias')(length, length, bidirectional=False)
+    y = self.shared_embedding(decoder_input_tokens.astype(jnp.int32))
+    y = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic)
+    for i in range(cfg.num_decoder_layers):
+      y = DecoderLayer(cfg, name=f'layers_{i}')(y, encoded, self_mask, cross_mask, bias,
+                                               deterministic)
+    y = RMSNorm(dtype, name='decoder_norm')(y)
+    y = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic)
+    if cfg.logits_via_embedding:
+      logits = self.shared_embedding.attend(y) / np.sqrt(y.shape[-1])
+    else:
+      logits = Dense(cfg.vocab_size, ('embed', 'vocab'),
+                     nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal'),
+                     dtype, name='logits_dense')(y)
+    return logits.astype(jnp.float32)
+
+
+class Transformer(nn.Module):
+  """The full encoder-decoder; call signature as t5x's `network.Transformer`."""
+  config: T5Config
+
+  def setup(self):
+    cfg = self.config
+    self.token_embedder = Embed(cfg.vocab_size, cfg.emb_dim, cfg.activation_dtype)
+    self.encoder = Encoder(cfg, self.token_embedder)
+    self.decoder = Decoder(cfg, self.token_embedder)
+
+  def encode(self, encoder_input_tokens, encoder_segment_ids=None, enable_dropout=True):
+    return self.encoder(encoder_input_tokens, encoder_segment_ids, not enable_dropout)
+
+  def decode(self, encoded, encoder_input_tokens, decoder_input_tokens,
+             decoder_target_tokens, encoder_segment_ids=None, decoder_segment_ids=None,
+             enable_dropout=True):
+    return self.decoder(encoded, encoder_input_tokens, decoder_input_tokens,
+                        decoder_target_tokens, encoder_segment_ids, decoder_segment_ids,
+                        not enable_dropout)
+
+  def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
+               decoder_target_tokens: Array, encoder_segment_ids: Optional[Array] = None,
+               decoder_segment_ids: Optional[Array] = None,
+               encoder_positions: Optional[Array] = None,
+               decoder_positions: Optional[Array] = None,
+               enable_dropout: bool = True) -> Array:
+    """Teacher-forced logits [batch, tgt_len, vocab] for token ids [batch, len].
+
+    Positions are accepted for t5x compatibility; T5's relative attention only needs
+    differences, which packing leaves unchanged inside a segment.
+    """
+    del encoder_positions, decoder_positions
+    encoded = self.encode(encoder_input_tokens, encoder_segment_ids, enable_dropout)
+    return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
+                       decoder_target_tokens, encoder_segment_ids, decoder_segment_ids,
+                       enable_dropout)

@@ -1,0 +1,30 @@
+r"""Train a T5 prompt (or any TRAINABLE subset), t5x-style.
+
+  python -m t5pt.train --gin_file=gin/t5_1_1_tiny_prompt.gin \
+      --gin.MODEL_DIR="'/tmp/run'" --gin.TRAIN_STEPS=200
+"""
+
+import sys
+
+from absl import app
+
+from t5pt import gin_utils
+from t5pt import trainer
+from t5pt.errors import UserError
+
+
+def main(argv):
+  del argv
+  gin_utils.run(trainer.train, [])
+
+
+def console_main():
+  try:
+    argv = gin_utils.rewrite_gin_args(sys.argv)
+  except UserError as e:
+    sys.exit(f't5pt: error: {e}')
+  app.run(main, argv=argv)
+
+
+if __name__ == '__main__':
+  console_main()

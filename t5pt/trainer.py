@@ -1,0 +1,275 @@
+"""The training loop: read top to bottom, like Flax's wmt/lm1b examples.
+
+    validate config ─► load frozen base ─► (resume | initialise trainable) ─► loop:
+        jit(train_step) on a sharded batch, metrics every log_period,
+        teacher-forced eval every eval_period, orbax checkpoint every checkpoint_period.
+
+Everything that can fail because of user input is checked before MODEL_DIR is touched.
+"""
+
+import json
+import os
+import time
+from typing import Callable, Mapping, Optional, Sequence
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tensorflow as tf
+import tqdm
+from absl import logging
+
+from t5pt import checkpoints
+from t5pt import data
+from t5pt import models
+from t5pt import network
+from t5pt import optimizers
+from t5pt import partitioning
+from t5pt import prompts
+from t5pt.errors import UserError
+
+PROMPT_PATH = 'encoder/prompt/prompt'
+EMBEDDING_PATH = 'token_embedder/embedding'
+
+
+class MetricsLog:
+  """Appends metrics to MODEL_DIR/metrics.jsonl and TensorBoard event files."""
+
+  def __init__(self, model_dir: str):
+    self._path = os.path.join(model_dir, 'metrics.jsonl')
+    self._writers = {}
+    self._model_dir = model_dir
+
+  def write(self, split: str, step: int, values: Mapping[str, float]) -> None:
+    if jax.process_index() != 0:
+      return
+    with open(self._path, 'a') as f:
+      f.write(json.dumps({'split': split, 'step': step, **values}) + '\n')
+    if split not in self._writers:
+      self._writers[split] = tf.summary.create_file_writer(
+          os.path.join(self._model_dir, split))
+    with self._writers[split].as_default():
+      for name, value in values.items():
+        tf.summary.scalar(name, value, step=step)
+    self._writers[split].flush()
+
+
+def _abstract(shape_dtype, sharding, dtype=None):
+  return jax.ShapeDtypeStruct(shape_dtype.shape, dtype or shape_dtype.dtype,
+                              sharding=sharding)
+
+
+def _check_batch_size(batch_size: int, mesh) -> int:
+  """Returns the per-host batch size after checking the global one divides evenly."""
+  data_size = mesh.shape['data']
+  if batch_size % data_size or batch_size % jax.process_count():
+    raise UserError(f'BATCH_SIZE={batch_size} must be divisible by the data-parallel mesh '
+                    f'size ({data_size}) and the number of hosts ({jax.process_count()}).')
+  return batch_size // jax.process_count()
+
+
+@gin.configurable(module='trainer')
+def train(*,
+          model_dir: str = gin.REQUIRED,
+          mixture_or_task_name: str = gin.REQUIRED,
+          task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+          train_steps: int = gin.REQUIRED,
+          batch_size: int = gin.REQUIRED,
+          network_config: network.T5Config = network.T5Config(),
+          mixture_or_task_module: Optional[str] = None,
+          initial_checkpoint_path: Optional[str] = None,
+          use_cached_tasks: bool = False,
+          pack: bool = False,
+          trainable: Sequence[str] = (PROMPT_PATH,),
+          prompt_init: Callable[..., np.ndarray] = prompts.sampled_vocab,
+          optimizer: Optional[optimizers.Optimizer] = None,
+          loss: models.LossConfig = models.LossConfig(),
+          partition: partitioning.PartitionConfig = partitioning.PartitionConfig(),
+          frozen_dtype: str = 'float32',
+          seed: int = 0,
+          train_split: str = 'train',
+          eval_split: Optional[str] = 'validation',
+          eval_period: int = 1000,
+          eval_at_start: bool = True,
+          checkpoint_period: int = 1000,
+          keep_checkpoints: Optional[int] = 3,
+          log_period: int = 50,
+          progress_bar: bool = True) -> dict:
+  """Trains the TRAINABLE parameters of a T5 on a seqio task; returns a summary dict.
+
+  Frozen parameters come from `initial_checkpoint_path` (random when None, which is how
+  a base model is trained from scratch with trainable=['.*']) and are never saved.
+  """
+  optimizer = optimizer or optimizers.adafactor()
+  # ---- Validate everything a user can get wrong before writing anything. ----
+  data.import_task_modules(mixture_or_task_module)
+  prompt_length = network_config.prompt_length
+  data.converter_lengths(task_feature_lengths, prompt_length)
+  vocabulary = data.vocabulary(mixture_or_task_name)
+  mesh = partition.make_mesh()
+  host_batch_size = _check_batch_size(batch_size, mesh)
+  train_ds = data.get_dataset(
+      mixture_or_task_name, task_feature_lengths, train_split, prompt_length=prompt_length,
+      shuffle=True, seed=seed, repeat=True, pack=pack, use_cached=use_cached_tasks,
+      shard_index=jax.process_index(), num_shards=jax.process_count())
+  eval_ds = None
+  if eval_split:
+    eval_ds = data.get_dataset(
+        mixture_or_task_name, task_feature_lengths, eval_split, prompt_length=prompt_length,
+        shuffle=False, repeat=False, pack=False, use_cached=use_cached_tasks,
+        shard_index=jax.process_index(), num_shards=jax.process_count())
+
+  model = models.EncoderDecoderModel(network_config, loss)
+  input_length = task_feature_lengths['inputs'] - prompt_length
+  init_fn = lambda rng: model.init(rng, input_length, task_feature_lengths['targets'])
+  boxed = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
+  shardings = partitioning.param_shardings(boxed, mesh, partition.logical_axis_rules)
+  shapes = partitioning.flatten(nn.unbox(boxed))
+  trainable_paths, frozen_paths = partitioning.split_trainable(list(shapes), trainable)
+  frozen_targets = {k: _abstract(shapes[k], shardings[k], jnp.dtype(frozen_dtype))
+                    for k in frozen_paths}
+
+  init_rng, prompt_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed), 3)
+  if initial_checkpoint_path:
+    frozen = checkpoints.load_frozen_params(initial_checkpoint_path, frozen_targets)
+  else:
+    if frozen_paths:
+      logging.warning('No INITIAL_CHECKPOINT_PATH: the frozen parameters are random.')
+    frozen = _initialise(init_fn, init_rng, frozen_paths, shardings, frozen_dtype)
+
+  # ---- Nothing above wrote to disk; from here on the run directory exists. ----
+  tf.io.gfile.makedirs(model_dir)
+  _write_text_atomically(os.path.join(model_dir, 'config.gin'), gin.config_str())
+  checkpointer = checkpoints.RunCheckpointer(model_dir, keep_checkpoints)
+  log = MetricsLog(model_dir)
+  tx = optimizer.transform
+
+  trainable_shardings = partitioning.unflatten({k: shardings[k] for k in trainable_paths})
+  start_step = checkpointer.latest_step() or 0
+  if start_step:
+    abstract_params = jax.tree.map(
+        lambda s, sh: _abstract(s, sh),
+        partitioning.unflatten({k: shapes[k] for k in trainable_paths}), trainable_shardings)
+    init_opt = jax.jit(tx.init).lower(abstract_params).compile()
+    abstract_opt = jax.tree.map(_abstract, jax.eval_shape(tx.init, abstract_params),
+                                init_opt.output_shardings)
+    params, opt_state, meta = checkpointer.restore(start_step, abstract_params, abstract_opt)
+    if sorted(meta['trainable']) != sorted(trainable_paths):
+      raise UserError(f'{model_dir} was trained with trainable parameters '
+                      f'{meta["trainable"]} but TRAINABLE now selects {trainable_paths}; '
+                      'use a new MODEL_DIR or restore the old TRAINABLE.')
+    logging.info('Resumed from step %d in %s', start_step, model_dir)
+  else:
+    flat = _initialise(init_fn, init_rng, trainable_paths, shardings, 'float32')
+    if PROMPT_PATH in flat:
+      embedding = frozen.get(EMBEDDING_PATH, flat.get(EMBEDDING_PATH))
+      value = prompt_init(prompt_rng, shapes[PROMPT_PATH].shape,
+                          embedding=np.asarray(embedding, np.float32), vocabulary=vocabulary)
+      flat[PROMPT_PATH] = jax.device_put(jnp.asarray(value, jnp.float32),
+                                         shardings[PROMPT_PATH])
+    params = partitioning.unflatten(flat)
+    opt_state = jax.jit(tx.init)(params)
+  frozen_tree = partitioning.unflatten(frozen)
+
+  def train_step(params, opt_state, frozen_tree, batch, step):
+    def loss_fn(p):
+      merged = partitioning.unflatten({**partitioning.flatten(frozen_tree),
+                                       **partitioning.flatten(p)})
+      return model.loss_and_metrics(merged, batch, jax.random.fold_in(dropout_rng, step))
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, metrics
+
+  def eval_step(params, frozen_tree, batch):
+    merged = partitioning.unflatten({**partitioning.flatten(frozen_tree),
+                                     **partitioning.flatten(params)})
+    return model.loss_and_metrics(merged, batch)[1]
+
+  batch_sharding = partitioning.batch_sharding(mesh)
+  to_device = lambda b: {k: jax.make_array_from_process_local_data(batch_sharding, v)
+                         for k, v in b.items()}
+  p_train_step = jax.jit(train_step, donate_argnums=(0, 1))
+  p_eval_step = jax.jit(eval_step)
+
+  def evaluate(step: int) -> Optional[dict]:
+    if eval_ds is None:
+      return None
+    sums = None
+    for batch in data.iterate_batches(eval_ds, host_batch_size, drop_remainder=False):
+      m = p_eval_step(params, frozen_tree, to_device(batch))
+      sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
+    result = models.summarize(jax.device_get(sums))
+    log.write('eval', step, result)
+    logging.info('eval step %d: %s', step, result)
+    return result
+
+  summary = {'model_dir': model_dir, 'start_step': start_step,
+             'trainable_parameters': int(sum(np.prod(shapes[k].shape)
+                                             for k in trainable_paths))}
+  if eval_at_start and not start_step:
+    summary['eval_at_start'] = evaluate(0)
+
+  batches = data.iterate_batches(train_ds, host_batch_size, drop_remainder=True,
+                                 skip_batches=start_step)
+  bar = tqdm.tqdm(total=train_steps, initial=start_step, unit='step', desc='train',
+                  disable=not progress_bar or jax.process_index() != 0, mininterval=1.0,
+                  dynamic_ncols=True)
+  sums, tokens, tick, last_logged = None, 0, None, start_step
+  for step in range(start_step, train_steps):
+    batch = next(batches)
+    tokens += int((batch['encoder_input_tokens'] > 0).sum() +
+                  (batch['decoder_target_tokens'] > 0).sum()) * jax.process_count()
+    params, opt_state, metrics = p_train_step(params, opt_state, frozen_tree,
+                                              to_device(batch), step)
+    sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+    if tick is None:  # Time from the end of the first (compiling) step.
+      jax.block_until_ready(metrics)
+      tick, tokens, sums, last_logged = time.perf_counter(), 0, None, step + 1
+    done = step + 1
+    bar.update(1)
+    if sums is not None and (done % log_period == 0 or done == train_steps):
+      values = models.summarize(jax.device_get(sums))
+      elapsed = time.perf_counter() - tick
+      values.update(learning_rate=float(optimizer.learning_rate(step)),
+                    steps_per_second=(done - last_logged) / elapsed,
+                    tokens_per_second=tokens / elapsed)
+      log.write('train', done, values)
+      bar.set_postfix(loss=f"{values['loss']:.3f}",
+                      acc=f"{values['token_accuracy']:.3f}",
+                      tok_s=f"{values['tokens_per_second']:.0f}")
+      summary['train'] = values
+      sums, tokens, tick, last_logged = None, 0, time.perf_counter(), done
+    if done % checkpoint_period == 0 or done == train_steps:
+      checkpointer.save(done, params, opt_state,
+                        {'step': done, 'batches_consumed': done, 'seed': seed,
+                         'trainable': trainable_paths})
+    if eval_ds is not None and (done % eval_period == 0 or done == train_steps):
+      summary['eval'] = evaluate(done)
+  bar.close()
+  checkpointer.wait_until_finished()
+  checkpointer.close()
+  if 'eval' not in summary and eval_ds is not None:
+    summary['eval'] = evaluate(train_steps)
+  summary['params'] = jax.device_get(params)
+  summary['step'] = train_steps
+  return summary
+
+
+def _initialise(init_fn, rng, paths: Sequence[str], shardings, dtype) -> dict:
+  """Randomly initialises only `paths` (XLA prunes the rest of the init computation)."""
+  if not paths:
+    return {}
+  def select(rng):
+    flat = partitioning.flatten(nn.unbox(init_fn(rng)))
+    return {k: flat[k].astype(dtype) for k in paths}
+  return jax.jit(select, out_shardings={k: shardings[k] for k in paths})(rng)
+
+
+def _write_text_atomically(path: str, text: str) -> None:
+  tmp = path + '.tmp'
+  with tf.io.gfile.GFile(tmp, 'w') as f:
+    f.write(text)
+  tf.io.gfile.rename(tmp, path, overwrite=True)

@@ -1,0 +1,1 @@
+"""SeqIO task registries for t5pt."""
