@@ -6,6 +6,7 @@ accept silently) is rejected with the closest known names.
 """
 
 import difflib
+import logging as logging_std
 import os
 import re
 import sys
@@ -13,6 +14,7 @@ from typing import Sequence
 
 import gin
 from absl import flags
+from absl import logging
 
 from t5pt.errors import UserError
 
@@ -33,12 +35,22 @@ def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
     if arg.startswith('--gin.'):
       name, sep, value = arg[len('--gin.'):].partition('=')
       if not sep:
-        raise UserError(f'{arg!r} has no value; write --gin.{name}=VALUE '
-                        "(strings need inner quotes: --gin.MODEL_DIR=\"'/runs/x'\").")
+        _exit_with(UserError(f'{arg!r} has no value; write --gin.{name}=VALUE (strings '
+                             "need inner quotes: --gin.MODEL_DIR=\"'/runs/x'\")."))
       out.append(f'--gin_bindings={name} = {value}')
     else:
       out.append(arg)
   return out
+
+
+class _QuietSearchMisses(logging_std.Filter):
+  """Gin logs an ERROR for every search path an include is *not* in; drop those."""
+
+  def filter(self, record):
+    return not str(record.msg).startswith('Path not found')
+
+
+logging_std.getLogger().addFilter(_QuietSearchMisses())
 
 
 def defined_macros() -> set[str]:
@@ -82,11 +94,19 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str],
       raise UserError(f'Invalid gin binding {binding!r}: {e}') from e
 
 
-def run(main_fn, argv: Sequence[str]) -> None:
-  """Parses the gin flags in `argv` (after absl), calls main_fn(); exits 2 on UserError."""
+def run(main_fn, parse_gin_flags: bool = True) -> None:
+  """Parses the gin flags absl has read (unless told not to), calls main_fn(), and exits
+  with status 2 and a one-paragraph message on a UserError."""
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # Keep the progress bar readable.
   try:
-    parse(flags.FLAGS.gin_file, flags.FLAGS.gin_bindings, flags.FLAGS.gin_search_paths)
+    if parse_gin_flags:
+      parse(flags.FLAGS.gin_file, flags.FLAGS.gin_bindings, flags.FLAGS.gin_search_paths)
     main_fn()
   except UserError as e:
-    print(f'\nt5pt: error: {e}', file=sys.stderr)
-    sys.exit(2)
+    _exit_with(e)
+
+
+def _exit_with(error: UserError) -> None:
+  print(f'\nt5pt: error: {error}', file=sys.stderr)
+  sys.exit(2)

@@ -10,20 +10,15 @@ from absl import app
 
 from t5pt import gin_utils
 from t5pt import trainer
-from t5pt.errors import UserError
 
 
 def main(argv):
   del argv
-  gin_utils.run(trainer.train, [])
+  gin_utils.run(trainer.train)
 
 
 def console_main():
-  try:
-    argv = gin_utils.rewrite_gin_args(sys.argv)
-  except UserError as e:
-    sys.exit(f't5pt: error: {e}')
-  app.run(main, argv=argv)
+  app.run(main, argv=gin_utils.rewrite_gin_args(sys.argv))
 
 
 if __name__ == '__main__':

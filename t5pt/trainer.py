@@ -105,11 +105,18 @@ def train(*,
   """
   optimizer = optimizer or optimizers.adafactor()
   # ---- Validate everything a user can get wrong before writing anything. ----
+  for macro, value in (('MODEL_DIR', model_dir), ('MIXTURE_OR_TASK_NAME',
+                                                  mixture_or_task_name)):
+    if not value:
+      raise UserError(f'{macro} is not set; pass e.g. --gin.{macro}="\'...\'" '
+                      '(note the inner quotes: gin strings are Python literals).')
   data.import_task_modules(mixture_or_task_module)
   prompt_length = network_config.prompt_length
   data.converter_lengths(task_feature_lengths, prompt_length)
   vocabulary = data.vocabulary(mixture_or_task_name)
   mesh = partition.make_mesh()
+  _say(f'mesh: data={mesh.shape["data"]} x model={mesh.shape["model"]} over '
+       f'{mesh.devices.size} {jax.default_backend()} device(s)')
   host_batch_size = _check_batch_size(batch_size, mesh)
   train_ds = data.get_dataset(
       mixture_or_task_name, task_feature_lengths, train_split, prompt_length=prompt_length,
@@ -161,7 +168,7 @@ def train(*,
       raise UserError(f'{model_dir} was trained with trainable parameters '
                       f'{meta["trainable"]} but TRAINABLE now selects {trainable_paths}; '
                       'use a new MODEL_DIR or restore the old TRAINABLE.')
-    logging.info('Resumed from step %d in %s', start_step, model_dir)
+    _say(f'Resuming {model_dir} from step {start_step}.')
   else:
     flat = _initialise(init_fn, init_rng, trainable_paths, shardings, 'float32')
     if PROMPT_PATH in flat:
@@ -174,25 +181,11 @@ def train(*,
     opt_state = jax.jit(tx.init)(params)
   frozen_tree = partitioning.unflatten(frozen)
 
-  def train_step(params, opt_state, frozen_tree, batch, step):
-    def loss_fn(p):
-      merged = partitioning.unflatten({**partitioning.flatten(frozen_tree),
-                                       **partitioning.flatten(p)})
-      return model.loss_and_metrics(merged, batch, jax.random.fold_in(dropout_rng, step))
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, metrics
-
-  def eval_step(params, frozen_tree, batch):
-    merged = partitioning.unflatten({**partitioning.flatten(frozen_tree),
-                                     **partitioning.flatten(params)})
-    return model.loss_and_metrics(merged, batch)[1]
-
   batch_sharding = partitioning.batch_sharding(mesh)
   to_device = lambda b: {k: jax.make_array_from_process_local_data(batch_sharding, v)
                          for k, v in b.items()}
-  p_train_step = jax.jit(train_step, donate_argnums=(0, 1))
-  p_eval_step = jax.jit(eval_step)
+  p_train_step = jax.jit(build_train_step(model, tx, dropout_rng), donate_argnums=(0, 1))
+  p_eval_step = jax.jit(build_eval_step(model))
 
   def evaluate(step: int) -> Optional[dict]:
     if eval_ds is None:
@@ -203,7 +196,7 @@ def train(*,
       sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
     result = models.summarize(jax.device_get(sums))
     log.write('eval', step, result)
-    logging.info('eval step %d: %s', step, result)
+    _say(f'eval @ step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in result.items()))
     return result
 
   summary = {'model_dir': model_dir, 'start_step': start_step,
@@ -258,6 +251,34 @@ def train(*,
   return summary
 
 
+def merge(frozen_tree, params):
+  """The full parameter tree from its frozen and trainable parts (both nested dicts)."""
+  return partitioning.unflatten({**partitioning.flatten(frozen_tree),
+                                 **partitioning.flatten(params)})
+
+
+def build_train_step(model: models.EncoderDecoderModel, tx, dropout_rng):
+  """(params, opt_state, frozen, batch, step) -> (params, opt_state, metric sums).
+
+  Gradients are taken with respect to `params` (the trainable part) only: the frozen
+  tree enters as a constant, so it is never differentiated and has no optimizer state.
+  """
+  def train_step(params, opt_state, frozen_tree, batch, step):
+    def loss_fn(p):
+      return model.loss_and_metrics(merge(frozen_tree, p), batch,
+                                    jax.random.fold_in(dropout_rng, step))
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, metrics
+  return train_step
+
+
+def build_eval_step(model: models.EncoderDecoderModel):
+  """(params, frozen, batch) -> metric sums, without dropout."""
+  return lambda params, frozen_tree, batch: model.loss_and_metrics(
+      merge(frozen_tree, params), batch)[1]
+
+
 def _initialise(init_fn, rng, paths: Sequence[str], shardings, dtype) -> dict:
   """Randomly initialises only `paths` (XLA prunes the rest of the init computation)."""
   if not paths:
@@ -266,6 +287,12 @@ def _initialise(init_fn, rng, paths: Sequence[str], shardings, dtype) -> dict:
     flat = partitioning.flatten(nn.unbox(init_fn(rng)))
     return {k: flat[k].astype(dtype) for k in paths}
   return jax.jit(select, out_shardings={k: shardings[k] for k in paths})(rng)
+
+
+def _say(message: str) -> None:
+  """Prints above the progress bar (process 0 only)."""
+  if jax.process_index() == 0:
+    tqdm.tqdm.write(message)
 
 
 def _write_text_atomically(path: str, text: str) -> None:

@@ -5,13 +5,13 @@ Each example is a random lowercase string `s` over ALPHABET with a length in
 [MIN_LEN, MAX_LEN], transformed by one of the OPERATIONS.
 
 * `synthetic_<op>` (one per operation) are *instructed* tasks: the inputs
-  name the operation (`"reverse: abc"` -> `"cba"`). The mixture
+  name the operation (`"max: cab"` -> `"c"`). The mixture
   `synthetic_pretrain_mixture` over all of them teaches a small base model to
   follow the instruction prefix.
-* `synthetic_heldout_reverse` drops the instruction: the inputs are the bare
-  string (`"abc"` -> `"cba"`). A frozen base model cannot tell which operation
+* `synthetic_heldout_max` drops the instruction: the inputs are the bare
+  string (`"cab"` -> `"c"`). A frozen base model cannot tell which operation
   is wanted, but a soft prompt trained on this task can learn to play the role
-  of the missing `"reverse: "` prefix.
+  of the missing `"max: "` prefix.
 
 Data is deterministic: every (task, split) draws from its own numpy Generator
 seeded with BASE_SEED plus a stable CRC32 offset of the task and split names.
@@ -43,16 +43,18 @@ OUTPUT_FEATURES = {
     'targets': seqio.Feature(VOCABULARY, add_eos=True),
 }
 
+# Single-letter answers: a ~1M-parameter T5 learns all four in a few hundred CPU steps.
+# (Sequence-to-sequence ones such as reverse need far longer: T5's cross-attention has no
+# position signal, so alignment must be learned.)
 OPERATIONS = {
-    'copy': lambda s: s,
-    'reverse': lambda s: s[::-1],
-    'sort': lambda s: ''.join(sorted(s)),
     'first': lambda s: s[0],
     'last': lambda s: s[-1],
-    'rotate': lambda s: s[1:] + s[0],
+    'min': min,
+    'max': max,
 }
 
-HELDOUT_TASK = 'synthetic_heldout_reverse'
+HELDOUT_OPERATION = 'max'
+HELDOUT_TASK = f'synthetic_heldout_{HELDOUT_OPERATION}'
 PRETRAIN_MIXTURE = 'synthetic_pretrain_mixture'
 INSTRUCTED_TASKS = {f'synthetic_{op}': op for op in OPERATIONS}
 
@@ -92,7 +94,7 @@ def examples(task_name, split):
   """(inputs, targets) string tuples for a registered synthetic task."""
   strings = _strings(task_name, split)
   if task_name == HELDOUT_TASK:
-    return strings, tuple(OPERATIONS['reverse'](s) for s in strings)
+    return strings, tuple(OPERATIONS[HELDOUT_OPERATION](s) for s in strings)
   op = INSTRUCTED_TASKS[task_name]
   return (tuple(f'{op}: {s}' for s in strings),
           tuple(OPERATIONS[op](s) for s in strings))

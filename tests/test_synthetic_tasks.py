@@ -23,9 +23,8 @@ def _decoded(task_name, split='validation', limit=20):
 
 def test_tasks_and_mixture_registered():
   assert set(ALL_TASKS) == {
-      'synthetic_copy', 'synthetic_reverse', 'synthetic_sort',
-      'synthetic_first', 'synthetic_last', 'synthetic_rotate',
-      'synthetic_heldout_reverse'}
+      'synthetic_first', 'synthetic_last', 'synthetic_min', 'synthetic_max',
+      'synthetic_heldout_max'}
   for name in ALL_TASKS:
     assert name in seqio.TaskRegistry.names()
   mixture = seqio.get_mixture_or_task(synthetic.PRETRAIN_MIXTURE)
@@ -40,8 +39,7 @@ def test_reregistration_is_idempotent():
 
 
 @pytest.mark.parametrize('op, expected', [
-    ('copy', 'cabd'), ('reverse', 'dbac'), ('sort', 'abcd'),
-    ('first', 'c'), ('last', 'd'), ('rotate', 'abdc')])
+    ('first', 'c'), ('last', 'd'), ('min', 'a'), ('max', 'd')])
 def test_operations(op, expected):
   assert synthetic.OPERATIONS[op]('cabd') == expected
 
@@ -58,17 +56,17 @@ def test_instructed_examples_render(task_name):
     assert targets == synthetic.OPERATIONS[op](s)
 
 
-def test_reverse_example_render():
-  inputs, targets = _decoded('synthetic_reverse', limit=1)[0]
-  assert inputs.startswith('reverse: ')
-  assert targets == inputs[len('reverse: '):][::-1]
+def test_max_example_render():
+  inputs, targets = _decoded('synthetic_max', limit=1)[0]
+  assert inputs.startswith('max: ')
+  assert targets == max(inputs[len('max: '):])
 
 
 def test_heldout_examples_have_no_prefix():
   for inputs, targets in _decoded(synthetic.HELDOUT_TASK):
     assert ':' not in inputs and ' ' not in inputs
     assert set(inputs) <= set(synthetic.ALPHABET)
-    assert targets == inputs[::-1]
+    assert targets == max(inputs)
 
 
 def test_generation_is_deterministic():
@@ -78,8 +76,8 @@ def test_generation_is_deterministic():
   second = _decoded(synthetic.HELDOUT_TASK, split='train', limit=50)
   assert first == second
   # Different tasks draw different strings.
-  other = _decoded('synthetic_copy', split='train', limit=50)
-  assert [i for i, _ in first] != [i[len('copy: '):] for i, _ in other]
+  other = _decoded('synthetic_first', split='train', limit=50)
+  assert [i for i, _ in first] != [i[len('first: '):] for i, _ in other]
 
 
 def test_split_sizes():

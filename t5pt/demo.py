@@ -1,0 +1,77 @@
+r"""The embedded default run: pretrain a tiny T5, freeze it, prompt-tune a held-out task.
+
+  python -m t5pt.demo [--run_dir=runs/demo]
+
+Stage 1 trains every parameter of a tiny T5 1.1 network on a synthetic instruction
+mixture ("max: cab" -> "c", "first: cab" -> "c", ...). Stage 2 freezes it and trains only
+a soft prompt on a held-out task whose inputs carry no instruction at all, so the prompt
+must learn to stand in for one. Both stages are ordinary `t5pt.train` runs of the gin
+files in gin/demo/ and gin/t5_1_1_tiny_prompt.gin; the demo only chains them.
+"""
+
+import os
+import sys
+import time
+
+import gin
+from absl import app
+from absl import flags
+
+from t5pt import gin_utils
+from t5pt import trainer
+
+_RUN_DIR = flags.DEFINE_string('run_dir', None,
+                               'Where both runs go (default: runs/demo-<timestamp>).')
+_BASE_STEPS = flags.DEFINE_integer('base_train_steps', None,
+                                   'Override TRAIN_STEPS of stage 1 (gin/demo/base_tiny.gin).')
+_PROMPT_STEPS = flags.DEFINE_integer(
+    'prompt_train_steps', None, 'Override TRAIN_STEPS of stage 2 (t5_1_1_tiny_prompt.gin).')
+
+
+def _steps_binding(steps) -> list[str]:
+  return [] if steps is None else [f'TRAIN_STEPS = {steps}']
+
+
+def _run_stage(gin_file: str, bindings: list[str]) -> dict:
+  gin.clear_config()
+  gin_utils.parse([gin_file], bindings)
+  return trainer.train()
+
+
+def _accuracy_line(name: str, metrics: dict) -> str:
+  return (f'  {name:<28} sequence accuracy {100 * metrics["sequence_accuracy"]:5.1f}%   '
+          f'token accuracy {100 * metrics["token_accuracy"]:5.1f}%   '
+          f'loss {metrics["loss"]:.3f}')
+
+
+def demo() -> None:
+  run_dir = os.path.abspath(_RUN_DIR.value or
+                            os.path.join('runs', time.strftime('demo-%Y%m%d-%H%M%S')))
+  base_dir, prompt_dir = os.path.join(run_dir, 'base'), os.path.join(run_dir, 'prompt')
+  print(f'[1/2] Training the tiny base model on the synthetic instruction mixture '
+        f'-> {base_dir}', flush=True)
+  base = _run_stage('gin/demo/base_tiny.gin',
+                    [f'MODEL_DIR = {base_dir!r}', *_steps_binding(_BASE_STEPS.value)])
+  print(f'[2/2] Freezing it and prompt-tuning the held-out task -> {prompt_dir}',
+        flush=True)
+  tuned = _run_stage('gin/t5_1_1_tiny_prompt.gin',
+                     [f'MODEL_DIR = {prompt_dir!r}',
+                      f'INITIAL_CHECKPOINT_PATH = {base_dir!r}',
+                      *_steps_binding(_PROMPT_STEPS.value)])
+  print('\nHeld-out task "synthetic_heldout_max" (validation split, teacher-forced; '
+        'sequence accuracy equals greedy-decoding exact match):')
+  print(_accuracy_line('base, before prompt tuning', tuned['eval_at_start']))
+  print(_accuracy_line('base + trained prompt', tuned['eval']))
+  print(f'\nTrained {tuned["trainable_parameters"]} prompt parameters; the frozen base '
+        f'was trained on the instruction mixture (eval: '
+        f'{100 * base["eval"]["sequence_accuracy"]:.1f}% sequence accuracy).')
+  print(f'Run directory: {run_dir}  (tensorboard --logdir {run_dir})')
+
+
+def main(argv):
+  del argv
+  gin_utils.run(demo, parse_gin_flags=False)
+
+
+if __name__ == '__main__':
+  app.run(main, argv=gin_utils.rewrite_gin_args(sys.argv))

@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny in-process training runs and a subprocess runner."""
+
+import os
+import subprocess
+import sys
+
+import gin
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INTEROP = os.path.join(os.path.dirname(REPO), 'shared', 'interop')
+
+
+def train_in_process(gin_file: str, model_dir: str, bindings=(), **macros) -> dict:
+  """Runs trainer.train under `gin_file` with MODEL_DIR, macro overrides and raw
+  gin `bindings`."""
+  from t5pt import gin_utils, trainer  # pylint: disable=import-outside-toplevel
+  gin.clear_config()
+  bindings = ([f'MODEL_DIR = {model_dir!r}'] + [f'{k} = {v!r}' for k, v in macros.items()]
+              + list(bindings))
+  gin_utils.parse([gin_file], bindings)
+  try:
+    return trainer.train(progress_bar=False)
+  finally:
+    gin.clear_config()
+
+
+def run_module(module: str, *args: str, env: dict | None = None, timeout: int = 600
+               ) -> subprocess.CompletedProcess:
+  """Runs `python -m module args` from the repo root and returns the finished process."""
+  full_env = {**os.environ, 'PYTHONPATH': REPO, **(env or {})}
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, env=full_env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope='session')
+def base_checkpoint(tmp_path_factory) -> str:
+  """A briefly trained tiny base model (every parameter trainable, no prompt)."""
+  model_dir = str(tmp_path_factory.mktemp('base'))
+  train_in_process('gin/demo/base_tiny.gin', model_dir, TRAIN_STEPS=20,
+                   CHECKPOINT_PERIOD=20, EVAL_PERIOD=1000)
+  return model_dir
