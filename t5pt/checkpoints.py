@@ -12,6 +12,7 @@ import os
 from typing import Mapping, Optional
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -40,13 +41,16 @@ class RunCheckpointer:
         params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
         meta=ocp.args.JsonSave(dict(meta))), force=True)
 
+  def read_meta(self, step: int) -> dict:
+    return self._manager.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))['meta']
+
   def restore(self, step: int, abstract_params, abstract_opt_state):
-    """Returns (params, opt_state, meta) placed as the abstract targets ask."""
+    """Returns (params, opt_state) placed as the abstract targets ask."""
     restored = self._manager.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(abstract_params),
-        opt_state=ocp.args.StandardRestore(abstract_opt_state),
-        meta=ocp.args.JsonRestore()))
-    return restored['params'], restored['opt_state'], restored['meta']
+        opt_state=ocp.args.StandardRestore(abstract_opt_state)))
+    return restored['params'], restored['opt_state']
 
   def wait_until_finished(self) -> None:
     self._manager.wait_until_finished()
@@ -98,3 +102,13 @@ def load_frozen_params(path: str, targets: Mapping[str, jax.ShapeDtypeStruct]
       item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
       partial_restore=True))
   return partitioning.flatten(restored)
+
+
+def read_params_as_numpy(path: str) -> dict[str, np.ndarray]:
+  """Every parameter of a t5pt checkpoint as host numpy arrays (any saving topology)."""
+  params_dir = resolve_params_dir(path)
+  checkpointer = ocp.PyTreeCheckpointer()
+  stored = checkpointer.metadata(params_dir).item_metadata.tree
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), stored)
+  return partitioning.flatten(checkpointer.restore(
+      params_dir, args=ocp.args.PyTreeRestore(restore_args=restore_args)))

@@ -45,7 +45,8 @@ class PartitionConfig:
   def make_mesh(self, devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
     devices = np.asarray(devices if devices is not None else jax.devices())
     if devices.size % self.num_partitions:
-      raise UserError(f'partitioning.PartitionConfig.num_partitions={self.num_partitions} '
+      raise UserError(f'NUM_PARTITIONS={self.num_partitions} (partitioning.PartitionConfig.'
+                      'num_partitions) '
                       f'does not divide the {devices.size} available devices.')
     return Mesh(devices.reshape(-1, self.num_partitions), ('data', 'model'))
 

@@ -149,25 +149,27 @@ def train(*,
 
   # ---- Nothing above wrote to disk; from here on the run directory exists. ----
   tf.io.gfile.makedirs(model_dir)
-  _write_text_atomically(os.path.join(model_dir, 'config.gin'), gin.config_str())
   checkpointer = checkpoints.RunCheckpointer(model_dir, keep_checkpoints)
   log = MetricsLog(model_dir)
   tx = optimizer.transform
 
   trainable_shardings = partitioning.unflatten({k: shardings[k] for k in trainable_paths})
   start_step = checkpointer.latest_step() or 0
+  batches_consumed = 0
   if start_step:
+    meta = checkpointer.read_meta(start_step)
+    batches_consumed = meta['batches_consumed']
+    if sorted(meta['trainable']) != sorted(trainable_paths):
+      raise UserError(f'{model_dir} was trained with trainable parameters '
+                      f'{meta["trainable"]} but TRAINABLE now selects {trainable_paths}; '
+                      'use a new MODEL_DIR or restore the old TRAINABLE.')
     abstract_params = jax.tree.map(
         lambda s, sh: _abstract(s, sh),
         partitioning.unflatten({k: shapes[k] for k in trainable_paths}), trainable_shardings)
     init_opt = jax.jit(tx.init).lower(abstract_params).compile()
     abstract_opt = jax.tree.map(_abstract, jax.eval_shape(tx.init, abstract_params),
                                 init_opt.output_shardings)
-    params, opt_state, meta = checkpointer.restore(start_step, abstract_params, abstract_opt)
-    if sorted(meta['trainable']) != sorted(trainable_paths):
-      raise UserError(f'{model_dir} was trained with trainable parameters '
-                      f'{meta["trainable"]} but TRAINABLE now selects {trainable_paths}; '
-                      'use a new MODEL_DIR or restore the old TRAINABLE.')
+    params, opt_state = checkpointer.restore(start_step, abstract_params, abstract_opt)
     _say(f'Resuming {model_dir} from step {start_step}.')
   else:
     flat = _initialise(init_fn, init_rng, trainable_paths, shardings, 'float32')
@@ -180,6 +182,7 @@ def train(*,
     params = partitioning.unflatten(flat)
     opt_state = jax.jit(tx.init)(params)
   frozen_tree = partitioning.unflatten(frozen)
+  _write_text_atomically(os.path.join(model_dir, 'config.gin'), gin.config_str())
 
   batch_sharding = partitioning.batch_sharding(mesh)
   to_device = lambda b: {k: jax.make_array_from_process_local_data(batch_sharding, v)
@@ -206,11 +209,12 @@ def train(*,
     summary['eval_at_start'] = evaluate(0)
 
   batches = data.iterate_batches(train_ds, host_batch_size, drop_remainder=True,
-                                 skip_batches=start_step)
+                                 skip_batches=batches_consumed)
   bar = tqdm.tqdm(total=train_steps, initial=start_step, unit='step', desc='train',
                   disable=not progress_bar or jax.process_index() != 0, mininterval=1.0,
                   dynamic_ncols=True)
-  sums, tokens, tick, last_logged = None, 0, None, start_step
+  # Throughput is timed from the end of the first (compiling) step; metrics include it.
+  sums, tokens, tick, timed_from = None, 0, None, start_step
   for step in range(start_step, train_steps):
     batch = next(batches)
     tokens += int((batch['encoder_input_tokens'] > 0).sum() +
@@ -218,23 +222,23 @@ def train(*,
     params, opt_state, metrics = p_train_step(params, opt_state, frozen_tree,
                                               to_device(batch), step)
     sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
-    if tick is None:  # Time from the end of the first (compiling) step.
-      jax.block_until_ready(metrics)
-      tick, tokens, sums, last_logged = time.perf_counter(), 0, None, step + 1
     done = step + 1
+    if tick is None:
+      jax.block_until_ready(metrics)
+      tick, tokens, timed_from = time.perf_counter(), 0, done
     bar.update(1)
-    if sums is not None and (done % log_period == 0 or done == train_steps):
+    if done % log_period == 0 or done == train_steps:
       values = models.summarize(jax.device_get(sums))
-      elapsed = time.perf_counter() - tick
-      values.update(learning_rate=float(optimizer.learning_rate(step)),
-                    steps_per_second=(done - last_logged) / elapsed,
-                    tokens_per_second=tokens / elapsed)
+      values['learning_rate'] = float(optimizer.learning_rate(step))
+      if done > timed_from:
+        elapsed = time.perf_counter() - tick
+        values.update(steps_per_second=(done - timed_from) / elapsed,
+                      tokens_per_second=tokens / elapsed)
+        bar.set_postfix(loss=f"{values['loss']:.3f}", acc=f"{values['token_accuracy']:.3f}",
+                        tok_s=f"{values['tokens_per_second']:.0f}")
       log.write('train', done, values)
-      bar.set_postfix(loss=f"{values['loss']:.3f}",
-                      acc=f"{values['token_accuracy']:.3f}",
-                      tok_s=f"{values['tokens_per_second']:.0f}")
       summary['train'] = values
-      sums, tokens, tick, last_logged = None, 0, time.perf_counter(), done
+      sums, tokens, tick, timed_from = None, 0, time.perf_counter(), done
     if done % checkpoint_period == 0 or done == train_steps:
       checkpointer.save(done, params, opt_state,
                         {'step': done, 'batches_consumed': done, 'seed': seed,

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from t5pt import checkpoints
 from t5pt import models
 from t5pt import network
 from t5pt import optimizers
@@ -80,8 +81,8 @@ def test_prompt_run_writes_only_trainable_state_and_metrics(base_checkpoint, tmp
       os.path.join(model_dir, 'checkpoint_6', 'params')).item_metadata.tree
   assert list(partitioning.flatten(stored)) == [trainer.PROMPT_PATH]
   np.testing.assert_array_equal(
-      ocp.PyTreeCheckpointer().restore(os.path.join(model_dir, 'checkpoint_6', 'params'))
-      ['encoder']['prompt']['prompt'], summary['params']['encoder']['prompt']['prompt'])
+      checkpoints.read_params_as_numpy(model_dir)['encoder/prompt/prompt'],
+      summary['params']['encoder']['prompt']['prompt'])
   lines = [json.loads(l) for l in open(os.path.join(model_dir, 'metrics.jsonl'))]
   train_lines = [l for l in lines if l['split'] == 'train']
   assert [l['step'] for l in train_lines] == [2, 4, 6]
@@ -102,9 +103,7 @@ def test_class_label_init_inside_a_run_uses_the_base_embedding(base_checkpoint, 
       bindings=['PROMPT_INIT = @prompts.class_labels',
                 "prompts.class_labels.labels = ['a', 'bc']"],
       INITIAL_CHECKPOINT_PATH=base_checkpoint, TRAIN_STEPS=0)
-  embedding = ocp.PyTreeCheckpointer().restore(
-      glob.glob(os.path.join(base_checkpoint, 'checkpoint_*', 'params'))[0]
-  )['token_embedder']['embedding']
+  embedding = checkpoints.read_params_as_numpy(base_checkpoint)['token_embedder/embedding']
   prompt = summary['params']['encoder']['prompt']['prompt']
   a, b, c = (ord(ch) + 3 for ch in 'abc')  # ByteVocabulary: id = byte + 3
   np.testing.assert_allclose(prompt[0], embedding[a], rtol=1e-6)

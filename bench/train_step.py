@@ -1,0 +1,252 @@
+"""One training step of t5pt vs HF transformers + PEFT: prompt tuning and full fine-tuning.
+
+Usage (from the repository root, inside the project's virtualenv):
+
+    pip install -r bench/requirements.txt        # the peer; torch first, see RESULTS.md
+    python bench/train_step.py [--steps 10] [--dtype float32|bfloat16] [--frameworks jax,torch]
+
+Shapes are T5 1.1-small (vocab 32128, d_model 512, 6 heads x 64, gated-GELU MLP 1024,
+8 + 8 layers, untied logits) with batch 8, 128 input tokens and 32 target tokens. Prompt
+tuning prepends P=100 soft-prompt positions, so the encoder sees 228 positions; full
+fine-tuning has no prompt (128 positions). tokens/s counts real tokens only:
+batch * (128 + 32) per step.
+
+Optimizers: prompt tuning uses t5pt's Adafactor vs torch.optim.Adafactor (AdamW on torch
+builds without it); full fine-tuning uses t5pt's AdamW (clip 1.0) vs torch.optim.AdamW
+(clip 1.0). --dtype sets t5pt's activation dtype (parameters stay float32) and torch's
+autocast dtype.
+
+Each (framework, mode) runs in a subprocess of its own (`--worker jax-prompt`, ...) so
+its peak memory is its own: peak RSS (ru_maxrss) on CPU, peak device bytes on GPU. The
+RSS right after imports is reported too, since t5pt's trainer imports TensorFlow.
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+BATCH, INPUTS, TARGETS, PROMPT = 8, 128, 32, 100
+SIZES = dict(vocab_size=32128, emb_dim=512, num_heads=6, head_dim=64, mlp_dim=1024, layers=8)
+WORKERS = ('jax-prompt', 'jax-full', 'torch-prompt', 'torch-full')
+PEER_PACKAGES = ('torch', 'transformers', 'peft')
+
+
+def make_batch(seed: int = 0) -> dict:
+  """Random ids in [3, 32000), no padding; decoder inputs are the shifted targets."""
+  rng = np.random.default_rng(seed)
+  inputs = rng.integers(3, 32000, (BATCH, INPUTS), dtype=np.int32)
+  targets = rng.integers(3, 32000, (BATCH, TARGETS), dtype=np.int32)
+  shifted = np.concatenate([np.zeros((BATCH, 1), np.int32), targets[:, :-1]], axis=1)
+  return {'encoder_input_tokens': inputs, 'decoder_input_tokens': shifted,
+          'decoder_target_tokens': targets,
+          'decoder_loss_weights': np.ones((BATCH, TARGETS), np.float32)}
+
+
+def current_rss_mib() -> float:
+  with open('/proc/self/status') as f:
+    kib = next(int(line.split()[1]) for line in f if line.startswith('VmRSS:'))
+  return kib / 1024
+
+
+def peak_rss_mib() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def steps_per_second(step, sync, steps: int, warmup: int = 2) -> float:
+  """Runs `warmup` untimed steps (the first compiles), then times `steps` of them."""
+  for _ in range(warmup):
+    step()
+  sync()
+  start = time.perf_counter()
+  for _ in range(steps):
+    step()
+  sync()
+  return steps / (time.perf_counter() - start)
+
+
+def run_jax(prompt: bool, args) -> dict:
+  import flax.linen as nn
+  import jax
+  sys.path.insert(0, str(ROOT))
+  from t5pt import models, network, optimizers, partitioning, trainer
+  base_mib = current_rss_mib()
+  cfg = network.T5Config(
+      vocab_size=SIZES['vocab_size'], emb_dim=SIZES['emb_dim'], num_heads=SIZES['num_heads'],
+      head_dim=SIZES['head_dim'], mlp_dim=SIZES['mlp_dim'],
+      num_encoder_layers=SIZES['layers'], num_decoder_layers=SIZES['layers'],
+      dropout_rate=0.0, dtype=args.dtype, prompt_length=PROMPT if prompt else 0)
+  model = models.EncoderDecoderModel(cfg)
+  params = partitioning.flatten(nn.unbox(model.init(jax.random.PRNGKey(0), INPUTS, TARGETS)))
+  trainable_paths, frozen_paths = partitioning.split_trainable(
+      list(params), [trainer.PROMPT_PATH] if prompt else ['.*'])
+  trainable = partitioning.unflatten({k: params[k] for k in trainable_paths})
+  frozen = partitioning.unflatten({k: params[k] for k in frozen_paths})
+  del params
+  opt = optimizers.adafactor() if prompt else optimizers.adamw(decay_steps=1000)
+  opt_state = jax.jit(opt.transform.init)(trainable)
+  train_step = jax.jit(trainer.build_train_step(model, opt.transform, jax.random.PRNGKey(1)),
+                       donate_argnums=(0, 1))
+  batch = jax.device_put(make_batch())
+  count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(trainable))
+  index, metrics = 0, None
+
+  def step():
+    nonlocal trainable, opt_state, metrics, index
+    trainable, opt_state, metrics = train_step(trainable, opt_state, frozen, batch, index)
+    index += 1
+
+  rate = steps_per_second(step, lambda: jax.block_until_ready((trainable, metrics)),
+                          args.steps)
+  device = jax.devices()[0]
+  on_cpu = device.platform == 'cpu'
+  return {'steps_per_s': rate, 'trainable_params': count,
+          'optimizer': 't5pt adafactor' if prompt else 't5pt adamw',
+          'peak_mib': peak_rss_mib() if on_cpu
+                      else device.memory_stats()['peak_bytes_in_use'] / 2**20,
+          'base_mib': base_mib if on_cpu else 0.0, 'device': device.device_kind,
+          'version': f'jax {jax.__version__}'}
+
+
+def run_torch(prompt: bool, args) -> dict:
+  import torch
+  import transformers
+  base_mib = current_rss_mib()
+  device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+  torch.manual_seed(0)
+  config = transformers.T5Config(
+      vocab_size=SIZES['vocab_size'], d_model=SIZES['emb_dim'], num_heads=SIZES['num_heads'],
+      d_kv=SIZES['head_dim'], d_ff=SIZES['mlp_dim'], num_layers=SIZES['layers'],
+      num_decoder_layers=SIZES['layers'], feed_forward_proj='gated-gelu',
+      tie_word_embeddings=False, dropout_rate=0.0)
+  model = transformers.T5ForConditionalGeneration(config)
+  # transformers 5 ties lm_head to the embedding whatever tie_word_embeddings says (it
+  # only turns off the 1.0-style output scaling); untie it as T5 1.1 checkpoints are.
+  model.config.tie_word_embeddings = False
+  model.lm_head.weight = torch.nn.Parameter(model.shared.weight.detach().clone())
+  if prompt:
+    import peft
+    model = peft.get_peft_model(model, peft.PromptTuningConfig(
+        task_type=peft.TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=PROMPT))
+  model.to(device).train()
+  params = [p for p in model.parameters() if p.requires_grad]
+  if not prompt:
+    optimizer, name = torch.optim.AdamW(params, lr=1e-3), 'torch AdamW'
+  elif hasattr(torch.optim, 'Adafactor'):
+    optimizer, name = torch.optim.Adafactor(params), 'torch Adafactor'
+  else:
+    optimizer, name = torch.optim.AdamW(params, lr=0.3), 'torch AdamW'
+  batch = {k: torch.from_numpy(v).long().to(device) for k, v in make_batch().items()
+           if k != 'decoder_loss_weights'}
+  inputs = dict(input_ids=batch['encoder_input_tokens'],
+                attention_mask=torch.ones_like(batch['encoder_input_tokens']),
+                decoder_input_ids=batch['decoder_input_tokens'],
+                labels=batch['decoder_target_tokens'])
+
+  def step():
+    with torch.autocast(device.type, torch.bfloat16, enabled=args.dtype == 'bfloat16'):
+      loss = model(**inputs).loss
+    loss.backward()
+    if not prompt:
+      torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+  sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
+  rate = steps_per_second(step, sync, args.steps)
+  on_cpu = device.type == 'cpu'
+  return {'steps_per_s': rate, 'trainable_params': sum(p.numel() for p in params),
+          'optimizer': name,
+          'peak_mib': peak_rss_mib() if on_cpu else torch.cuda.max_memory_allocated() / 2**20,
+          'base_mib': base_mib if on_cpu else 0.0,
+          'device': 'cpu' if on_cpu else torch.cuda.get_device_name(),
+          'version': f'torch {torch.__version__}, transformers {transformers.__version__}'}
+
+
+def run_worker(name: str, args) -> None:
+  framework, mode = name.split('-')
+  prompt = mode == 'prompt'
+  result = (run_jax if framework == 'jax' else run_torch)(prompt, args)
+  result.update(framework='t5pt' if framework == 'jax' else 'HF+PEFT' if prompt else 'HF',
+                mode=mode, encoder_positions=INPUTS + (PROMPT if prompt else 0),
+                target_length=TARGETS, tokens_per_s=result['steps_per_s'] * BATCH *
+                (INPUTS + TARGETS))
+  print(json.dumps(result), flush=True)
+
+
+def spawn(name: str, args) -> dict | None:
+  """Runs one worker in a fresh interpreter; returns its JSON result, None on failure."""
+  command = [sys.executable, __file__, '--worker', name, '--steps', str(args.steps),
+             '--dtype', args.dtype]
+  env = {**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3'}
+  done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+  lines = [l for l in done.stdout.splitlines() if l.startswith('{')]
+  if done.returncode or not lines:
+    print(f'{name} failed (exit {done.returncode}):\n{done.stderr[-3000:]}', file=sys.stderr)
+    return None
+  return json.loads(lines[-1])
+
+
+def print_table(rows: list[dict]) -> None:
+  print('| framework | mode | encoder positions | target length | optimizer | steps/s | '
+        'tokens/s | peak mem (MiB) | over imports (MiB) | trainable params |')
+  print('|---|---|---|---|---|---|---|---|---|---|')
+  for r in rows:
+    print(f"| {r['framework']} | {r['mode']} | {r['encoder_positions']} | "
+          f"{r['target_length']} | {r['optimizer']} | {r['steps_per_s']:.3f} | "
+          f"{r['tokens_per_s']:.0f} | {r['peak_mib']:.0f} | "
+          f"{r['peak_mib'] - r['base_mib']:.0f} | {r['trainable_params']:,} |")
+
+
+def print_ratios(rows: list[dict]) -> None:
+  found = {(r['framework'].split('+')[0], r['mode']): r for r in rows}
+  pairs = [(f't5pt / HF, {m}', ('t5pt', m), ('HF', m)) for m in ('prompt', 'full')]
+  pairs.append(('t5pt prompt / t5pt full', ('t5pt', 'prompt'), ('t5pt', 'full')))
+  for label, a, b in pairs:
+    if a in found and b in found:
+      x, y = found[a], found[b]
+      print(f"{label}: steps/s x{x['steps_per_s'] / y['steps_per_s']:.2f}, "
+            f"peak mem x{x['peak_mib'] / y['peak_mib']:.2f}, over-imports mem "
+            f"x{(x['peak_mib'] - x['base_mib']) / (y['peak_mib'] - y['base_mib']):.2f}")
+
+
+def main() -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--steps', type=int, default=10, help='timed steps per measurement')
+  parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
+  parser.add_argument('--frameworks', default='jax,torch', help='comma list of jax, torch')
+  parser.add_argument('--worker', choices=WORKERS, help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.worker:
+    run_worker(args.worker, args)
+    return 0
+  frameworks = args.frameworks.split(',')
+  if 'torch' in frameworks and not all(importlib.util.find_spec(p) for p in PEER_PACKAGES):
+    print('peer not installed: pip install -r bench/requirements.txt')
+    frameworks.remove('torch')
+  print(f'T5 1.1-small shapes {SIZES}, batch {BATCH}, inputs {INPUTS} (+{PROMPT} prompt '
+        f'positions in prompt mode), targets {TARGETS}, {args.steps} timed steps, '
+        f'dtype {args.dtype}')
+  rows = []
+  for name in WORKERS:
+    if name.split('-')[0] in frameworks:
+      print(f'running {name} ...', flush=True)
+      result = spawn(name, args)
+      rows += [result] if result else []
+  for r in {r['version']: r for r in rows}.values():
+    print(f"{r['framework']}: {r['version']} on {r['device']}")
+  print_table(rows)
+  print_ratios(rows)
+  return 0 if len(rows) == sum(n.split('-')[0] in frameworks for n in WORKERS) else 1
+
+
+if __name__ == '__main__':
+  sys.exit(main())

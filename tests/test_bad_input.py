@@ -1,0 +1,110 @@
+"""Every user mistake: one clear message, non-zero exit, nothing written."""
+
+import os
+
+import gin
+import pytest
+
+from t5pt import gin_utils
+from t5pt import trainer
+from t5pt.errors import UserError
+from tests.conftest import run_module
+from tests.conftest import train_in_process
+
+PROMPT_GIN = 'gin/t5_1_1_tiny_prompt.gin'
+
+
+@pytest.fixture(autouse=True)
+def _clear_gin():
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+def _expect_error(tmp_path, fragments, bindings=(), **macros):
+  model_dir = str(tmp_path / 'run')
+  with pytest.raises(UserError) as error:
+    train_in_process(PROMPT_GIN, model_dir, bindings=bindings, **macros)
+  for fragment in fragments:
+    assert fragment in str(error.value)
+  assert not os.path.exists(model_dir), 'an error must leave no run directory behind'
+  return str(error.value)
+
+
+def test_unknown_task_names_it_and_suggests(tmp_path):
+  _expect_error(tmp_path, ["'synthetic_heldout_mx'", 'synthetic_heldout_max',
+                           'MIXTURE_OR_TASK_MODULE'],
+                MIXTURE_OR_TASK_NAME='synthetic_heldout_mx')
+
+
+def test_unimportable_task_module(tmp_path):
+  _expect_error(tmp_path, ["MIXTURE_OR_TASK_MODULE='tasks.nope'"],
+                MIXTURE_OR_TASK_MODULE='tasks.nope')
+
+
+def test_misspelled_macro_binding_is_rejected_with_suggestion(tmp_path):
+  _expect_error(tmp_path, ['TRAIN_STPES', "'TRAIN_STEPS'"], bindings=['TRAIN_STPES = 3'])
+
+
+def test_misspelled_configurable_parameter(tmp_path):
+  _expect_error(tmp_path, ['network.T5Config.emb_dimm', "doesn't have a parameter"],
+                bindings=['network.T5Config.emb_dimm = 3'])
+
+
+def test_missing_initial_checkpoint(tmp_path):
+  _expect_error(tmp_path, ["INITIAL_CHECKPOINT_PATH='/no/such/dir'", 'does not exist'],
+                INITIAL_CHECKPOINT_PATH='/no/such/dir')
+
+
+def test_directory_without_checkpoint(tmp_path):
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  _expect_error(tmp_path, ['holds no t5pt checkpoint'], INITIAL_CHECKPOINT_PATH=str(empty))
+
+
+def test_feature_lengths_too_short_for_prompt(tmp_path):
+  _expect_error(tmp_path, ["TASK_FEATURE_LENGTHS['inputs']=8", 'PROMPT_LENGTH=8',
+                           'at least 9'],
+                TASK_FEATURE_LENGTHS={'inputs': 8, 'targets': 4})
+
+
+def test_checkpoint_shape_mismatch_names_the_parameter(tmp_path, base_checkpoint):
+  message = _expect_error(tmp_path, ['mlp/wi_0/kernel', '(128, 256)', '(128, 64)'],
+                          bindings=['network.T5Config.mlp_dim = 64'],
+                          INITIAL_CHECKPOINT_PATH=base_checkpoint)
+  assert 'network.T5Config' in message
+
+
+def test_model_dir_not_set(tmp_path):
+  gin_utils.parse([PROMPT_GIN], [])
+  with pytest.raises(UserError, match='MODEL_DIR is not set'):
+    trainer.train(progress_bar=False)
+
+
+def test_batch_size_not_divisible_by_mesh(tmp_path):
+  _expect_error(tmp_path, ['NUM_PARTITIONS', 'divide'], NUM_PARTITIONS=3)
+
+
+def test_changed_trainable_set_on_resume(tmp_path, base_checkpoint):
+  model_dir = str(tmp_path / 'run')
+  train_in_process(PROMPT_GIN, model_dir, INITIAL_CHECKPOINT_PATH=base_checkpoint,
+                   TRAIN_STEPS=2, CHECKPOINT_PERIOD=2)
+  with pytest.raises(UserError, match='was trained with trainable parameters'):
+    train_in_process(PROMPT_GIN, model_dir, INITIAL_CHECKPOINT_PATH=base_checkpoint,
+                     TRAIN_STEPS=4, TRAINABLE=['encoder/prompt/prompt',
+                                               'encoder/encoder_norm/scale'])
+  assert sorted(os.listdir(model_dir))[:1] == ['checkpoint_2']
+
+
+def test_trainable_pattern_matching_nothing(tmp_path):
+  _expect_error(tmp_path, ["'encoder/promt/prompt'", 'matches no parameter'],
+                TRAINABLE=['encoder/promt/prompt'])
+
+
+def test_command_line_exit_code_and_message(tmp_path):
+  result = run_module('t5pt.train', f'--gin_file={PROMPT_GIN}',
+                      f"--gin.MODEL_DIR='{tmp_path / 'run'}'", '--gin.TRAIN_STPES=3')
+  assert result.returncode == 2
+  assert 't5pt: error:' in result.stderr and 'TRAIN_STPES' in result.stderr
+  assert 'Traceback' not in result.stderr
+  assert not (tmp_path / 'run').exists()

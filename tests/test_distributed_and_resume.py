@@ -1,0 +1,81 @@
+"""End-to-end runs of `python -m t5pt.train` in subprocesses: 8-device mesh, SIGKILL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from t5pt import checkpoints
+from tests.conftest import REPO
+from tests.conftest import run_module
+
+pytestmark = pytest.mark.slow
+
+PROMPT_GIN = '--gin_file=gin/t5_1_1_tiny_prompt.gin'
+
+
+def _args(model_dir, base, *extra):
+  return [PROMPT_GIN, f"--gin.MODEL_DIR='{model_dir}'",
+          f"--gin.INITIAL_CHECKPOINT_PATH='{base}'", *extra]
+
+
+def _prompt(model_dir, step):
+  return checkpoints.read_params_as_numpy(
+      os.path.join(model_dir, f'checkpoint_{step}'))['encoder/prompt/prompt']
+
+
+def _train_losses(model_dir):
+  with open(os.path.join(model_dir, 'metrics.jsonl')) as f:
+    lines = [json.loads(l) for l in f]
+  return {l['step']: l['loss'] for l in lines if l['split'] == 'train'}
+
+
+def test_2x4_mesh_on_8_devices_matches_one_device(tmp_path, base_checkpoint):
+  common = ['--gin.TRAIN_STEPS=4', '--gin.BATCH_SIZE=8', '--gin.LOG_PERIOD=1',
+            '--gin.DROPOUT_RATE=0.0']
+  single = run_module('t5pt.train', *_args(tmp_path / 'one', base_checkpoint, *common))
+  assert single.returncode == 0, single.stderr[-3000:]
+  assert 'data=1 x model=1 over 1 cpu' in single.stdout + single.stderr
+  sharded = run_module(
+      't5pt.train', *_args(tmp_path / 'eight', base_checkpoint, *common,
+                           '--gin.NUM_PARTITIONS=4'),
+      env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8'})
+  assert sharded.returncode == 0, sharded.stderr[-3000:]
+  assert 'data=2 x model=4 over 8 cpu' in sharded.stdout + sharded.stderr
+  one, eight = _train_losses(tmp_path / 'one'), _train_losses(tmp_path / 'eight')
+  assert sorted(one) == [1, 2, 3, 4]
+  for step in one:
+    np.testing.assert_allclose(eight[step], one[step], rtol=1e-5)
+  np.testing.assert_allclose(_prompt(tmp_path / 'eight', 4), _prompt(tmp_path / 'one', 4),
+                             atol=1e-5)
+
+
+def test_sigkill_then_rerun_gives_the_uninterrupted_prompt(tmp_path, base_checkpoint):
+  common = ['--gin.TRAIN_STEPS=240', '--gin.CHECKPOINT_PERIOD=20', '--gin.EVAL_PERIOD=1000',
+            '--gin.DROPOUT_RATE=0.1', '--gin.LOG_PERIOD=20']
+  straight = run_module('t5pt.train', *_args(tmp_path / 'straight', base_checkpoint, *common))
+  assert straight.returncode == 0, straight.stderr[-3000:]
+
+  killed_dir = tmp_path / 'killed'
+  argv = [sys.executable, '-m', 't5pt.train', *_args(killed_dir, base_checkpoint, *common)]
+  env = {**os.environ, 'PYTHONPATH': REPO}
+  proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not (killed_dir / 'checkpoint_40').exists():
+    assert proc.poll() is None, 'the run ended before it could be killed'
+    assert time.time() < deadline
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  assert proc.wait() == -signal.SIGKILL
+  assert not (killed_dir / 'checkpoint_240').exists()
+
+  resumed = run_module('t5pt.train', *_args(killed_dir, base_checkpoint, *common))
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert 'Resuming' in resumed.stdout + resumed.stderr
+  np.testing.assert_array_equal(_prompt(killed_dir, 240), _prompt(tmp_path / 'straight', 240))
