@@ -1,0 +1,17 @@
+"""The embedded default (what ./launch.sh runs), shortened."""
+
+import pytest
+
+from tests.conftest import run_module
+
+
+@pytest.mark.slow
+def test_demo_trains_a_base_then_a_prompt_and_reports_both_accuracies(tmp_path):
+  result = run_module('t5pt.demo', f'--run_dir={tmp_path}', '--base_train_steps=30',
+                      '--prompt_train_steps=20')
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = result.stdout
+  assert 'base, before prompt tuning' in out and 'base + trained prompt' in out
+  assert f'Run directory: {tmp_path}' in out
+  assert (tmp_path / 'base' / 'checkpoint_30').exists()
+  assert (tmp_path / 'prompt' / 'checkpoint_20').exists()
