@@ -17,8 +17,9 @@ builds without it); full fine-tuning uses t5pt's AdamW (clip 1.0) vs torch.optim
 autocast dtype.
 
 Each (framework, mode) runs in a subprocess of its own (`--worker jax-prompt`, ...) so
-its peak memory is its own: peak RSS (ru_maxrss) on CPU, peak device bytes on GPU. The
-RSS right after imports is reported too, since t5pt's trainer imports TensorFlow.
+its peak memory is its own: peak RSS (ru_maxrss, which includes XLA compilation) on CPU,
+peak device bytes on GPU. The RSS right after imports (t5pt's trainer imports TensorFlow)
+and after the timed steps is reported too.
 """
 
 import argparse
@@ -59,6 +60,16 @@ def current_rss_mib() -> float:
 
 def peak_rss_mib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def cpu_memory(base_mib: float) -> dict:
+  return {'memory': 'process RSS', 'peak_mib': peak_rss_mib(), 'base_mib': base_mib,
+          'end_mib': current_rss_mib()}
+
+
+def device_memory(peak_bytes: int, end_bytes: int) -> dict:
+  return {'memory': 'device memory', 'peak_mib': peak_bytes / 2**20, 'base_mib': 0.0,
+          'end_mib': end_bytes / 2**20}
 
 
 def steps_per_second(step, sync, steps: int, warmup: int = 2) -> float:
@@ -107,13 +118,11 @@ def run_jax(prompt: bool, args) -> dict:
   rate = steps_per_second(step, lambda: jax.block_until_ready((trainable, metrics)),
                           args.steps)
   device = jax.devices()[0]
-  on_cpu = device.platform == 'cpu'
+  memory = (cpu_memory(base_mib) if device.platform == 'cpu' else device_memory(
+      device.memory_stats()['peak_bytes_in_use'], device.memory_stats()['bytes_in_use']))
   return {'steps_per_s': rate, 'trainable_params': count,
-          'optimizer': 't5pt adafactor' if prompt else 't5pt adamw',
-          'peak_mib': peak_rss_mib() if on_cpu
-                      else device.memory_stats()['peak_bytes_in_use'] / 2**20,
-          'base_mib': base_mib if on_cpu else 0.0, 'device': device.device_kind,
-          'version': f'jax {jax.__version__}'}
+          'optimizer': 't5pt adafactor' if prompt else 't5pt adamw', **memory,
+          'device': device.device_kind, 'version': f'jax {jax.__version__}'}
 
 
 def run_torch(prompt: bool, args) -> dict:
@@ -163,10 +172,10 @@ def run_torch(prompt: bool, args) -> dict:
   sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
   rate = steps_per_second(step, sync, args.steps)
   on_cpu = device.type == 'cpu'
+  memory = (cpu_memory(base_mib) if on_cpu else device_memory(
+      torch.cuda.max_memory_allocated(), torch.cuda.memory_allocated()))
   return {'steps_per_s': rate, 'trainable_params': sum(p.numel() for p in params),
-          'optimizer': name,
-          'peak_mib': peak_rss_mib() if on_cpu else torch.cuda.max_memory_allocated() / 2**20,
-          'base_mib': base_mib if on_cpu else 0.0,
+          'optimizer': name, **memory,
           'device': 'cpu' if on_cpu else torch.cuda.get_device_name(),
           'version': f'torch {torch.__version__}, transformers {transformers.__version__}'}
 
@@ -197,13 +206,14 @@ def spawn(name: str, args) -> dict | None:
 
 def print_table(rows: list[dict]) -> None:
   print('| framework | mode | encoder positions | target length | optimizer | steps/s | '
-        'tokens/s | peak mem (MiB) | over imports (MiB) | trainable params |')
-  print('|---|---|---|---|---|---|---|---|---|---|')
+        'tokens/s | peak mem (MiB) | after imports (MiB) | after steps (MiB) | '
+        'trainable params |')
+  print('|---|---|---|---|---|---|---|---|---|---|---|')
   for r in rows:
     print(f"| {r['framework']} | {r['mode']} | {r['encoder_positions']} | "
           f"{r['target_length']} | {r['optimizer']} | {r['steps_per_s']:.3f} | "
-          f"{r['tokens_per_s']:.0f} | {r['peak_mib']:.0f} | "
-          f"{r['peak_mib'] - r['base_mib']:.0f} | {r['trainable_params']:,} |")
+          f"{r['tokens_per_s']:.0f} | {r['peak_mib']:.0f} | {r['base_mib']:.0f} | "
+          f"{r['end_mib']:.0f} | {r['trainable_params']:,} |")
 
 
 def print_ratios(rows: list[dict]) -> None:
@@ -229,23 +239,24 @@ def main() -> int:
     run_worker(args.worker, args)
     return 0
   frameworks = args.frameworks.split(',')
+  if not set(frameworks) <= {'jax', 'torch'}:
+    parser.error(f'--frameworks takes jax and/or torch, not {args.frameworks!r}')
   if 'torch' in frameworks and not all(importlib.util.find_spec(p) for p in PEER_PACKAGES):
     print('peer not installed: pip install -r bench/requirements.txt')
     frameworks.remove('torch')
+  selected = [name for name in WORKERS if name.split('-')[0] in frameworks]
   print(f'T5 1.1-small shapes {SIZES}, batch {BATCH}, inputs {INPUTS} (+{PROMPT} prompt '
         f'positions in prompt mode), targets {TARGETS}, {args.steps} timed steps, '
         f'dtype {args.dtype}')
   rows = []
-  for name in WORKERS:
-    if name.split('-')[0] in frameworks:
-      print(f'running {name} ...', flush=True)
-      result = spawn(name, args)
-      rows += [result] if result else []
+  for name in selected:
+    print(f'running {name} ...', flush=True)
+    rows += [result] if (result := spawn(name, args)) else []
   for r in {r['version']: r for r in rows}.values():
-    print(f"{r['framework']}: {r['version']} on {r['device']}")
+    print(f"{r['framework']}: {r['version']} on {r['device']} (memory: {r['memory']})")
   print_table(rows)
   print_ratios(rows)
-  return 0 if len(rows) == sum(n.split('-')[0] in frameworks for n in WORKERS) else 1
+  return 0 if len(rows) == len(selected) else 1
 
 
 if __name__ == '__main__':
