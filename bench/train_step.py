@@ -36,7 +36,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH, INPUTS, TARGETS, PROMPT = 8, 128, 32, 100
-SIZES = dict(vocab_size=32128, emb_dim=512, num_heads=6, head_dim=64, mlp_dim=1024, layers=8)
+SIZES = dict(vocab_size=32128, emb_dim=512, num_heads=6, head_dim=64, mlp_dim=1024,
+             num_encoder_layers=8, num_decoder_layers=8)  # t5pt's T5Config names
 WORKERS = ('jax-prompt', 'jax-full', 'torch-prompt', 'torch-full')
 PEER_PACKAGES = ('torch', 'transformers', 'peft')
 
@@ -90,11 +91,8 @@ def run_jax(prompt: bool, args) -> dict:
   sys.path.insert(0, str(ROOT))
   from t5pt import models, network, optimizers, partitioning, trainer
   base_mib = current_rss_mib()
-  cfg = network.T5Config(
-      vocab_size=SIZES['vocab_size'], emb_dim=SIZES['emb_dim'], num_heads=SIZES['num_heads'],
-      head_dim=SIZES['head_dim'], mlp_dim=SIZES['mlp_dim'],
-      num_encoder_layers=SIZES['layers'], num_decoder_layers=SIZES['layers'],
-      dropout_rate=0.0, dtype=args.dtype, prompt_length=PROMPT if prompt else 0)
+  cfg = network.T5Config(**SIZES, dropout_rate=0.0, dtype=args.dtype,
+                         prompt_length=PROMPT if prompt else 0)
   model = models.EncoderDecoderModel(cfg)
   params = partitioning.flatten(nn.unbox(model.init(jax.random.PRNGKey(0), INPUTS, TARGETS)))
   trainable_paths, frozen_paths = partitioning.split_trainable(
@@ -133,8 +131,8 @@ def run_torch(prompt: bool, args) -> dict:
   torch.manual_seed(0)
   config = transformers.T5Config(
       vocab_size=SIZES['vocab_size'], d_model=SIZES['emb_dim'], num_heads=SIZES['num_heads'],
-      d_kv=SIZES['head_dim'], d_ff=SIZES['mlp_dim'], num_layers=SIZES['layers'],
-      num_decoder_layers=SIZES['layers'], feed_forward_proj='gated-gelu',
+      d_kv=SIZES['head_dim'], d_ff=SIZES['mlp_dim'], num_layers=SIZES['num_encoder_layers'],
+      num_decoder_layers=SIZES['num_decoder_layers'], feed_forward_proj='gated-gelu',
       tie_word_embeddings=False, dropout_rate=0.0)
   model = transformers.T5ForConditionalGeneration(config)
   # transformers 5 ties lm_head to the embedding whatever tie_word_embeddings says (it
