@@ -32,9 +32,6 @@ class RunCheckpointer:
             max_to_keep=keep, step_prefix=STEP_PREFIX, create=True,
             cleanup_tmp_directories=True))
 
-  def latest_step(self) -> Optional[int]:
-    return self._manager.latest_step()
-
   def save(self, step: int, params, opt_state, meta: Mapping) -> None:
     """Starts an asynchronous save; a directory only appears once complete."""
     self._manager.save(step, args=ocp.args.Composite(
@@ -57,6 +54,19 @@ class RunCheckpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def latest_step(model_dir: str) -> Optional[int]:
+  """The newest complete checkpoint step in `model_dir` (read-only; None if there is none)."""
+  if not os.path.isdir(model_dir):
+    return None
+  manager = ocp.CheckpointManager(
+      os.path.abspath(model_dir),
+      options=ocp.CheckpointManagerOptions(step_prefix=STEP_PREFIX, read_only=True))
+  try:
+    return manager.latest_step()
+  finally:
+    manager.close()
 
 
 def resolve_params_dir(path: str) -> epath.Path:

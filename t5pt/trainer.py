@@ -147,39 +147,32 @@ def train(*,
       logging.warning('No INITIAL_CHECKPOINT_PATH: the frozen parameters are random.')
     frozen = _initialise(init_fn, init_rng, frozen_paths, shardings, frozen_dtype)
 
+  tx = optimizer.transform
+  resume_step = checkpoints.latest_step(model_dir)
+  if not resume_step:  # Initialise now: a bad initialiser binding must fail before writing.
+    params = _initial_trainable(init_fn, init_rng, trainable_paths, shardings, frozen,
+                                prompt_init, prompt_rng, vocabulary)
+
   # ---- Nothing above wrote to disk; from here on the run directory exists. ----
   tf.io.gfile.makedirs(model_dir)
   checkpointer = checkpoints.RunCheckpointer(model_dir, keep_checkpoints)
   log = MetricsLog(model_dir)
-  tx = optimizer.transform
-
-  trainable_shardings = partitioning.unflatten({k: shardings[k] for k in trainable_paths})
-  start_step = checkpointer.latest_step() or 0
-  batches_consumed = 0
-  if start_step:
+  start_step, batches_consumed = resume_step or 0, 0
+  if resume_step:
     meta = checkpointer.read_meta(start_step)
-    batches_consumed = meta['batches_consumed']
     if sorted(meta['trainable']) != sorted(trainable_paths):
       raise UserError(f'{model_dir} was trained with trainable parameters '
                       f'{meta["trainable"]} but TRAINABLE now selects {trainable_paths}; '
                       'use a new MODEL_DIR or restore the old TRAINABLE.')
-    abstract_params = jax.tree.map(
-        lambda s, sh: _abstract(s, sh),
-        partitioning.unflatten({k: shapes[k] for k in trainable_paths}), trainable_shardings)
+    batches_consumed = meta['batches_consumed']
+    abstract_params = partitioning.unflatten(
+        {k: _abstract(shapes[k], shardings[k]) for k in trainable_paths})
     init_opt = jax.jit(tx.init).lower(abstract_params).compile()
     abstract_opt = jax.tree.map(_abstract, jax.eval_shape(tx.init, abstract_params),
                                 init_opt.output_shardings)
     params, opt_state = checkpointer.restore(start_step, abstract_params, abstract_opt)
     _say(f'Resuming {model_dir} from step {start_step}.')
   else:
-    flat = _initialise(init_fn, init_rng, trainable_paths, shardings, 'float32')
-    if PROMPT_PATH in flat:
-      embedding = frozen.get(EMBEDDING_PATH, flat.get(EMBEDDING_PATH))
-      value = prompt_init(prompt_rng, shapes[PROMPT_PATH].shape,
-                          embedding=np.asarray(embedding, np.float32), vocabulary=vocabulary)
-      flat[PROMPT_PATH] = jax.device_put(jnp.asarray(value, jnp.float32),
-                                         shardings[PROMPT_PATH])
-    params = partitioning.unflatten(flat)
     opt_state = jax.jit(tx.init)(params)
   frozen_tree = partitioning.unflatten(frozen)
   _write_text_atomically(os.path.join(model_dir, 'config.gin'), gin.config_str())
@@ -281,6 +274,19 @@ def build_eval_step(model: models.EncoderDecoderModel):
   """(params, frozen, batch) -> metric sums, without dropout."""
   return lambda params, frozen_tree, batch: model.loss_and_metrics(
       merge(frozen_tree, params), batch)[1]
+
+
+def _initial_trainable(init_fn, init_rng, trainable_paths, shardings, frozen, prompt_init,
+                       prompt_rng, vocabulary) -> dict:
+  """Fresh trainable parameters (nested): random, with the prompt from `prompt_init`."""
+  flat = _initialise(init_fn, init_rng, trainable_paths, shardings, 'float32')
+  if PROMPT_PATH in flat:
+    embedding = frozen.get(EMBEDDING_PATH, flat.get(EMBEDDING_PATH))
+    value = prompt_init(prompt_rng, flat[PROMPT_PATH].shape,
+                        embedding=np.asarray(embedding, np.float32), vocabulary=vocabulary)
+    flat[PROMPT_PATH] = jax.device_put(jnp.asarray(value, jnp.float32),
+                                       shardings[PROMPT_PATH])
+  return partitioning.unflatten(flat)
 
 
 def _initialise(init_fn, rng, paths: Sequence[str], shardings, dtype) -> dict:

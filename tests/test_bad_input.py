@@ -108,3 +108,8 @@ def test_command_line_exit_code_and_message(tmp_path):
   assert 't5pt: error:' in result.stderr and 'TRAIN_STPES' in result.stderr
   assert 'Traceback' not in result.stderr
   assert not (tmp_path / 'run').exists()
+
+
+def test_prompt_initialiser_misconfigured(tmp_path):
+  _expect_error(tmp_path, ['prompts.class_labels needs labels'],
+                bindings=['PROMPT_INIT = @prompts.class_labels'])
