@@ -23,6 +23,7 @@ and after the timed steps is reported too.
 """
 
 import argparse
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -73,16 +74,23 @@ def device_memory(peak_bytes: int, end_bytes: int) -> dict:
           'end_mib': end_bytes / 2**20}
 
 
-def steps_per_second(step, sync, steps: int, warmup: int = 2) -> float:
-  """Runs `warmup` untimed steps (the first compiles), then times `steps` of them."""
+def time_steps(step, sync, steps: int, warmup: int = 2) -> dict:
+  """Runs `warmup` untimed steps (the first compiles), then times `steps` one by one.
+
+  steps/s comes from the median step time, which a burst of load from another process on
+  a shared machine moves less than it moves the mean; min and max show the spread.
+  """
   for _ in range(warmup):
     step()
   sync()
-  start = time.perf_counter()
+  times = []
   for _ in range(steps):
+    start = time.perf_counter()
     step()
-  sync()
-  return steps / (time.perf_counter() - start)
+    sync()
+    times.append(time.perf_counter() - start)
+  return {'steps_per_s': 1 / float(np.median(times)), 'step_min_s': min(times),
+          'step_max_s': max(times)}
 
 
 def run_jax(prompt: bool, args) -> dict:
@@ -113,12 +121,11 @@ def run_jax(prompt: bool, args) -> dict:
     trainable, opt_state, metrics = train_step(trainable, opt_state, frozen, batch, index)
     index += 1
 
-  rate = steps_per_second(step, lambda: jax.block_until_ready((trainable, metrics)),
-                          args.steps)
+  timing = time_steps(step, lambda: jax.block_until_ready((trainable, metrics)), args.steps)
   device = jax.devices()[0]
   memory = (cpu_memory(base_mib) if device.platform == 'cpu' else device_memory(
       device.memory_stats()['peak_bytes_in_use'], device.memory_stats()['bytes_in_use']))
-  return {'steps_per_s': rate, 'trainable_params': count,
+  return {**timing, 'trainable_params': count,
           'optimizer': 't5pt adafactor' if prompt else 't5pt adamw', **memory,
           'device': device.device_kind, 'version': f'jax {jax.__version__}'}
 
@@ -136,9 +143,11 @@ def run_torch(prompt: bool, args) -> dict:
       tie_word_embeddings=False, dropout_rate=0.0)
   model = transformers.T5ForConditionalGeneration(config)
   # transformers 5 ties lm_head to the embedding whatever tie_word_embeddings says (it
-  # only turns off the 1.0-style output scaling); untie it as T5 1.1 checkpoints are.
+  # only turns off the 1.0-style output scaling); untie it as T5 1.1 checkpoints are,
+  # at t5pt's init scale, so both start near ln(vocab) (HF's std 1.0 starts near 180).
   model.config.tie_word_embeddings = False
-  model.lm_head.weight = torch.nn.Parameter(model.shared.weight.detach().clone())
+  model.lm_head.weight = torch.nn.Parameter(
+      torch.randn_like(model.shared.weight) * SIZES['emb_dim'] ** -0.5)
   if prompt:
     import peft
     model = peft.get_peft_model(model, peft.PromptTuningConfig(
@@ -168,14 +177,15 @@ def run_torch(prompt: bool, args) -> dict:
     optimizer.zero_grad(set_to_none=True)
 
   sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
-  rate = steps_per_second(step, sync, args.steps)
+  timing = time_steps(step, sync, args.steps)
   on_cpu = device.type == 'cpu'
   memory = (cpu_memory(base_mib) if on_cpu else device_memory(
       torch.cuda.max_memory_allocated(), torch.cuda.memory_allocated()))
-  return {'steps_per_s': rate, 'trainable_params': sum(p.numel() for p in params),
+  return {**timing, 'trainable_params': sum(p.numel() for p in params),
           'optimizer': name, **memory,
           'device': 'cpu' if on_cpu else torch.cuda.get_device_name(),
-          'version': f'torch {torch.__version__}, transformers {transformers.__version__}'}
+          'version': f'torch {torch.__version__}, transformers {transformers.__version__}, '
+                     f'peft {importlib.metadata.version("peft")}'}
 
 
 def run_worker(name: str, args) -> None:
@@ -204,12 +214,13 @@ def spawn(name: str, args) -> dict | None:
 
 def print_table(rows: list[dict]) -> None:
   print('| framework | mode | encoder positions | target length | optimizer | steps/s | '
-        'tokens/s | peak mem (MiB) | after imports (MiB) | after steps (MiB) | '
-        'trainable params |')
-  print('|---|---|---|---|---|---|---|---|---|---|---|')
+        'step s (min-max) | tokens/s | peak mem (MiB) | after imports (MiB) | '
+        'after steps (MiB) | trainable params |')
+  print('|---|---|---|---|---|---|---|---|---|---|---|---|')
   for r in rows:
     print(f"| {r['framework']} | {r['mode']} | {r['encoder_positions']} | "
           f"{r['target_length']} | {r['optimizer']} | {r['steps_per_s']:.3f} | "
+          f"{r['step_min_s']:.2f}-{r['step_max_s']:.2f} | "
           f"{r['tokens_per_s']:.0f} | {r['peak_mib']:.0f} | {r['base_mib']:.0f} | "
           f"{r['end_mib']:.0f} | {r['trainable_params']:,} |")
 
@@ -246,12 +257,14 @@ def main() -> int:
   print(f'T5 1.1-small shapes {SIZES}, batch {BATCH}, inputs {INPUTS} (+{PROMPT} prompt '
         f'positions in prompt mode), targets {TARGETS}, {args.steps} timed steps, '
         f'dtype {args.dtype}')
+  print('load average before: %.2f %.2f %.2f' % os.getloadavg())
   rows = []
   for name in selected:
     print(f'running {name} ...', flush=True)
     rows += [result] if (result := spawn(name, args)) else []
   for r in {r['version']: r for r in rows}.values():
     print(f"{r['framework']}: {r['version']} on {r['device']} (memory: {r['memory']})")
+  print('load average after: %.2f %.2f %.2f' % os.getloadavg())
   print_table(rows)
   print_ratios(rows)
   return 0 if len(rows) == len(selected) else 1
