@@ -2,7 +2,7 @@
 
 Usage (from the repository root, inside the project's virtualenv):
 
-    pip install -r bench/requirements.txt        # the peer; torch first, see RESULTS.md
+    pip install torch==2.13.0 && pip install -r bench/requirements.txt   # the peer
     python bench/train_step.py [--steps 10] [--dtype float32|bfloat16] [--frameworks jax,torch]
 
 Shapes are T5 1.1-small (vocab 32128, d_model 512, 6 heads x 64, gated-GELU MLP 1024,
@@ -60,12 +60,9 @@ def current_rss_mib() -> float:
   return kib / 1024
 
 
-def peak_rss_mib() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
 def cpu_memory(base_mib: float) -> dict:
-  return {'memory': 'process RSS', 'peak_mib': peak_rss_mib(), 'base_mib': base_mib,
+  peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+  return {'memory': 'process RSS', 'peak_mib': peak_mib, 'base_mib': base_mib,
           'end_mib': current_rss_mib()}
 
 
@@ -107,7 +104,6 @@ def run_jax(prompt: bool, args) -> dict:
       list(params), [trainer.PROMPT_PATH] if prompt else ['.*'])
   trainable = partitioning.unflatten({k: params[k] for k in trainable_paths})
   frozen = partitioning.unflatten({k: params[k] for k in frozen_paths})
-  del params
   opt = optimizers.adafactor() if prompt else optimizers.adamw(decay_steps=1000)
   opt_state = jax.jit(opt.transform.init)(trainable)
   train_step = jax.jit(trainer.build_train_step(model, opt.transform, jax.random.PRNGKey(1)),
@@ -144,7 +140,7 @@ def run_torch(prompt: bool, args) -> dict:
   model = transformers.T5ForConditionalGeneration(config)
   # transformers 5 ties lm_head to the embedding whatever tie_word_embeddings says (it
   # only turns off the 1.0-style output scaling); untie it as T5 1.1 checkpoints are,
-  # at t5pt's init scale, so both start near ln(vocab) (HF's std 1.0 starts near 180).
+  # at t5pt's init scale so both start near ln(vocab) (HF's own std 1.0 starts near 100).
   model.config.tie_word_embeddings = False
   model.lm_head.weight = torch.nn.Parameter(
       torch.randn_like(model.shared.weight) * SIZES['emb_dim'] ** -0.5)
