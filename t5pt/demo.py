@@ -10,7 +10,6 @@ files in gin/demo/ and gin/t5_1_1_tiny_prompt.gin; the demo only chains them.
 """
 
 import os
-import sys
 import time
 
 import gin
@@ -73,5 +72,9 @@ def main(argv):
   gin_utils.run(demo, parse_gin_flags=False)
 
 
+def console_main():
+  app.run(main)
+
+
 if __name__ == '__main__':
-  app.run(main, argv=gin_utils.rewrite_gin_args(sys.argv))
+  console_main()

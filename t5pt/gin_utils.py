@@ -108,5 +108,8 @@ def run(main_fn, parse_gin_flags: bool = True) -> None:
 
 
 def _exit_with(error: UserError) -> None:
-  print(f'\nt5pt: error: {error}', file=sys.stderr)
+  # Gin appends "In call to configurable ..." to exceptions passing through it; the
+  # message already names the binding, so keep only the user's part.
+  message = str(error).split('\n  In call to configurable')[0]
+  print(f'\nt5pt: error: {message}', file=sys.stderr)
   sys.exit(2)
