@@ -87,6 +87,13 @@ def resolve_params_dir(path: str) -> epath.Path:
                   f'{STEP_PREFIX}_<step>/params inside).')
 
 
+def _open_params(path: str):
+  """(params dir, checkpointer, nested metadata tree) of a t5pt checkpoint path."""
+  params_dir = resolve_params_dir(path)
+  checkpointer = ocp.PyTreeCheckpointer()
+  return params_dir, checkpointer, checkpointer.metadata(params_dir).item_metadata.tree
+
+
 def load_frozen_params(path: str, targets: Mapping[str, jax.ShapeDtypeStruct]
                        ) -> dict[str, jax.Array]:
   """Reads the listed parameters from a t5pt checkpoint, each cast and sharded as its
@@ -94,9 +101,8 @@ def load_frozen_params(path: str, targets: Mapping[str, jax.ShapeDtypeStruct]
 
   Shapes are checked against the checkpoint's metadata before any tensor is read.
   """
-  params_dir = resolve_params_dir(path)
-  checkpointer = ocp.PyTreeCheckpointer()
-  stored = partitioning.flatten(checkpointer.metadata(params_dir).item_metadata.tree)
+  params_dir, checkpointer, stored_tree = _open_params(path)
+  stored = partitioning.flatten(stored_tree)
   missing = [k for k in targets if k not in stored]
   if missing:
     raise UserError(f'INITIAL_CHECKPOINT_PATH={path!r} lacks {len(missing)} parameter(s) '
@@ -116,9 +122,7 @@ def load_frozen_params(path: str, targets: Mapping[str, jax.ShapeDtypeStruct]
 
 def read_params_as_numpy(path: str) -> dict[str, np.ndarray]:
   """Every parameter of a t5pt checkpoint as host numpy arrays (any saving topology)."""
-  params_dir = resolve_params_dir(path)
-  checkpointer = ocp.PyTreeCheckpointer()
-  stored = checkpointer.metadata(params_dir).item_metadata.tree
+  params_dir, checkpointer, stored = _open_params(path)
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), stored)
   return partitioning.flatten(checkpointer.restore(
       params_dir, args=ocp.args.PyTreeRestore(restore_args=restore_args)))

@@ -13,7 +13,6 @@ import os
 import time
 
 import gin
-from absl import app
 from absl import flags
 
 from t5pt import gin_utils
@@ -73,7 +72,7 @@ def main(argv):
 
 
 def console_main():
-  app.run(main)
+  gin_utils.app_run(main)
 
 
 if __name__ == '__main__':

@@ -13,6 +13,7 @@ import sys
 from typing import Sequence
 
 import gin
+from absl import app
 from absl import flags
 from absl import logging
 
@@ -35,8 +36,8 @@ def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
     if arg.startswith('--gin.'):
       name, sep, value = arg[len('--gin.'):].partition('=')
       if not sep:
-        _exit_with(UserError(f'{arg!r} has no value; write --gin.{name}=VALUE (strings '
-                             "need inner quotes: --gin.MODEL_DIR=\"'/runs/x'\")."))
+        raise UserError(f'{arg!r} has no value; write --gin.{name}=VALUE (strings need '
+                        "inner quotes: --gin.MODEL_DIR=\"'/runs/x'\").")
       out.append(f'--gin_bindings={name} = {value}')
     else:
       out.append(arg)
@@ -48,9 +49,6 @@ class _QuietSearchMisses(logging_std.Filter):
 
   def filter(self, record):
     return not str(record.msg).startswith('Path not found')
-
-
-logging_std.getLogger().addFilter(_QuietSearchMisses())
 
 
 def defined_macros() -> set[str]:
@@ -74,11 +72,15 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str],
     gin.add_config_file_search_path(path)
   if not gin_files:
     raise UserError('No --gin_file given; try --gin_file=gin/t5_1_1_tiny_prompt.gin.')
+  quiet = _QuietSearchMisses()
+  logging_std.getLogger().addFilter(quiet)
   try:
     gin.parse_config_files_and_bindings(
         [_resolve(f, search_paths) for f in gin_files], None, finalize_config=False)
   except (ValueError, IOError, SyntaxError) as e:
     raise UserError(f'Invalid gin config: {e}') from e
+  finally:
+    logging_std.getLogger().removeFilter(quiet)
   known = defined_macros()
   for binding in bindings:
     match = _MACRO.match(binding)
@@ -105,6 +107,15 @@ def run(main_fn, parse_gin_flags: bool = True) -> None:
     main_fn()
   except UserError as e:
     _exit_with(e)
+
+
+def app_run(main) -> None:
+  """absl's app.run for t5pt entry points, after the `--gin.NAME=value` rewrite."""
+  try:
+    argv = rewrite_gin_args(sys.argv)
+  except UserError as e:
+    _exit_with(e)
+  app.run(main, argv=argv)
 
 
 def _exit_with(error: UserError) -> None:

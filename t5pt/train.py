@@ -4,10 +4,6 @@ r"""Train a T5 prompt (or any TRAINABLE subset), t5x-style.
       --gin.MODEL_DIR="'/tmp/run'" --gin.TRAIN_STEPS=200
 """
 
-import sys
-
-from absl import app
-
 from t5pt import gin_utils
 from t5pt import trainer
 
@@ -18,7 +14,7 @@ def main(argv):
 
 
 def console_main():
-  app.run(main, argv=gin_utils.rewrite_gin_args(sys.argv))
+  gin_utils.app_run(main)
 
 
 if __name__ == '__main__':
