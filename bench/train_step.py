@@ -38,7 +38,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 BATCH, INPUTS, TARGETS, PROMPT = 8, 128, 32, 100
 SIZES = dict(vocab_size=32128, emb_dim=512, num_heads=6, head_dim=64, mlp_dim=1024,
-             num_encoder_layers=8, num_decoder_layers=8)  # t5pt's T5Config names
+             num_encoder_layers=8, num_decoder_layers=8, mlp_activations=('gelu', 'linear'),
+             logits_via_embedding=False, relative_attention_num_buckets=32,
+             relative_attention_max_distance=128)  # t5pt's T5Config names
 WORKERS = ('jax-prompt', 'jax-full', 'torch-prompt', 'torch-full')
 PEER_PACKAGES = ('torch', 'transformers', 'peft')
 

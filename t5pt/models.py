@@ -58,7 +58,7 @@ class EncoderDecoderModel:
   """Binds the flax network to a loss; params are the nested (unboxed) dict."""
 
   def __init__(self, config: network.T5Config, loss: LossConfig = LossConfig()):
-    self.config = config
+    self.config = config.require_complete()
     self.loss_config = loss
     self.module = network.Transformer(config)
 

@@ -25,7 +25,7 @@ run in `T5Config.dtype`, with layer norms and softmax computed in float32.
 
 import dataclasses
 import functools
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import flax.linen as nn
 import gin
@@ -34,33 +34,88 @@ import jax.numpy as jnp
 import numpy as np
 
 from t5pt import prompts
+from t5pt.errors import UserError
 
 Array = jax.Array
 NEG_INF = -1e10
 
 
+ARCHITECTURE_FIELDS = (
+    'vocab_size', 'emb_dim', 'num_heads', 'num_encoder_layers', 'num_decoder_layers',
+    'head_dim', 'mlp_dim', 'mlp_activations', 'logits_via_embedding',
+    'relative_attention_num_buckets', 'relative_attention_max_distance')
+
+
 @gin.configurable(module='network')
 @dataclasses.dataclass(frozen=True)
 class T5Config:
-  """Sizes and options of a T5 network; the one place model shapes are defined."""
-  vocab_size: int = 32128
+  """Sizes and options of a T5 network; the one place model shapes are defined.
+
+  Architecture fields left as None are taken from the base checkpoint, which knows them
+  (HF config.json, or the tensor shapes of a T5X checkpoint); see `reconcile`.
+  """
+  vocab_size: Optional[int] = None
   dtype: str = 'float32'
-  emb_dim: int = 512
-  num_heads: int = 6
-  num_encoder_layers: int = 8
-  num_decoder_layers: int = 8
-  head_dim: int = 64
-  mlp_dim: int = 1024
-  mlp_activations: Sequence[str] = ('gelu', 'linear')
+  emb_dim: Optional[int] = None
+  num_heads: Optional[int] = None
+  num_encoder_layers: Optional[int] = None
+  num_decoder_layers: Optional[int] = None
+  head_dim: Optional[int] = None
+  mlp_dim: Optional[int] = None
+  mlp_activations: Optional[Sequence[str]] = None
   dropout_rate: float = 0.0
-  logits_via_embedding: bool = False
-  relative_attention_num_buckets: int = 32
-  relative_attention_max_distance: int = 128
+  logits_via_embedding: Optional[bool] = None
+  relative_attention_num_buckets: Optional[int] = None
+  relative_attention_max_distance: Optional[int] = None
   prompt_length: int = 0
 
   @property
   def activation_dtype(self):
     return jnp.dtype(self.dtype)
+
+  def architecture(self) -> dict:
+    return {f: getattr(self, f) for f in ARCHITECTURE_FIELDS}
+
+  def require_complete(self) -> 'T5Config':
+    """Returns self, or raises a UserError naming the architecture fields still unset."""
+    unset = [f for f in ARCHITECTURE_FIELDS if getattr(self, f) is None]
+    if unset:
+      raise UserError(
+          f'network.T5Config.{unset[0]} is not set ({len(unset)} size field(s) unset: '
+          f'{unset}). Include a model file such as gin/models/t5_1_1_small.gin, or set '
+          'INITIAL_CHECKPOINT_PATH to a checkpoint that carries its sizes (an HF folder '
+          'with config.json, or a T5X checkpoint).')
+    return self
+
+  def reconcile(self, facts: Mapping[str, object], source: str,
+                defaults: Mapping[str, object] = ()) -> 'T5Config':
+    """Fills unset fields from a checkpoint and checks the set ones against it.
+
+    `facts` are what the checkpoint states (a mismatch with gin is an error naming both
+    values); `defaults` are conventional values for what the checkpoint cannot tell
+    (e.g. a T5X checkpoint's relative-attention max distance), used only if gin is unset.
+    """
+    updates, conflicts = {}, []
+    for name, value in facts.items():
+      mine = getattr(self, name)
+      if mine is None:
+        updates[name] = value
+      elif _normalise(mine) != _normalise(value):
+        conflicts.append(f'network.T5Config.{name} = {mine!r} in gin, but {value!r} in the '
+                         'checkpoint')
+    if conflicts:
+      raise UserError(f'The gin model sizes disagree with {source}:\n  ' +
+                      '\n  '.join(conflicts) + '\nUse the model gin file that matches the '
+                      'checkpoint (gin/models/*.gin), or drop the size bindings and let the '
+                      'checkpoint supply them.')
+    for name, value in dict(defaults).items():
+      if getattr(self, name) is None and name not in updates:
+        updates[name] = value
+    return dataclasses.replace(self, **updates)
+
+
+def _normalise(value):
+  return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
 def _param(module, name, init, shape, axes):

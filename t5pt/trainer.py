@@ -7,6 +7,7 @@
 Everything that can fail because of user input is checked before MODEL_DIR is touched.
 """
 
+import dataclasses
 import json
 import os
 import time
@@ -22,6 +23,7 @@ import tensorflow as tf
 import tqdm
 from absl import logging
 
+from t5pt import checkpoint_import
 from t5pt import checkpoints
 from t5pt import data
 from t5pt import models
@@ -29,6 +31,7 @@ from t5pt import network
 from t5pt import optimizers
 from t5pt import partitioning
 from t5pt import prompts
+from t5pt import vocabularies
 from t5pt.errors import UserError
 
 PROMPT_PATH = 'encoder/prompt/prompt'
@@ -113,7 +116,15 @@ def train(*,
   data.import_task_modules(mixture_or_task_module)
   prompt_length = network_config.prompt_length
   data.converter_lengths(task_feature_lengths, prompt_length)
+  base = (checkpoint_import.open_checkpoint(initial_checkpoint_path)
+          if initial_checkpoint_path else None)
+  if base:
+    network_config = base.reconcile(network_config)
+  network_config.require_complete()
   vocabulary = data.vocabulary(mixture_or_task_name)
+  vocabularies.check_fits(vocabulary, network_config.vocab_size,
+                          f'MIXTURE_OR_TASK_NAME={mixture_or_task_name!r}',
+                          initial_checkpoint_path)
   mesh = partition.make_mesh()
   _say(f'mesh: data={mesh.shape["data"]} x model={mesh.shape["model"]} over '
        f'{mesh.devices.size} {jax.default_backend()} device(s)')
@@ -140,8 +151,8 @@ def train(*,
                     for k in frozen_paths}
 
   init_rng, prompt_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed), 3)
-  if initial_checkpoint_path:
-    frozen = checkpoints.load_frozen_params(initial_checkpoint_path, frozen_targets)
+  if base:
+    frozen = base.load(frozen_targets, progress=progress_bar and jax.process_index() == 0)
   else:
     if frozen_paths:
       logging.warning('No INITIAL_CHECKPOINT_PATH: the frozen parameters are random.')
@@ -235,7 +246,9 @@ def train(*,
     if done % checkpoint_period == 0 or done == train_steps:
       checkpointer.save(done, params, opt_state,
                         {'step': done, 'batches_consumed': done, 'seed': seed,
-                         'trainable': trainable_paths})
+                         'trainable': trainable_paths,
+                         'initial_checkpoint_path': initial_checkpoint_path,
+                         'network_config': dataclasses.asdict(network_config)})
     if eval_ds is not None and (done % eval_period == 0 or done == train_steps):
       summary['eval'] = evaluate(done)
   bar.close()

@@ -10,6 +10,12 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INTEROP = os.path.join(os.path.dirname(REPO), 'shared', 'interop')
 
+# A complete, tiny network.T5Config (T5 1.1 style) for unit tests.
+TINY = dict(vocab_size=32, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=24,
+            num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0,
+            relative_attention_num_buckets=8, relative_attention_max_distance=16,
+            mlp_activations=('gelu', 'linear'), logits_via_embedding=False)
+
 
 def train_in_process(gin_file: str, model_dir: str, bindings=(), **macros) -> dict:
   """Runs trainer.train under `gin_file` with MODEL_DIR, macro overrides and raw

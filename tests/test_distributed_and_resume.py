@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from t5pt import checkpoints
+from t5pt import checkpoint_import
 from tests.conftest import REPO
 from tests.conftest import run_module
 
@@ -25,7 +25,7 @@ def _args(model_dir, base, *extra):
 
 
 def _prompt(model_dir, step):
-  return checkpoints.read_params_as_numpy(
+  return checkpoint_import.read_params_as_numpy(
       os.path.join(model_dir, f'checkpoint_{step}'))['encoder/prompt/prompt']
 
 

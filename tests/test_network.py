@@ -9,9 +9,7 @@ import pytest
 from t5pt import network
 from t5pt import partitioning
 
-TINY = dict(vocab_size=32, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=24,
-            num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0,
-            relative_attention_num_buckets=8, relative_attention_max_distance=16)
+from tests.conftest import TINY
 
 
 def _init(cfg, in_len=6, tgt_len=5, seed=0):

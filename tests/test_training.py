@@ -9,16 +9,16 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from t5pt import checkpoints
+from t5pt import checkpoint_import
 from t5pt import models
 from t5pt import network
 from t5pt import optimizers
 from t5pt import partitioning
 from t5pt import trainer
+from tests.conftest import TINY as TINY_2_LAYERS
 from tests.conftest import train_in_process
 
-TINY = dict(vocab_size=32, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=24,
-            num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.1)
+TINY = dict(TINY_2_LAYERS, num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.1)
 
 
 def _batch(rng, batch=4, in_len=6, tgt_len=4):
@@ -81,7 +81,7 @@ def test_prompt_run_writes_only_trainable_state_and_metrics(base_checkpoint, tmp
       os.path.join(model_dir, 'checkpoint_6', 'params')).item_metadata.tree
   assert list(partitioning.flatten(stored)) == [trainer.PROMPT_PATH]
   np.testing.assert_array_equal(
-      checkpoints.read_params_as_numpy(model_dir)['encoder/prompt/prompt'],
+      checkpoint_import.read_params_as_numpy(model_dir)['encoder/prompt/prompt'],
       summary['params']['encoder']['prompt']['prompt'])
   lines = [json.loads(l) for l in open(os.path.join(model_dir, 'metrics.jsonl'))]
   train_lines = [l for l in lines if l['split'] == 'train']
@@ -103,7 +103,7 @@ def test_class_label_init_inside_a_run_uses_the_base_embedding(base_checkpoint, 
       bindings=['PROMPT_INIT = @prompts.class_labels',
                 "prompts.class_labels.labels = ['a', 'bc']"],
       INITIAL_CHECKPOINT_PATH=base_checkpoint, TRAIN_STEPS=0)
-  embedding = checkpoints.read_params_as_numpy(base_checkpoint)['token_embedder/embedding']
+  embedding = checkpoint_import.read_params_as_numpy(base_checkpoint)['token_embedder/embedding']
   prompt = summary['params']['encoder']['prompt']['prompt']
   a, b, c = (ord(ch) + 3 for ch in 'abc')  # ByteVocabulary: id = byte + 3
   np.testing.assert_allclose(prompt[0], embedding[a], rtol=1e-6)

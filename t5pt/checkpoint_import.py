@@ -1,0 +1,302 @@
+"""Opening a base model from whatever checkpoint a user has, detected automatically.
+
+    INITIAL_CHECKPOINT_PATH is ...                        read as
+    a folder with config.json (+ model.safetensors,       HFCheckpoint (transformers layout,
+      sharded safetensors + index, or pytorch_model.bin)    names mapped by hf_format)
+    a T5X dir/file with a msgpack `checkpoint`            T5XLegacyCheckpoint
+    an orbax dir (_METADATA): a t5pt MODEL_DIR or          OrbaxCheckpoint (params tree, under
+      checkpoint_<step>, or a T5X orbax checkpoint          target/ or optimizer/target/ for T5X)
+    a run dir holding checkpoint_<step>/ subdirectories   the newest complete step of the above
+
+Every format exposes t5x parameter paths ('encoder/layers_0/attention/query/kernel'), their
+shapes without reading data, the architecture it implies, and `load(targets)`, which reads
+each tensor, casts it and places it on its target sharding one at a time, so host memory
+never holds the model twice.
+"""
+
+import json
+import os
+import re
+from typing import Mapping, Optional
+
+import jax
+import ml_dtypes
+import numpy as np
+import orbax.checkpoint as ocp
+import tqdm
+from etils import epath
+
+from t5pt import hf_format
+from t5pt import network
+from t5pt import partitioning
+from t5pt import safetensors_io
+from t5pt import t5x_legacy
+from t5pt import vocabularies
+from t5pt.errors import UserError
+
+STEP_DIR = re.compile(r'^checkpoint_(\d+)$')
+
+
+class BaseCheckpoint:
+  """A checkpoint read lazily by t5x parameter path."""
+  format = 'unknown'
+
+  def __init__(self, path: str):
+    self.path = path
+
+  @property
+  def description(self) -> str:
+    return f'the {self.format} checkpoint at {self.path}'
+
+  def shapes(self) -> dict[str, tuple[int, ...]]:
+    raise NotImplementedError
+
+  def read(self, name: str) -> np.ndarray:
+    """One parameter as a host array in its stored dtype."""
+    raise NotImplementedError
+
+  def architecture(self) -> tuple[dict, dict]:
+    """(facts, defaults) about network.T5Config; see T5Config.reconcile."""
+    return _architecture_from_shapes(self.shapes())
+
+  def vocabulary_file(self) -> Optional[str]:
+    """The SentencePiece model shipped with the checkpoint, if any."""
+    return None
+
+  def reconcile(self, config: network.T5Config) -> network.T5Config:
+    facts, defaults = self.architecture()
+    return config.reconcile(facts, self.description, defaults)
+
+  def check(self, targets: Mapping[str, jax.ShapeDtypeStruct]) -> None:
+    """Raises a UserError unless every target exists here with the same shape."""
+    shapes = self.shapes()
+    missing = [k for k in targets if k not in shapes]
+    if missing:
+      raise UserError(f'{self.description} lacks {len(missing)} parameter(s) the model '
+                      f'needs, e.g. {missing[:3]}. Is it a checkpoint of the same '
+                      'architecture (network.T5Config)?')
+    for name, target in targets.items():
+      if tuple(shapes[name]) != tuple(target.shape):
+        raise UserError(f'Parameter {name!r} has shape {tuple(shapes[name])} in '
+                        f'{self.description} but the model expects {tuple(target.shape)}. '
+                        'The gin network.T5Config sizes must match the checkpoint.')
+
+  def load(self, targets: Mapping[str, jax.ShapeDtypeStruct], progress: bool = False
+           ) -> dict[str, jax.Array]:
+    """Reads the listed parameters, each cast and sharded as its target says."""
+    self.check(targets)
+    loaded = {}
+    for name in tqdm.tqdm(list(targets), desc='load base', unit='tensor',
+                          disable=not progress, leave=False):
+      loaded[name] = place(self.read(name), targets[name])
+    return loaded
+
+
+def place(array: np.ndarray, target: jax.ShapeDtypeStruct) -> jax.Array:
+  """Puts one host array onto `target.sharding` in `target.dtype`; each device receives
+  only its own slice, cast on the way."""
+  return jax.make_array_from_callback(
+      target.shape, target.sharding,
+      lambda index: np.asarray(array[index], dtype=target.dtype))
+
+
+def _architecture_from_shapes(shapes: Mapping[str, tuple]) -> tuple[dict, dict]:
+  """What tensor shapes say about the architecture (t5x/t5pt checkpoints carry no config)."""
+  facts = {}
+  if hf_format.EMBEDDING in shapes:
+    facts['vocab_size'], facts['emb_dim'] = shapes[hf_format.EMBEDDING]
+    facts['logits_via_embedding'] = hf_format.LOGITS not in shapes
+  relpos = shapes.get('encoder/relpos_bias/rel_embedding')
+  if relpos:
+    facts['num_heads'], facts['relative_attention_num_buckets'] = relpos
+    query = shapes.get('encoder/layers_0/attention/query/kernel')
+    if query:
+      facts['head_dim'] = query[1] // relpos[0]
+  for side in ('encoder', 'decoder'):
+    layers = {int(m.group(1)) for k in shapes
+              for m in [re.match(rf'{side}/layers_(\d+)/', k)] if m}
+    if layers:
+      facts[f'num_{side}_layers'] = max(layers) + 1
+  gated = 'encoder/layers_0/mlp/wi_0/kernel' in shapes
+  wi = shapes.get(f'encoder/layers_0/mlp/{"wi_0" if gated else "wi"}/kernel')
+  defaults = {'relative_attention_max_distance': 128}
+  if wi:
+    facts['mlp_dim'] = wi[1]
+    defaults['mlp_activations'] = ('gelu', 'linear') if gated else ('relu',)
+  return facts, defaults
+
+
+class HFCheckpoint(BaseCheckpoint):
+  """A transformers T5 folder: config.json and safetensors (or pytorch_model.bin)."""
+  format = 'Hugging Face'
+
+  def __init__(self, path: str):
+    super().__init__(path)
+    config_file = os.path.join(path, 'config.json')
+    try:
+      with open(config_file) as f:
+        self.hf_config = json.load(f)
+      self._architecture = hf_format.architecture_from_hf(self.hf_config, config_file)
+    except (ValueError, KeyError) as e:
+      raise UserError(f'{config_file} is not a usable T5 config.json ({e!r}).') from e
+    self._tensors = _open_hf_tensors(path)
+    config = network.T5Config(**self._architecture)
+    names = hf_format.parameter_names(config)
+    if hf_format.LOGITS in names and names[hf_format.LOGITS] not in self._tensors:
+      names[hf_format.LOGITS] = names[hf_format.EMBEDDING]  # saved tied, used unscaled
+    self._names = {ours: theirs for ours, theirs in names.items() if theirs in self._tensors}
+
+  def architecture(self) -> tuple[dict, dict]:
+    return dict(self._architecture), {}
+
+  def shapes(self) -> dict[str, tuple[int, ...]]:
+    shapes = {}
+    for ours, theirs in self._names.items():
+      shape = self._tensors[theirs].shape(theirs)
+      shapes[ours] = shape[::-1] if hf_format.needs_transpose(ours) else shape
+    return shapes
+
+  def read(self, name: str) -> np.ndarray:
+    array = self._tensors[self._names[name]].read(self._names[name])
+    return array.T if hf_format.needs_transpose(name) else array
+
+  def vocabulary_file(self) -> Optional[str]:
+    for name in vocabularies.SPM_FILES:
+      if os.path.exists(os.path.join(self.path, name)):
+        return os.path.join(self.path, name)
+    return None
+
+
+class _TorchTensors:
+  """pytorch_model.bin (older hub folders), memory-mapped through torch."""
+
+  def __init__(self, state_dict):
+    self._state = state_dict
+
+  def shape(self, key):
+    return tuple(self._state[key].shape)
+
+  def read(self, key):
+    import torch  # pylint: disable=import-outside-toplevel
+    tensor = self._state[key]
+    if tensor.dtype == torch.bfloat16:
+      return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16).copy()
+    return tensor.numpy().copy()
+
+
+def _open_hf_tensors(folder: str) -> dict:
+  """{HF key: reader with .shape(key) / .read(key)} for the folder's weight files."""
+  if any(os.path.exists(os.path.join(folder, f)) for f in
+         (safetensors_io.SINGLE_FILE, safetensors_io.INDEX_FILE)):
+    return safetensors_io.open_folder(folder)
+  bin_file = os.path.join(folder, 'pytorch_model.bin')
+  if os.path.exists(bin_file):
+    try:
+      import torch  # pylint: disable=import-outside-toplevel
+    except ImportError as e:
+      raise UserError(f'{folder} holds only pytorch_model.bin, which needs torch to read. '
+                      'Install the CPU build (pip install torch) or convert the folder to '
+                      'safetensors once with transformers: '
+                      'T5ForConditionalGeneration.from_pretrained(d).save_pretrained(d2).'
+                      ) from e
+    state = torch.load(bin_file, map_location='cpu', mmap=True, weights_only=True)
+    reader = _TorchTensors(state)
+    return {key: reader for key in state}
+  raise UserError(f'{folder} has config.json but no weights: expected '
+                  f'{safetensors_io.SINGLE_FILE}, {safetensors_io.INDEX_FILE} with its '
+                  'shards, or pytorch_model.bin.')
+
+
+class T5XLegacyCheckpoint(BaseCheckpoint):
+  format = 'T5X (msgpack)'
+
+  def __init__(self, path: str):
+    super().__init__(path)
+    self._checkpoint = t5x_legacy.LegacyCheckpoint(path)
+
+  def shapes(self) -> dict[str, tuple[int, ...]]:
+    return {k: self._checkpoint.shape(k) for k in self._checkpoint.keys()}
+
+  def read(self, name: str) -> np.ndarray:
+    return self._checkpoint.read(name)
+
+
+class OrbaxCheckpoint(BaseCheckpoint):
+  """An orbax PyTree of parameters: a t5pt run checkpoint or a T5X orbax checkpoint."""
+  format = 'orbax'
+  _PARAM_PREFIXES = ('optimizer/target/', 'target/', 'params/')
+
+  def __init__(self, path: str, params_dir: epath.Path):
+    super().__init__(path)
+    self._dir = params_dir
+    self._checkpointer = ocp.PyTreeCheckpointer()
+    tree = self._checkpointer.metadata(params_dir).item_metadata.tree
+    stored = partitioning.flatten(tree)
+    self._prefix = next((p for p in self._PARAM_PREFIXES
+                         if any(k.startswith(p) for k in stored)), '')
+    self._stored = {k[len(self._prefix):]: v for k, v in stored.items()
+                    if k.startswith(self._prefix)}
+
+  def shapes(self) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in self._stored.items()}
+
+  def _restore(self, item: Mapping[str, object], restore_args: Mapping[str, object]) -> dict:
+    nest = lambda flat: partitioning.unflatten({self._prefix + k: v for k, v in flat.items()})
+    restored = self._checkpointer.restore(self._dir, args=ocp.args.PyTreeRestore(
+        item=nest(item), restore_args=nest(restore_args), partial_restore=True))
+    flat = partitioning.flatten(restored)
+    return {k[len(self._prefix):]: v for k, v in flat.items()}
+
+  def read(self, name: str) -> np.ndarray:
+    return self.read_many([name])[name]
+
+  def read_many(self, names) -> dict[str, np.ndarray]:
+    item = {k: self._stored[k] for k in names}
+    return self._restore(item, {k: ocp.RestoreArgs(restore_type=np.ndarray) for k in names})
+
+  def load(self, targets, progress: bool = False) -> dict[str, jax.Array]:
+    # Orbax reads each array straight into its target sharding, so it does the work of
+    # the generic per-tensor loop itself (and faster, in parallel).
+    self.check(targets)
+    return self._restore(dict(targets), ocp.checkpoint_utils.construct_restore_args(
+        dict(targets)))
+
+
+def _newest_step_dir(path: epath.Path) -> Optional[epath.Path]:
+  steps = sorted((int(m.group(1)), c) for c in path.iterdir()
+                 for m in [STEP_DIR.match(c.name)] if m and c.is_dir())
+  return steps[-1][1] if steps else None
+
+
+def open_checkpoint(path: str) -> BaseCheckpoint:
+  """Detects the format of `path` (see module docstring) and opens it lazily."""
+  p = epath.Path(path)
+  if not p.exists():
+    raise UserError(f'INITIAL_CHECKPOINT_PATH={path!r} does not exist. Point it at an HF '
+                    'folder (config.json + model.safetensors), a T5X checkpoint_<step> '
+                    'directory, or a t5pt MODEL_DIR.')
+  if p.is_dir() and (p / 'config.json').exists():
+    return HFCheckpoint(path)
+  if (p.name == t5x_legacy.CHECKPOINT_FILE and not p.is_dir()) or (
+      p.is_dir() and (p / t5x_legacy.CHECKPOINT_FILE).exists()
+      and not (p / t5x_legacy.CHECKPOINT_FILE).is_dir()):
+    return T5XLegacyCheckpoint(path)
+  if p.is_dir():
+    for candidate in (p / 'params', p):
+      if (candidate / '_METADATA').exists():
+        return OrbaxCheckpoint(path, candidate)
+    newest = _newest_step_dir(p)
+    if newest is not None:
+      return open_checkpoint(os.fspath(newest))
+  raise UserError(f'INITIAL_CHECKPOINT_PATH={path!r} is not a checkpoint t5pt recognises: '
+                  'expected an HF folder with config.json, a T5X checkpoint (a msgpack '
+                  '`checkpoint` file, or orbax _METADATA), a t5pt MODEL_DIR, or a directory '
+                  'of checkpoint_<step> subdirectories.')
+
+
+def read_params_as_numpy(path: str) -> dict[str, np.ndarray]:
+  """Every parameter of a checkpoint as host numpy arrays {t5x path: array}."""
+  checkpoint = open_checkpoint(path)
+  if isinstance(checkpoint, OrbaxCheckpoint):
+    return checkpoint.read_many(list(checkpoint.shapes()))
+  return {name: checkpoint.read(name) for name in checkpoint.shapes()}

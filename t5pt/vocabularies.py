@@ -1,0 +1,50 @@
+"""SentencePiece vocabularies for real T5 checkpoints, and the vocabulary/embedding check.
+
+T5 and Flan-T5 share one SentencePiece model (32,000 pieces) plus seqio's 100 sentinel
+ids: 32,100 usable ids in an embedding table padded to 32,128 rows. HF folders ship it as
+`spiece.model`; for T5X checkpoints it lives at
+gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model.
+"""
+
+import os
+from typing import Optional
+
+import seqio
+import tensorflow as tf
+
+from t5pt.errors import UserError
+
+T5_EXTRA_IDS = 100
+SPM_FILES = ('spiece.model', 'sentencepiece.model')
+
+
+def sentencepiece(path: str, extra_ids: int = T5_EXTRA_IDS
+                  ) -> seqio.SentencePieceVocabulary:
+  """A seqio vocabulary from a SentencePiece model file, or from a folder holding one
+  (an HF checkpoint's spiece.model). Fails now, not at first use, if unreadable."""
+  if tf.io.gfile.isdir(path):
+    found = [os.path.join(path, f) for f in SPM_FILES
+             if tf.io.gfile.exists(os.path.join(path, f))]
+    if not found:
+      raise UserError(f'{path} holds no SentencePiece model ({" or ".join(SPM_FILES)}). '
+                      'Pass the .model file itself.')
+    path = found[0]
+  if not tf.io.gfile.exists(path):
+    raise UserError(f'SentencePiece model {path!r} does not exist.')
+  vocabulary = seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
+  try:
+    _ = vocabulary.vocab_size
+  except Exception as e:  # sentencepiece raises RuntimeError/OSError variants.
+    raise UserError(f'{path} is not a SentencePiece model ({e}).') from e
+  return vocabulary
+
+
+def check_fits(vocabulary: seqio.Vocabulary, embedding_rows: int, where: str,
+               checkpoint: Optional[str] = None) -> None:
+  """Every token id the vocabulary can produce must have an embedding row."""
+  if vocabulary.vocab_size > embedding_rows:
+    source = f' of {checkpoint}' if checkpoint else ''
+    raise UserError(f'The vocabulary of {where} has {vocabulary.vocab_size} ids but the '
+                    f'model{source} has {embedding_rows} embedding rows (vocab_size). Use '
+                    'the vocabulary the model was trained with (for T5/Flan-T5: the T5 '
+                    'SentencePiece model with 100 extra ids).')
