@@ -103,7 +103,7 @@ def run_jax(prompt: bool, args) -> dict:
   model = models.EncoderDecoderModel(cfg)
   params = partitioning.flatten(nn.unbox(model.init(jax.random.PRNGKey(0), INPUTS, TARGETS)))
   trainable_paths, frozen_paths = partitioning.split_trainable(
-      list(params), [trainer.PROMPT_PATH] if prompt else ['.*'])
+      list(params), [network.PROMPT_PATH] if prompt else ['.*'])
   trainable = partitioning.unflatten({k: params[k] for k in trainable_paths})
   frozen = partitioning.unflatten({k: params[k] for k in frozen_paths})
   opt = optimizers.adafactor() if prompt else optimizers.adamw(decay_steps=1000)

@@ -19,7 +19,9 @@ import os
 import re
 from typing import Mapping, Optional
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import orbax.checkpoint as ocp
@@ -27,6 +29,7 @@ import tqdm
 from etils import epath
 
 from t5pt import hf_format
+from t5pt import models
 from t5pt import network
 from t5pt import partitioning
 from t5pt import safetensors_io
@@ -103,9 +106,9 @@ def place(array: np.ndarray, target: jax.ShapeDtypeStruct) -> jax.Array:
 def _architecture_from_shapes(shapes: Mapping[str, tuple]) -> tuple[dict, dict]:
   """What tensor shapes say about the architecture (t5x/t5pt checkpoints carry no config)."""
   facts = {}
-  if hf_format.EMBEDDING in shapes:
-    facts['vocab_size'], facts['emb_dim'] = shapes[hf_format.EMBEDDING]
-    facts['logits_via_embedding'] = hf_format.LOGITS not in shapes
+  if network.EMBEDDING_PATH in shapes:
+    facts['vocab_size'], facts['emb_dim'] = shapes[network.EMBEDDING_PATH]
+    facts['logits_via_embedding'] = network.LOGITS_PATH not in shapes
   relpos = shapes.get('encoder/relpos_bias/rel_embedding')
   if relpos:
     facts['num_heads'], facts['relative_attention_num_buckets'] = relpos
@@ -142,8 +145,8 @@ class HFCheckpoint(BaseCheckpoint):
     self._tensors = _open_hf_tensors(path)
     config = network.T5Config(**self._architecture)
     names = hf_format.parameter_names(config)
-    if hf_format.LOGITS in names and names[hf_format.LOGITS] not in self._tensors:
-      names[hf_format.LOGITS] = names[hf_format.EMBEDDING]  # saved tied, used unscaled
+    if network.LOGITS_PATH in names and names[network.LOGITS_PATH] not in self._tensors:
+      names[network.LOGITS_PATH] = names[network.EMBEDDING_PATH]  # saved tied, used unscaled
     self._names = {ours: theirs for ours, theirs in names.items() if theirs in self._tensors}
 
   def architecture(self) -> tuple[dict, dict]:
@@ -292,6 +295,29 @@ def open_checkpoint(path: str) -> BaseCheckpoint:
                   'expected an HF folder with config.json, a T5X checkpoint (a msgpack '
                   '`checkpoint` file, or orbax _METADATA), a t5pt MODEL_DIR, or a directory '
                   'of checkpoint_<step> subdirectories.')
+
+
+def load_model(path: str, config: network.T5Config = network.T5Config(),
+               dtype: str = 'float32', mesh: Optional[jax.sharding.Mesh] = None,
+               rules: partitioning.LogicalRules = partitioning.STANDARD_LOGICAL_AXIS_RULES
+               ) -> tuple[network.T5Config, dict]:
+  """(completed config, nested params) of the model a checkpoint holds, sharded over
+  `mesh` (default: PartitionConfig's, one replica per device) by the logical rules.
+
+  Parameters `config` has but the checkpoint lacks (a soft prompt of a base model) are
+  left out; the caller supplies them.
+  """
+  checkpoint = open_checkpoint(path)
+  config = checkpoint.reconcile(config).require_complete()
+  mesh = mesh or partitioning.PartitionConfig().make_mesh()
+  boxed = jax.eval_shape(lambda rng: models.EncoderDecoderModel(config).init(rng, 1, 1),
+                         jax.random.PRNGKey(0))
+  shardings = partitioning.param_shardings(boxed, mesh, rules)
+  stored = checkpoint.shapes()
+  targets = {k: jax.ShapeDtypeStruct(v.shape, jnp.dtype(dtype), sharding=shardings[k])
+             for k, v in partitioning.flatten(nn.unbox(boxed)).items()
+             if k in stored or k != network.PROMPT_PATH}
+  return config, partitioning.unflatten(checkpoint.load(targets))
 
 
 def read_params_as_numpy(path: str) -> dict[str, np.ndarray]:

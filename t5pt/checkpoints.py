@@ -9,6 +9,7 @@ The frozen base is read from INITIAL_CHECKPOINT_PATH (see checkpoint_import) and
 written again.
 """
 
+import contextlib
 import os
 from typing import Mapping, Optional
 
@@ -33,10 +34,6 @@ class RunCheckpointer:
         params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
         meta=ocp.args.JsonSave(dict(meta))), force=True)
 
-  def read_meta(self, step: int) -> dict:
-    return self._manager.restore(step, args=ocp.args.Composite(
-        meta=ocp.args.JsonRestore()))['meta']
-
   def restore(self, step: int, abstract_params, abstract_opt_state):
     """Returns (params, opt_state) placed as the abstract targets ask."""
     restored = self._manager.restore(step, args=ocp.args.Composite(
@@ -51,14 +48,26 @@ class RunCheckpointer:
     self._manager.close()
 
 
-def latest_step(model_dir: str) -> Optional[int]:
-  """The newest complete checkpoint step in `model_dir` (read-only; None if there is none)."""
-  if not os.path.isdir(model_dir):
-    return None
+@contextlib.contextmanager
+def _read_only_manager(model_dir: str):
   manager = ocp.CheckpointManager(
       os.path.abspath(model_dir),
       options=ocp.CheckpointManagerOptions(step_prefix=STEP_PREFIX, read_only=True))
   try:
-    return manager.latest_step()
+    yield manager
   finally:
     manager.close()
+
+
+def latest_step(model_dir: str) -> Optional[int]:
+  """The newest complete checkpoint step in `model_dir` (read-only; None if there is none)."""
+  if not os.path.isdir(model_dir):
+    return None
+  with _read_only_manager(model_dir) as manager:
+    return manager.latest_step()
+
+
+def read_meta(model_dir: str, step: int) -> dict:
+  """The meta item of checkpoint `step` of a run, without opening it for writing."""
+  with _read_only_manager(model_dir) as manager:
+    return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']

@@ -12,8 +12,6 @@ from typing import Mapping
 from t5pt import network
 from t5pt.errors import UserError
 
-EMBEDDING = 'token_embedder/embedding'
-LOGITS = 'decoder/logits_dense/kernel'
 
 # HF activation name -> flax.linen activation used by network.MlpBlock. HF 'gelu' is the
 # exact erf GELU, which T5 never used; 'gated-gelu' means the tanh approximation.
@@ -80,9 +78,9 @@ def _mlp_names(cfg: network.T5Config) -> list[str]:
 def parameter_names(cfg: network.T5Config) -> dict[str, str]:
   """{t5x parameter path: HF state-dict key} for every base parameter of `cfg`
   (the soft prompt has no HF counterpart)."""
-  names = {EMBEDDING: 'shared.weight'}
+  names = {network.EMBEDDING_PATH: 'shared.weight'}
   if not cfg.logits_via_embedding:
-    names[LOGITS] = 'lm_head.weight'
+    names[network.LOGITS_PATH] = 'lm_head.weight'
   attention_kinds = {
       'encoder': [('attention', 'SelfAttention', 'pre_attention_layer_norm')],
       'decoder': [('self_attention', 'SelfAttention', 'pre_self_attention_layer_norm'),

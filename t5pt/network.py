@@ -39,6 +39,10 @@ from t5pt.errors import UserError
 Array = jax.Array
 NEG_INF = -1e10
 
+PROMPT_PATH = 'encoder/prompt/prompt'
+EMBEDDING_PATH = 'token_embedder/embedding'
+LOGITS_PATH = 'decoder/logits_dense/kernel'
+
 
 ARCHITECTURE_FIELDS = (
     'vocab_size', 'emb_dim', 'num_heads', 'num_encoder_layers', 'num_decoder_layers',

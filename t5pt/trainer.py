@@ -34,8 +34,6 @@ from t5pt import prompts
 from t5pt import vocabularies
 from t5pt.errors import UserError
 
-PROMPT_PATH = 'encoder/prompt/prompt'
-EMBEDDING_PATH = 'token_embedder/embedding'
 
 
 class MetricsLog:
@@ -86,7 +84,7 @@ def train(*,
           initial_checkpoint_path: Optional[str] = None,
           use_cached_tasks: bool = False,
           pack: bool = False,
-          trainable: Sequence[str] = (PROMPT_PATH,),
+          trainable: Sequence[str] = (network.PROMPT_PATH,),
           prompt_init: Callable[..., np.ndarray] = prompts.sampled_vocab,
           optimizer: Optional[optimizers.Optimizer] = None,
           loss: models.LossConfig = models.LossConfig(),
@@ -170,7 +168,7 @@ def train(*,
   log = MetricsLog(model_dir)
   start_step, batches_consumed = resume_step or 0, 0
   if resume_step:
-    meta = checkpointer.read_meta(start_step)
+    meta = checkpoints.read_meta(model_dir, start_step)
     if sorted(meta['trainable']) != sorted(trainable_paths):
       raise UserError(f'{model_dir} was trained with trainable parameters '
                       f'{meta["trainable"]} but TRAINABLE now selects {trainable_paths}; '
@@ -293,12 +291,12 @@ def _initial_trainable(init_fn, init_rng, trainable_paths, shardings, frozen, pr
                        prompt_rng, vocabulary) -> dict:
   """Fresh trainable parameters (nested): random, with the prompt from `prompt_init`."""
   flat = _initialise(init_fn, init_rng, trainable_paths, shardings, 'float32')
-  if PROMPT_PATH in flat:
-    embedding = frozen.get(EMBEDDING_PATH, flat.get(EMBEDDING_PATH))
-    value = prompt_init(prompt_rng, flat[PROMPT_PATH].shape,
+  if network.PROMPT_PATH in flat:
+    embedding = frozen.get(network.EMBEDDING_PATH, flat.get(network.EMBEDDING_PATH))
+    value = prompt_init(prompt_rng, flat[network.PROMPT_PATH].shape,
                         embedding=np.asarray(embedding, np.float32), vocabulary=vocabulary)
-    flat[PROMPT_PATH] = jax.device_put(jnp.asarray(value, jnp.float32),
-                                       shardings[PROMPT_PATH])
+    flat[network.PROMPT_PATH] = jax.device_put(jnp.asarray(value, jnp.float32),
+                                       shardings[network.PROMPT_PATH])
   return partitioning.unflatten(flat)
 
 

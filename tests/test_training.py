@@ -49,15 +49,15 @@ def _train_steps(patterns, optimizer, steps=3):
 
 def test_only_prompt_leaves_change_and_only_they_get_optimizer_state():
   before, after, trainable_paths, opt_state = _train_steps(
-      [trainer.PROMPT_PATH], optimizers.adafactor())
-  assert trainable_paths == [trainer.PROMPT_PATH]
+      [network.PROMPT_PATH], optimizers.adafactor())
+  assert trainable_paths == [network.PROMPT_PATH]
   for path, value in before.items():
-    if path == trainer.PROMPT_PATH:
+    if path == network.PROMPT_PATH:
       assert not np.allclose(after[path], value)
     else:
       np.testing.assert_array_equal(np.asarray(after[path]), np.asarray(value), path)
   state_size = sum(np.size(x) for x in jax.tree.leaves(opt_state))
-  assert state_size <= 2 * before[trainer.PROMPT_PATH].size + 8
+  assert state_size <= 2 * before[network.PROMPT_PATH].size + 8
 
 
 def test_full_fine_tuning_is_the_same_code_with_everything_trainable():
@@ -79,7 +79,7 @@ def test_prompt_run_writes_only_trainable_state_and_metrics(base_checkpoint, tmp
                                            'eval', 'metrics.jsonl', 'train']
   stored = ocp.PyTreeCheckpointer().metadata(
       os.path.join(model_dir, 'checkpoint_6', 'params')).item_metadata.tree
-  assert list(partitioning.flatten(stored)) == [trainer.PROMPT_PATH]
+  assert list(partitioning.flatten(stored)) == [network.PROMPT_PATH]
   np.testing.assert_array_equal(
       checkpoint_import.read_params_as_numpy(model_dir)['encoder/prompt/prompt'],
       summary['params']['encoder']['prompt']['prompt'])

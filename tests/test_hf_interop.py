@@ -1,0 +1,113 @@
+"""Numerical equivalence with transformers' T5 for models imported from HF folders."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from t5pt import checkpoint_import
+from t5pt import network
+from t5pt.errors import UserError
+from tests import hf_models
+
+
+@pytest.fixture(scope='module', params=sorted(hf_models.CONFIGS))
+def hf_pair(request, tmp_path_factory):
+  """(kind, HF model, its save_pretrained folder)."""
+  model = hf_models.make_hf_t5(request.param)
+  folder = str(tmp_path_factory.mktemp(request.param))
+  model.save_pretrained(folder)
+  return request.param, model, folder
+
+
+def test_teacher_forced_logits_match_transformers(hf_pair):
+  kind, model, folder = hf_pair
+  config, params = checkpoint_import.load_model(folder)
+  assert config.logits_via_embedding == (kind == 't5_1_0_relu_tied')
+  inputs, decoder_inputs, targets = hf_models.token_batch()
+  ours = hf_models.t5pt_logits(config, params, inputs, decoder_inputs, targets)
+  theirs = hf_models.hf_logits(model, inputs, decoder_inputs)
+  valid = targets > 0
+  np.testing.assert_allclose(ours[valid], theirs[valid], atol=1e-4, rtol=1e-4)
+
+
+def test_greedy_decodes_match_transformers_generate(hf_pair):
+  _, model, folder = hf_pair
+  config, params = checkpoint_import.load_model(folder)
+  inputs, _, _ = hf_models.token_batch(seed=1)
+  steps = 8
+  ours = hf_models.t5pt_greedy(config, params, inputs, steps)
+  with torch.no_grad():
+    theirs = model.generate(input_ids=torch.tensor(inputs, dtype=torch.long),
+                            attention_mask=torch.tensor(inputs > 0, dtype=torch.long),
+                            max_new_tokens=steps, min_new_tokens=0, do_sample=False,
+                            num_beams=1).numpy()[:, 1:]  # Drop decoder_start_token_id.
+  assert hf_models.until_eos(ours) == hf_models.until_eos(theirs)
+
+
+def test_config_is_read_from_config_json(hf_pair):
+  kind, model, folder = hf_pair
+  facts, _ = checkpoint_import.open_checkpoint(folder).architecture()
+  hf = model.config
+  assert facts['emb_dim'] == hf.d_model and facts['head_dim'] == hf.d_kv
+  assert facts['num_encoder_layers'] == hf.num_layers
+  assert facts['num_decoder_layers'] == hf.num_decoder_layers
+  assert facts['mlp_activations'] == (('relu',) if kind == 't5_1_0_relu_tied'
+                                      else ('gelu', 'linear'))
+  assert facts['relative_attention_max_distance'] == 20
+
+
+def test_sharded_safetensors_and_pytorch_bin_load_the_same_values(tmp_path):
+  model = hf_models.make_hf_t5('flan_t5_gated_untied')
+  model.save_pretrained(tmp_path / 'single')
+  model.save_pretrained(tmp_path / 'sharded', max_shard_size='20KB')
+  assert os.path.exists(tmp_path / 'sharded' / 'model.safetensors.index.json')
+  os.makedirs(tmp_path / 'bin')
+  torch.save(model.state_dict(), tmp_path / 'bin' / 'pytorch_model.bin')
+  with open(tmp_path / 'bin' / 'config.json', 'w') as f:
+    json.dump(json.load(open(tmp_path / 'single' / 'config.json')), f)
+  reference = checkpoint_import.read_params_as_numpy(str(tmp_path / 'single'))
+  for other in ('sharded', 'bin'):
+    values = checkpoint_import.read_params_as_numpy(str(tmp_path / other))
+    assert sorted(values) == sorted(reference)
+    for name, value in reference.items():
+      np.testing.assert_array_equal(values[name], value, err_msg=f'{other}: {name}')
+
+
+def test_bfloat16_safetensors_are_read_exactly(tmp_path):
+  model = hf_models.make_hf_t5('flan_t5_gated_untied').to(torch.bfloat16)
+  model.save_pretrained(tmp_path)
+  values = checkpoint_import.read_params_as_numpy(str(tmp_path))
+  embedding = values[network.EMBEDDING_PATH]
+  assert str(embedding.dtype) == 'bfloat16'
+  np.testing.assert_array_equal(embedding.astype(np.float32),
+                                model.shared.weight.detach().float().numpy())
+  query = values['encoder/layers_1/attention/query/kernel'].astype(np.float32)
+  np.testing.assert_array_equal(
+      query, model.encoder.block[1].layer[0].SelfAttention.q.weight.detach().float().numpy().T)
+
+
+def test_gin_sizes_that_disagree_with_config_json_are_an_error(tmp_path):
+  hf_models.make_hf_t5('flan_t5_gated_untied').save_pretrained(tmp_path)
+  with pytest.raises(UserError) as error:
+    checkpoint_import.load_model(str(tmp_path), network.T5Config(emb_dim=32, num_heads=4))
+  assert 'network.T5Config.emb_dim = 32 in gin, but 16 in the checkpoint' in str(error.value)
+  assert 'num_heads' not in str(error.value)  # It agrees, so it is not reported.
+
+
+def test_unsupported_hf_configs_are_named(tmp_path):
+  hf_models.make_hf_t5('flan_t5_gated_untied').save_pretrained(tmp_path)
+  config_file = tmp_path / 'config.json'
+  config = json.loads(config_file.read_text())
+  config_file.write_text(json.dumps({**config, 'feed_forward_proj': 'gated-gelu_accurate'}))
+  with pytest.raises(UserError, match='feed_forward_proj'):
+    checkpoint_import.open_checkpoint(str(tmp_path))
+  config_file.write_text(json.dumps({**config, 'model_type': 'bart'}))
+  with pytest.raises(UserError, match="'bart' model"):
+    checkpoint_import.open_checkpoint(str(tmp_path))
+  config_file.write_text(json.dumps(config))
+  os.remove(tmp_path / 'model.safetensors')
+  with pytest.raises(UserError, match='no weights'):
+    checkpoint_import.open_checkpoint(str(tmp_path))

@@ -1,0 +1,165 @@
+"""T5X checkpoints: the real legacy fixture written by t5x, synthesised variants (bfloat16,
+absolute and relative kvstore paths) and T5X-layout orbax checkpoints."""
+
+import os
+
+import jax
+import ml_dtypes
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import tensorstore as ts
+from flax import serialization
+
+from t5pt import checkpoint_import
+from t5pt import network
+from t5pt import t5x_legacy
+from t5pt import vocabularies
+from t5pt.errors import UserError
+from tests import hf_models
+from tests.conftest import INTEROP
+
+FIXTURE = os.path.join(INTEROP, 't5x_tiny')
+LEGACY = os.path.join(FIXTURE, 'test_t5_1_1_tiny', 'checkpoint_3')
+needs_fixture = pytest.mark.skipif(
+    not os.path.isdir(FIXTURE), reason=f'interop fixtures not found at {FIXTURE} '
+    '(a clone without ../shared)')
+
+
+@needs_fixture
+def test_fixture_embedding_matches_golden_file_bit_for_bit():
+  checkpoint = checkpoint_import.open_checkpoint(LEGACY)
+  assert isinstance(checkpoint, checkpoint_import.T5XLegacyCheckpoint)
+  embedding = checkpoint.read(network.EMBEDDING_PATH)
+  golden = np.load(os.path.join(FIXTURE, 'tiny_embeddings_32128x4.npy'))
+  assert embedding.dtype == golden.dtype == np.float32
+  assert embedding.tobytes() == golden.tobytes()
+
+
+@needs_fixture
+def test_fixture_architecture_is_inferred_from_shapes():
+  facts, defaults = checkpoint_import.open_checkpoint(LEGACY).architecture()
+  assert facts == dict(vocab_size=32128, emb_dim=4, num_heads=2, head_dim=2, mlp_dim=8,
+                       num_encoder_layers=2, num_decoder_layers=2,
+                       relative_attention_num_buckets=4, logits_via_embedding=False)
+  assert defaults['mlp_activations'] == ('gelu', 'linear')
+
+
+@needs_fixture
+def test_fixture_runs_a_forward_pass_on_t5_vocabulary_tokens():
+  vocabulary = vocabularies.sentencepiece(os.path.join(FIXTURE, 't5_vocab'))
+  assert vocabulary.encode('hello world') == [21820, 296]
+  assert vocabulary.vocab_size == 32100
+  # The checkpoint cannot tell the relative-attention max distance; the README says 8.
+  config, params = checkpoint_import.load_model(
+      LEGACY, network.T5Config(relative_attention_max_distance=8))
+  vocabularies.check_fits(vocabulary, config.vocab_size, 't5_vocab')
+  inputs = np.array([vocabulary.encode('hello world') + [1]], np.int32)
+  decoder_inputs = np.array([[0, 21820, 296]], np.int32)
+  logits = hf_models.t5pt_logits(config, params, inputs, decoder_inputs,
+                                 np.ones_like(decoder_inputs))
+  assert logits.shape == (1, 3, 32128) and np.isfinite(logits).all()
+  assert np.abs(logits).max() > 0
+
+
+def test_vocabulary_larger_than_embedding_is_rejected():
+  class Big:
+    vocab_size = 40000
+  with pytest.raises(UserError, match='40000 ids but the model has 32128 embedding rows'):
+    vocabularies.check_fits(Big(), 32128, 'my_task')
+
+
+def test_missing_or_unreadable_sentencepiece_model(tmp_path):
+  with pytest.raises(UserError, match='holds no SentencePiece model'):
+    vocabularies.sentencepiece(str(tmp_path))
+  (tmp_path / 'spiece.model').write_text('not a model')
+  with pytest.raises(UserError, match='is not a SentencePiece model'):
+    vocabularies.sentencepiece(str(tmp_path))
+
+
+def _write_legacy(directory, params: dict, absolute: bool, zarr_dtype: str) -> None:
+  """A legacy t5x checkpoint: kernels as zarr arrays, everything else inline."""
+  os.makedirs(directory)
+  target = {}
+  for path, value in params.items():
+    node = target
+    *parents, leaf = path.split('/')
+    for p in parents:
+      node = node.setdefault(p, {})
+    if path.endswith('kernel') or path.endswith('embedding'):
+      name = 'target.' + path.replace('/', '.')
+      kv_path = os.path.join(directory, name) if absolute else name
+      spec = {'driver': 'zarr', 'kvstore': {'driver': 'file' if absolute else 'gfile',
+                                            'path': kv_path},
+              'metadata': {'shape': list(value.shape), 'chunks': list(value.shape),
+                           'dtype': zarr_dtype, 'compressor': {'id': 'gzip'}}}
+      store = ts.open({**spec, 'kvstore': {'driver': 'file',
+                                           'path': os.path.join(directory, name)}},
+                      create=True).result()
+      store.write(value).result()
+      node[leaf] = spec
+    else:
+      node[leaf] = value
+  with open(os.path.join(directory, 'checkpoint'), 'wb') as f:
+    f.write(serialization.msgpack_serialize(
+        {'version': 3, 'optimizer': {'target': target, 'state': {'step': np.int32(7)}}}))
+
+
+@pytest.mark.parametrize('absolute', [False, True])
+def test_synthesised_bfloat16_legacy_checkpoint_round_trips(tmp_path, absolute):
+  model = hf_models.make_hf_t5('flan_t5_gated_untied')
+  model.save_pretrained(tmp_path / 'hf')
+  reference = checkpoint_import.read_params_as_numpy(str(tmp_path / 'hf'))
+  as_bf16 = {k: v.astype(ml_dtypes.bfloat16) for k, v in reference.items()}
+  _write_legacy(str(tmp_path / 'checkpoint_7'), as_bf16, absolute, zarr_dtype='bfloat16')
+  # Moved after writing: relative kvstore paths must follow the checkpoint.
+  os.rename(tmp_path / 'checkpoint_7', tmp_path / 'moved')
+  if absolute:
+    with pytest.raises(UserError, match='Cannot read'):
+      checkpoint_import.read_params_as_numpy(str(tmp_path / 'moved'))
+    return
+  loaded = checkpoint_import.read_params_as_numpy(str(tmp_path / 'moved'))
+  assert sorted(loaded) == sorted(reference)
+  for name, value in as_bf16.items():
+    assert loaded[name].dtype == ml_dtypes.bfloat16, name
+    np.testing.assert_array_equal(loaded[name], value)
+
+
+def test_kvstore_paths_resolve_against_the_checkpoint_location():
+  spec = {'driver': 'zarr', 'kvstore': {'driver': 'gfile', 'path': 'target.a.kernel'}}
+  assert t5x_legacy.kvstore_for('gs://bucket/model/checkpoint_5', spec) == {
+      'driver': 'gcs', 'bucket': 'bucket', 'path': 'model/checkpoint_5/target.a.kernel'}
+  assert t5x_legacy.kvstore_for('/data/checkpoint_5', spec) == {
+      'driver': 'file', 'path': '/data/checkpoint_5/target.a.kernel'}
+
+
+def test_corrupt_msgpack_is_a_clear_error(tmp_path):
+  (tmp_path / 'checkpoint').write_bytes(b'\xc1 not msgpack')
+  with pytest.raises(UserError, match='not a readable T5X msgpack checkpoint'):
+    checkpoint_import.open_checkpoint(str(tmp_path))
+
+
+@pytest.mark.parametrize('prefix', ['target', 'optimizer/target'])
+def test_t5x_layout_orbax_checkpoint_loads(tmp_path, prefix):
+  model = hf_models.make_hf_t5('t5_1_0_relu_tied')
+  model.save_pretrained(tmp_path / 'hf')
+  reference = checkpoint_import.read_params_as_numpy(str(tmp_path / 'hf'))
+  tree = {'state': {'step': np.int32(3)}}
+  node = tree
+  for part in prefix.split('/'):
+    node = node.setdefault(part, {})
+  for path, value in reference.items():
+    leaf = node
+    *parents, name = path.split('/')
+    for p in parents:
+      leaf = leaf.setdefault(p, {})
+    leaf[name] = value
+  ocp.PyTreeCheckpointer().save(tmp_path / 'run' / 'checkpoint_3', tree)
+  config, params = checkpoint_import.load_model(
+      str(tmp_path / 'run'), network.T5Config(relative_attention_max_distance=20))
+  assert config.logits_via_embedding and config.mlp_activations == ('relu',)
+  inputs, decoder_inputs, targets = hf_models.token_batch()
+  ours = hf_models.t5pt_logits(config, params, inputs, decoder_inputs, targets)
+  theirs = hf_models.hf_logits(model, inputs, decoder_inputs)
+  np.testing.assert_allclose(ours[targets > 0], theirs[targets > 0], atol=1e-4, rtol=1e-4)
+  assert isinstance(jax.tree.leaves(params)[0], jax.Array)
