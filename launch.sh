@@ -3,9 +3,10 @@
 #
 #   ./launch.sh                 create .venv if needed, then run the embedded demo
 #   ./launch.sh test [ARGS]     create .venv if needed, then run the test suite (pytest ARGS)
-#   ./launch.sh train ARGS      python -m t5pt.train ARGS  (likewise infer / eval / demo)
+#   ./launch.sh train ARGS      python -m t5pt.train ARGS  (likewise infer / eval / export / demo)
 #
-# The virtual environment is (re)installed whenever requirements.txt changes.
+# The virtual environment is (re)installed whenever a requirements file changes; tests
+# use requirements-test.txt (the runtime + pytest + CPU torch/transformers/peft).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -13,28 +14,35 @@ PYTHON="${PYTHON:-python3.11}"
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 VENV="${T5PT_VENV:-.venv}"
 
+# setup REQUIREMENTS_FILE: (re)installs it into $VENV unless its stamp is current.
 setup() {
-  local stamp="$VENV/.requirements.sha256"
+  local requirements="$1"
+  local stamp="$VENV/.${requirements%.txt}.sha256"
   local want
-  want="$(sha256sum requirements.txt | cut -d' ' -f1)"
+  want="$(cat requirements*.txt | sha256sum | cut -d' ' -f1)"
   if [[ ! -x "$VENV/bin/python" ]]; then
     echo "t5pt: creating $VENV with $("$PYTHON" --version)" >&2
     "$PYTHON" -m venv "$VENV"
   fi
   if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
-    echo "t5pt: installing requirements.txt into $VENV (first run takes a few minutes)" >&2
+    echo "t5pt: installing $requirements into $VENV (first run takes a few minutes)" >&2
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet -r requirements.txt
+    local torch_pin
+    torch_pin="$(grep -E '^torch==' "$requirements" || true)"
+    if [[ -n "$torch_pin" ]]; then  # Alone first, so pip takes the CPU wheel (see file).
+      "$VENV/bin/python" -m pip install --quiet "$torch_pin"
+    fi
+    "$VENV/bin/python" -m pip install --quiet -r "$requirements"
     echo "$want" > "$stamp"
   fi
 }
 
-setup
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 command="${1:-demo}"
 [[ $# -gt 0 ]] && shift
+if [[ "$command" == test ]]; then setup requirements-test.txt; else setup requirements.txt; fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 case "$command" in
   test) exec "$VENV/bin/python" -m pytest "$@" ;;
-  demo|train|infer|eval) exec "$VENV/bin/python" -m "t5pt.$command" "$@" ;;
-  *) echo "usage: ./launch.sh [demo|test|train|infer|eval] [ARGS...]" >&2; exit 2 ;;
+  demo|train|infer|eval|export) exec "$VENV/bin/python" -m "t5pt.$command" "$@" ;;
+  *) echo "usage: ./launch.sh [demo|test|train|infer|eval|export] [ARGS...]" >&2; exit 2 ;;
 esac

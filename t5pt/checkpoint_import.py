@@ -176,6 +176,9 @@ class _TorchTensors:
   def __init__(self, state_dict):
     self._state = state_dict
 
+  def keys(self):
+    return list(self._state)
+
   def shape(self, key):
     return tuple(self._state[key].shape)
 
@@ -187,27 +190,41 @@ class _TorchTensors:
     return tensor.numpy().copy()
 
 
+def _pytorch_bin_files(folder: str) -> list[str]:
+  """pytorch_model.bin, or the shards named by pytorch_model.bin.index.json."""
+  index = os.path.join(folder, 'pytorch_model.bin.index.json')
+  if os.path.exists(index):
+    with open(index) as f:
+      return [os.path.join(folder, name)
+              for name in sorted(set(json.load(f)['weight_map'].values()))]
+  single = os.path.join(folder, 'pytorch_model.bin')
+  return [single] if os.path.exists(single) else []
+
+
 def _open_hf_tensors(folder: str) -> dict:
   """{HF key: reader with .shape(key) / .read(key)} for the folder's weight files."""
   if any(os.path.exists(os.path.join(folder, f)) for f in
          (safetensors_io.SINGLE_FILE, safetensors_io.INDEX_FILE)):
     return safetensors_io.open_folder(folder)
-  bin_file = os.path.join(folder, 'pytorch_model.bin')
-  if os.path.exists(bin_file):
+  bin_files = _pytorch_bin_files(folder)
+  if bin_files:
     try:
       import torch  # pylint: disable=import-outside-toplevel
     except ImportError as e:
-      raise UserError(f'{folder} holds only pytorch_model.bin, which needs torch to read. '
+      raise UserError(f'{folder} holds only pytorch_model*.bin, which needs torch to read. '
                       'Install the CPU build (pip install torch) or convert the folder to '
                       'safetensors once with transformers: '
                       'T5ForConditionalGeneration.from_pretrained(d).save_pretrained(d2).'
                       ) from e
-    state = torch.load(bin_file, map_location='cpu', mmap=True, weights_only=True)
-    reader = _TorchTensors(state)
-    return {key: reader for key in state}
+    tensors = {}
+    for bin_file in bin_files:  # mmap: a tensor's bytes are read when it is used.
+      reader = _TorchTensors(torch.load(bin_file, map_location='cpu', mmap=True,
+                                        weights_only=True))
+      tensors.update({key: reader for key in reader.keys()})
+    return tensors
   raise UserError(f'{folder} has config.json but no weights: expected '
                   f'{safetensors_io.SINGLE_FILE}, {safetensors_io.INDEX_FILE} with its '
-                  'shards, or pytorch_model.bin.')
+                  'shards, or pytorch_model.bin (or its shards with an index).')
 
 
 class T5XLegacyCheckpoint(BaseCheckpoint):

@@ -245,7 +245,7 @@ def train(*,
       checkpointer.save(done, params, opt_state,
                         {'step': done, 'batches_consumed': done, 'seed': seed,
                          'trainable': trainable_paths,
-                         'initial_checkpoint_path': initial_checkpoint_path,
+                         'initial_checkpoint_path': _absolute(initial_checkpoint_path),
                          'network_config': dataclasses.asdict(network_config)})
     if eval_ds is not None and (done % eval_period == 0 or done == train_steps):
       summary['eval'] = evaluate(done)
@@ -308,6 +308,10 @@ def _initialise(init_fn, rng, paths: Sequence[str], shardings, dtype) -> dict:
     flat = partitioning.flatten(nn.unbox(init_fn(rng)))
     return {k: flat[k].astype(dtype) for k in paths}
   return jax.jit(select, out_shardings={k: shardings[k] for k in paths})(rng)
+
+
+def _absolute(path: Optional[str]) -> Optional[str]:
+  return path if not path or '://' in path else os.path.abspath(path)
 
 
 def _say(message: str) -> None:

@@ -7,6 +7,8 @@ import gin
 import pytest
 
 from t5pt import gin_utils
+from t5pt import hf_format
+from t5pt import network
 from t5pt.errors import UserError
 from tests.conftest import REPO
 
@@ -41,12 +43,28 @@ def test_every_top_level_config_parses_and_binds_the_t5x_macros(path):
   assert gin.query_parameter('network.T5Config.emb_dim') > 0
 
 
-@pytest.mark.parametrize('size, emb_dim', [('small', 512), ('base', 768), ('large', 1024),
-                                           ('xl', 2048), ('xxl', 4096)])
-def test_model_sizes(size, emb_dim):
-  gin_utils.parse([f'gin/models/t5_1_1_{size}.gin', 'gin/run.gin'], [])
-  assert gin.query_parameter('network.T5Config.emb_dim') == emb_dim
-  assert gin.query_parameter('network.T5Config.vocab_size') == 32128
+# google/flan-t5-{size} config.json values on the HF hub (the fields that set shapes).
+FLAN_T5_HUB_CONFIGS = {
+    'small': dict(d_model=512, d_ff=1024, d_kv=64, num_heads=6, num_layers=8),
+    'base': dict(d_model=768, d_ff=2048, d_kv=64, num_heads=12, num_layers=12),
+    'large': dict(d_model=1024, d_ff=2816, d_kv=64, num_heads=16, num_layers=24),
+    'xl': dict(d_model=2048, d_ff=5120, d_kv=64, num_heads=32, num_layers=24),
+    'xxl': dict(d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24),
+}
+
+
+@pytest.mark.parametrize('size', sorted(FLAN_T5_HUB_CONFIGS))
+def test_flan_configs_agree_with_the_hub_checkpoints(size):
+  gin_utils.parse([f'gin/flan_t5_{size}_prompt.gin'], [])
+  assert gin.query_parameter('INITIAL_CHECKPOINT_PATH/macro.value') == (
+      f'checkpoints/flan-t5-{size}')
+  hub = dict(FLAN_T5_HUB_CONFIGS[size], vocab_size=32128, feed_forward_proj='gated-gelu',
+             tie_word_embeddings=False, relative_attention_num_buckets=32,
+             relative_attention_max_distance=128, model_type='t5')
+  facts = hf_format.architecture_from_hf(hub, 'config.json')
+  config = network.T5Config().reconcile(facts, 'config.json')  # Raises on any mismatch.
+  assert config.architecture() == network.T5Config().architecture()
+  assert config.prompt_length == 100
 
 
 def test_search_paths_resolve_includes_and_files(tmp_path):

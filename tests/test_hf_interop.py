@@ -64,12 +64,23 @@ def test_sharded_safetensors_and_pytorch_bin_load_the_same_values(tmp_path):
   model.save_pretrained(tmp_path / 'single')
   model.save_pretrained(tmp_path / 'sharded', max_shard_size='20KB')
   assert os.path.exists(tmp_path / 'sharded' / 'model.safetensors.index.json')
+  config = json.load(open(tmp_path / 'single' / 'config.json'))
+  state = model.state_dict()
   os.makedirs(tmp_path / 'bin')
-  torch.save(model.state_dict(), tmp_path / 'bin' / 'pytorch_model.bin')
-  with open(tmp_path / 'bin' / 'config.json', 'w') as f:
-    json.dump(json.load(open(tmp_path / 'single' / 'config.json')), f)
+  torch.save(state, tmp_path / 'bin' / 'pytorch_model.bin')
+  os.makedirs(tmp_path / 'bin_sharded')
+  keys = sorted(state)
+  halves = {'pytorch_model-00001-of-00002.bin': keys[:len(keys) // 2],
+            'pytorch_model-00002-of-00002.bin': keys[len(keys) // 2:]}
+  for name, shard_keys in halves.items():
+    torch.save({k: state[k] for k in shard_keys}, tmp_path / 'bin_sharded' / name)
+  with open(tmp_path / 'bin_sharded' / 'pytorch_model.bin.index.json', 'w') as f:
+    json.dump({'weight_map': {k: n for n, ks in halves.items() for k in ks}}, f)
+  for folder in ('bin', 'bin_sharded'):
+    with open(tmp_path / folder / 'config.json', 'w') as f:
+      json.dump(config, f)
   reference = checkpoint_import.read_params_as_numpy(str(tmp_path / 'single'))
-  for other in ('sharded', 'bin'):
+  for other in ('sharded', 'bin', 'bin_sharded'):
     values = checkpoint_import.read_params_as_numpy(str(tmp_path / other))
     assert sorted(values) == sorted(reference)
     for name, value in reference.items():
