@@ -12,7 +12,10 @@ Usage (from the repository root, inside the test environment, which has the peer
      t5pt-import-f32   checkpoint_import.load_model(folder), float32 parameters
      t5pt-import-bf16  the same, cast to bfloat16 while loading
      t5pt-export       export.export_hf(run, ...): base + run merged into an HF folder
-     hf-load           transformers' T5ForConditionalGeneration.from_pretrained (the peer)
+     hf-load           transformers' T5ForConditionalGeneration.from_pretrained (the peer),
+                       whose tensors are memory-mapped from the file: pages become
+                       resident only when touched
+     hf-load-touched   the same, then every weight read once (as a forward pass does)
    and reports each against the weights' size on disk. A loader holding two copies of
    the model shows a ratio near 2; t5pt's streaming reads should stay near 1 (import:
    the resident model itself) and near shard size / model size for export.
@@ -33,7 +36,7 @@ FLAN_SHAPES = {
     'base': dict(d_model=768, d_ff=2048, d_kv=64, num_heads=12, num_layers=12),
     'large': dict(d_model=1024, d_ff=2816, d_kv=64, num_heads=16, num_layers=24),
 }
-WORKERS = ('t5pt-import-f32', 't5pt-import-bf16', 't5pt-export', 'hf-load')
+WORKERS = ('t5pt-import-f32', 't5pt-import-bf16', 't5pt-export', 'hf-load', 'hf-load-touched')
 
 
 def rss_mib(field: str = 'VmRSS') -> float:
@@ -62,7 +65,7 @@ def make_inputs(workdir: Path, size: str) -> None:
   saver = checkpoints.RunCheckpointer(str(workdir / 'run'))
   prompt = {'encoder': {'prompt': {'prompt': np.random.default_rng(0).normal(
       size=(100, d_model)).astype(np.float32)}}}
-  saver.save(1, prompt, {}, {'step': 1, 'batches_consumed': 1, 'trainable': [
+  saver.save(1, prompt, {'count': np.zeros((), np.int32)}, {'step': 1, 'batches_consumed': 1, 'trainable': [
       'encoder/prompt/prompt'], 'initial_checkpoint_path': str(workdir / 'hf'),
       'network_config': {'prompt_length': 100}})
   saver.wait_until_finished()
@@ -89,6 +92,8 @@ def run_worker(name: str, workdir: Path, shard_mib: int) -> dict:
     export.export_hf(run, str(out), run.base_path(None), max_shard_bytes=shard_mib << 20)
   else:
     model = transformers.T5ForConditionalGeneration.from_pretrained(workdir / 'hf')
+    if name == 'hf-load-touched':  # Page every weight in, as the first forward pass does.
+      sum(float(p.detach().sum()) for p in model.parameters())
     del model
   return {'worker': name, 'seconds': time.perf_counter() - start, 'base_mib': base_mib,
           'peak_mib': rss_mib('VmHWM')}
