@@ -34,7 +34,6 @@ from t5pt import network
 from t5pt import partitioning
 from t5pt import safetensors_io
 from t5pt import t5x_legacy
-from t5pt import vocabularies
 from t5pt.errors import UserError
 
 STEP_DIR = re.compile(r'^checkpoint_(\d+)$')
@@ -61,10 +60,6 @@ class BaseCheckpoint:
   def architecture(self) -> tuple[dict, dict]:
     """(facts, defaults) about network.T5Config; see T5Config.reconcile."""
     return _architecture_from_shapes(self.shapes())
-
-  def vocabulary_file(self) -> Optional[str]:
-    """The SentencePiece model shipped with the checkpoint, if any."""
-    return None
 
   def reconcile(self, config: network.T5Config) -> network.T5Config:
     facts, defaults = self.architecture()
@@ -162,12 +157,6 @@ class HFCheckpoint(BaseCheckpoint):
   def read(self, name: str) -> np.ndarray:
     array = self._tensors[self._names[name]].read(self._names[name])
     return array.T if hf_format.needs_transpose(name) else array
-
-  def vocabulary_file(self) -> Optional[str]:
-    for name in vocabularies.SPM_FILES:
-      if os.path.exists(os.path.join(self.path, name)):
-        return os.path.join(self.path, name)
-    return None
 
 
 class _TorchTensors:

@@ -9,6 +9,7 @@ gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model.
 import os
 from typing import Optional
 
+import gin
 import seqio
 import tensorflow as tf
 
@@ -18,10 +19,13 @@ T5_EXTRA_IDS = 100
 SPM_FILES = ('spiece.model', 'sentencepiece.model')
 
 
-def sentencepiece(path: str, extra_ids: int = T5_EXTRA_IDS
+@gin.configurable(module='vocabularies')
+def sentencepiece(path: str = gin.REQUIRED, extra_ids: int = T5_EXTRA_IDS
                   ) -> seqio.SentencePieceVocabulary:
   """A seqio vocabulary from a SentencePiece model file, or from a folder holding one
-  (an HF checkpoint's spiece.model). Fails now, not at first use, if unreadable."""
+  (an HF checkpoint's spiece.model), so gin can say
+  `vocabularies.sentencepiece.path = %INITIAL_CHECKPOINT_PATH`. Fails now, not at first
+  use, if unreadable."""
   if tf.io.gfile.isdir(path):
     found = [os.path.join(path, f) for f in SPM_FILES
              if tf.io.gfile.exists(os.path.join(path, f))]

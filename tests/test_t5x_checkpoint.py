@@ -2,7 +2,9 @@
 absolute and relative kvstore paths) and T5X-layout orbax checkpoints."""
 
 import os
+import shutil
 
+import gin
 import jax
 import ml_dtypes
 import numpy as np
@@ -60,6 +62,17 @@ def test_fixture_runs_a_forward_pass_on_t5_vocabulary_tokens():
                                  np.ones_like(decoder_inputs))
   assert logits.shape == (1, 3, 32128) and np.isfinite(logits).all()
   assert np.abs(logits).max() > 0
+
+
+@needs_fixture
+def test_vocabulary_from_an_hf_style_folder_or_gin(tmp_path):
+  shutil.copy(os.path.join(FIXTURE, 't5_vocab'), tmp_path / 'spiece.model')
+  assert vocabularies.sentencepiece(str(tmp_path)).encode('hello world') == [21820, 296]
+  gin.parse_config(f"vocabularies.sentencepiece.path = '{tmp_path}'")
+  try:
+    assert vocabularies.sentencepiece().vocab_size == 32100
+  finally:
+    gin.clear_config()
 
 
 def test_vocabulary_larger_than_embedding_is_rejected():
