@@ -224,10 +224,17 @@ class MultiHeadAttention(nn.Module):
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Optional[Array],
-               bias: Optional[Array], deterministic: bool) -> Array:
+               bias: Optional[Array], deterministic: bool, decode: Optional[str] = None
+               ) -> Array:
     """inputs_q [batch, q_len, embed], inputs_kv [batch, kv_len, embed],
     mask [batch, 1, q_len, kv_len] (1 = may attend), bias [1|batch, heads, q_len, kv_len]
-    -> [batch, q_len, embed]."""
+    -> [batch, q_len, embed].
+
+    decode='self' keeps a key/value cache [batch, max_len, heads, head_dim] in the 'cache'
+    collection: the first call (full length) creates it empty, each later call appends the
+    one new position. decode='cross' projects the encoder states once, on the first call,
+    and reuses them.
+    """
     joined = self.num_heads * self.head_dim
     init = nn.initializers.variance_scaling(1.0, 'fan_in', 'normal')
     depth_scaling = np.sqrt(self.head_dim).astype(np.float32)
@@ -236,8 +243,13 @@ class MultiHeadAttention(nn.Module):
                               dtype=self.dtype)
     split = lambda x: x.reshape(x.shape[:2] + (self.num_heads, self.head_dim))
     query = split(dense(kernel_init=query_init, name='query')(inputs_q))
-    key = split(dense(kernel_init=init, name='key')(inputs_kv))
-    value = split(dense(kernel_init=init, name='value')(inputs_kv))
+    project = lambda name: split(dense(kernel_init=init, name=name)(inputs_kv))
+    if decode == 'cross':
+      key, value = self._cached_encoder_projections(project)
+    else:
+      key, value = project('key'), project('value')
+    if decode == 'self':
+      key, value = self._extend_cache(key, value)
 
     logits = jnp.einsum('bqhd,bkhd->bhqk', query, key).astype(jnp.float32)
     if bias is not None:
@@ -254,6 +266,29 @@ class MultiHeadAttention(nn.Module):
     out = out.reshape(out.shape[:2] + (joined,))
     return Dense(inputs_q.shape[-1], ('joined_kv', 'embed'), init, self.dtype,
                  name='out')(out)
+
+  def _extend_cache(self, key: Array, value: Array) -> tuple[Array, Array]:
+    initialised = self.has_variable('cache', 'cached_key')
+    cached_key = self.variable('cache', 'cached_key', jnp.zeros, key.shape, key.dtype)
+    cached_value = self.variable('cache', 'cached_value', jnp.zeros, value.shape,
+                                 value.dtype)
+    index = self.variable('cache', 'cache_index', lambda: jnp.zeros((), jnp.int32))
+    if not initialised:
+      return key, value
+    position = (0, index.value, 0, 0)
+    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, position)
+    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, position)
+    index.value = index.value + key.shape[1]
+    return cached_key.value, cached_value.value
+
+  def _cached_encoder_projections(self, project) -> tuple[Array, Array]:
+    if self.has_variable('cache', 'encoder_key'):
+      return (self.get_variable('cache', 'encoder_key'),
+              self.get_variable('cache', 'encoder_value'))
+    key, value = project('key'), project('value')
+    self.put_variable('cache', 'encoder_key', key)
+    self.put_variable('cache', 'encoder_value', value)
+    return key, value
 
 
 class MlpBlock(nn.Module):
@@ -301,18 +336,20 @@ class DecoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, encoded: Array, self_mask: Array, cross_mask: Array,
-               bias: Array, deterministic: bool) -> Array:
+               bias: Array, deterministic: bool, decode: bool = False) -> Array:
     cfg = self.config
     dtype = cfg.activation_dtype
     dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     attention = functools.partial(MultiHeadAttention, cfg.num_heads, cfg.head_dim,
                                   cfg.dropout_rate, dtype)
     y = RMSNorm(dtype, name='pre_self_attention_layer_norm')(x)
-    y = attention(name='self_attention')(y, y, self_mask, bias, deterministic)
+    y = attention(name='self_attention')(y, y, self_mask, bias, deterministic,
+                                         'self' if decode else None)
     x = x + dropout(y, deterministic=deterministic)
     y = RMSNorm(dtype, name='pre_cross_attention_layer_norm')(x)
     y = attention(name='encoder_decoder_attention')(y, encoded, cross_mask, None,
-                                                    deterministic)
+                                                    deterministic,
+                                                    'cross' if decode else None)
     x = x + dropout(y, deterministic=deterministic)
     y = RMSNorm(dtype, name='pre_mlp_layer_norm')(x)
     y = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype,
@@ -326,11 +363,17 @@ def _relpos(cfg: T5Config, name: str) -> RelativePositionBiases:
                                 cfg.activation_dtype, name=name)
 
 
-def encoder_key_mask(encoder_input_tokens: Array, prompt_length: int) -> Array:
-  """Which encoder positions are real (prompt or non-padding token): [batch, P + length]."""
+def encoder_key_mask(encoder_input_tokens: Array, prompt_length: int,
+                     prompt_mask: Optional[Array] = None) -> Array:
+  """Which encoder positions are real (prompt or non-padding token): [batch, P + length].
+
+  `prompt_mask` [batch, P] marks the real positions of per-example prompts that are
+  left-padded to a common length P; by default every prompt position is real.
+  """
   batch = encoder_input_tokens.shape[0]
-  return jnp.concatenate([jnp.ones((batch, prompt_length), bool),
-                          encoder_input_tokens > 0], axis=1)
+  if prompt_mask is None:
+    prompt_mask = jnp.ones((batch, prompt_length), bool)
+  return jnp.concatenate([prompt_mask.astype(bool), encoder_input_tokens > 0], axis=1)
 
 
 def _segments_with_prompt(segment_ids: Array, prompt_length: int) -> Array:
@@ -368,16 +411,21 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, encoder_input_tokens: Array, encoder_segment_ids: Optional[Array],
-               deterministic: bool) -> Array:
-    """[batch, length] tokens -> [batch, prompt_length + length, embed]."""
+               deterministic: bool, prompt: Optional[Array] = None,
+               prompt_mask: Optional[Array] = None) -> Array:
+    """[batch, length] tokens -> [batch, prompt_length + length, embed].
+
+    `prompt` [batch, P, embed] (with `prompt_mask` [batch, P]) replaces the trained prompt
+    parameter with one prompt per example: one frozen model serving several tasks.
+    """
     cfg = self.config
     dtype = cfg.activation_dtype
     p = cfg.prompt_length
     x = self.shared_embedding(encoder_input_tokens.astype(jnp.int32))
     if p:
-      x = prompts.Prompt(p, cfg.emb_dim, name='prompt')(x)
+      x = prompts.Prompt(p, cfg.emb_dim, name='prompt')(x, prompt)
     x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
-    valid = encoder_key_mask(encoder_input_tokens, p)
+    valid = encoder_key_mask(encoder_input_tokens, p, prompt_mask)
     segments = (None if encoder_segment_ids is None
                 else _segments_with_prompt(encoder_segment_ids, p))
     is_prompt = jnp.arange(x.shape[1]) < p
@@ -398,26 +446,46 @@ class Decoder(nn.Module):
   def __call__(self, encoded: Array, encoder_input_tokens: Array,
                decoder_input_tokens: Array, decoder_target_tokens: Array,
                encoder_segment_ids: Optional[Array], decoder_segment_ids: Optional[Array],
-               deterministic: bool) -> Array:
-    """encoded [batch, P + in_len, embed] -> logits [batch, tgt_len, vocab] (float32)."""
+               deterministic: bool, encoder_prompt_mask: Optional[Array] = None,
+               decode: bool = False, max_decode_length: Optional[int] = None) -> Array:
+    """encoded [batch, P + in_len, embed] -> logits [batch, tgt_len, vocab] (float32).
+
+    decode=True runs incrementally with a key/value cache: a first call with
+    [batch, max_decode_length] inputs creates the cache (its logits are meaningless),
+    then each call takes one position [batch, 1] and returns its logits [batch, 1, vocab].
+    """
     cfg = self.config
     dtype = cfg.activation_dtype
     p = cfg.prompt_length
-    dec_valid = decoder_target_tokens > 0
-    self_mask = attention_mask(dec_valid, dec_valid, decoder_segment_ids,
-                               decoder_segment_ids, causal=True)
-    enc_segments = (None if encoder_segment_ids is None
-                    else _segments_with_prompt(encoder_segment_ids, p))
-    cross_mask = attention_mask(dec_valid, encoder_key_mask(encoder_input_tokens, p),
-                                decoder_segment_ids, enc_segments,
-                                jnp.arange(encoded.shape[1]) < p)
-    length = decoder_input_tokens.shape[1]
-    bias = _relpos(cfg, 'relpos_bias')(length, length, bidirectional=False)
+    enc_valid = encoder_key_mask(encoder_input_tokens, p, encoder_prompt_mask)
+    relpos = _relpos(cfg, 'relpos_bias')
+    stepping = decode and self.has_variable('cache', 'position')
+    if stepping:
+      # One new position: attend to the cached positions up to and including it.
+      position = self.variable('cache', 'position', lambda: jnp.zeros((), jnp.int32))
+      step = position.value
+      position.value = step + 1
+      self_mask = (jnp.arange(max_decode_length) <= step)[None, None, None, :]
+      bias = jax.lax.dynamic_slice_in_dim(
+          relpos(max_decode_length, max_decode_length, bidirectional=False), step, 1, axis=2)
+      cross_mask = enc_valid[:, None, None, :]
+    else:
+      if decode:
+        self.variable('cache', 'position', lambda: jnp.zeros((), jnp.int32))
+      dec_valid = decoder_target_tokens > 0
+      self_mask = attention_mask(dec_valid, dec_valid, decoder_segment_ids,
+                                 decoder_segment_ids, causal=True)
+      enc_segments = (None if encoder_segment_ids is None
+                      else _segments_with_prompt(encoder_segment_ids, p))
+      cross_mask = attention_mask(dec_valid, enc_valid, decoder_segment_ids, enc_segments,
+                                  jnp.arange(encoded.shape[1]) < p)
+      length = decoder_input_tokens.shape[1]
+      bias = relpos(length, length, bidirectional=False)
     y = self.shared_embedding(decoder_input_tokens.astype(jnp.int32))
     y = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic)
     for i in range(cfg.num_decoder_layers):
       y = DecoderLayer(cfg, name=f'layers_{i}')(y, encoded, self_mask, cross_mask, bias,
-                                               deterministic)
+                                               deterministic, decode)
     y = RMSNorm(dtype, name='decoder_norm')(y)
     y = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic)
     if cfg.logits_via_embedding:
@@ -439,15 +507,18 @@ class Transformer(nn.Module):
     self.encoder = Encoder(cfg, self.token_embedder)
     self.decoder = Decoder(cfg, self.token_embedder)
 
-  def encode(self, encoder_input_tokens, encoder_segment_ids=None, enable_dropout=True):
-    return self.encoder(encoder_input_tokens, encoder_segment_ids, not enable_dropout)
+  def encode(self, encoder_input_tokens, encoder_segment_ids=None, enable_dropout=True,
+             prompt=None, prompt_mask=None):
+    return self.encoder(encoder_input_tokens, encoder_segment_ids, not enable_dropout,
+                        prompt, prompt_mask)
 
   def decode(self, encoded, encoder_input_tokens, decoder_input_tokens,
              decoder_target_tokens, encoder_segment_ids=None, decoder_segment_ids=None,
-             enable_dropout=True):
+             enable_dropout=True, encoder_prompt_mask=None, decode=False,
+             max_decode_length=None):
     return self.decoder(encoded, encoder_input_tokens, decoder_input_tokens,
                         decoder_target_tokens, encoder_segment_ids, decoder_segment_ids,
-                        not enable_dropout)
+                        not enable_dropout, encoder_prompt_mask, decode, max_decode_length)
 
   def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
                decoder_target_tokens: Array, encoder_segment_ids: Optional[Array] = None,

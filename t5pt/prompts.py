@@ -29,14 +29,22 @@ class Prompt(nn.Module):
   features: int
 
   @nn.compact
-  def __call__(self, embedded_inputs: jax.Array) -> jax.Array:
-    """[batch, length, embed] -> [batch, prompt_length + length, embed]."""
-    prompt = self.param(
-        'prompt',
-        nn.with_logical_partitioning(nn.initializers.uniform(1.0), ('prompt', 'embed')),
-        (self.length, self.features), jnp.float32)
-    prompt = jnp.broadcast_to(jnp.asarray(prompt, embedded_inputs.dtype),
-                              (embedded_inputs.shape[0],) + prompt.shape)
+  def __call__(self, embedded_inputs: jax.Array,
+               per_example: Optional[jax.Array] = None) -> jax.Array:
+    """[batch, length, embed] -> [batch, prompt_length + length, embed].
+
+    `per_example` [batch, prompt_length, embed] is used instead of the parameter.
+    """
+    batch = embedded_inputs.shape[0]
+    if per_example is not None:
+      prompt = jnp.asarray(per_example, embedded_inputs.dtype)
+    else:
+      prompt = self.param(
+          'prompt',
+          nn.with_logical_partitioning(nn.initializers.uniform(1.0), ('prompt', 'embed')),
+          (self.length, self.features), jnp.float32)
+      prompt = jnp.broadcast_to(jnp.asarray(prompt, embedded_inputs.dtype),
+                                (batch,) + prompt.shape)
     return jnp.concatenate([prompt, embedded_inputs], axis=1)
 
 
