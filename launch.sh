@@ -20,6 +20,8 @@ setup() {
   local stamp="$VENV/.${requirements%.txt}.sha256"
   local want
   want="$(cat requirements*.txt | sha256sum | cut -d' ' -f1)"
+  # The test environment is a superset of the runtime one.
+  [[ -f "$VENV/.requirements-test.sha256" && "$(cat "$VENV/.requirements-test.sha256")" == "$want" ]] && return
   if [[ ! -x "$VENV/bin/python" ]]; then
     echo "t5pt: creating $VENV with $("$PYTHON" --version)" >&2
     "$PYTHON" -m venv "$VENV"

@@ -76,7 +76,7 @@ def run_worker(name: str, workdir: Path, shard_mib: int) -> dict:
   sys.path.insert(0, str(ROOT))
   if name.startswith('t5pt'):
     import jax  # pylint: disable=import-outside-toplevel
-    from t5pt import checkpoint_import, export  # pylint: disable=import-outside-toplevel
+    from t5pt import checkpoint_import, export, trained_model  # pylint: disable=import-outside-toplevel
   else:
     import transformers  # pylint: disable=import-outside-toplevel
   base_mib = rss_mib()
@@ -88,7 +88,7 @@ def run_worker(name: str, workdir: Path, shard_mib: int) -> dict:
   elif name == 't5pt-export':
     out = workdir / 'exported'
     shutil.rmtree(out, ignore_errors=True)
-    run = export.TrainedRun(str(workdir / 'run'))
+    run = trained_model.TrainedRun(str(workdir / 'run'))
     export.export_hf(run, str(out), run.base_path(None), max_shard_bytes=shard_mib << 20)
   else:
     model = transformers.T5ForConditionalGeneration.from_pretrained(workdir / 'hf')

@@ -303,6 +303,17 @@ def open_checkpoint(path: str) -> BaseCheckpoint:
                   'of checkpoint_<step> subdirectories.')
 
 
+def model_targets(config: network.T5Config, dtype: str, mesh: jax.sharding.Mesh,
+                  rules: partitioning.LogicalRules = partitioning.STANDARD_LOGICAL_AXIS_RULES
+                  ) -> dict[str, jax.ShapeDtypeStruct]:
+  """{path: shape, `dtype` and sharding over `mesh`} for every parameter of `config`."""
+  boxed = jax.eval_shape(lambda rng: models.EncoderDecoderModel(config).init(rng, 1, 1),
+                         jax.random.PRNGKey(0))
+  shardings = partitioning.param_shardings(boxed, mesh, rules)
+  return {k: jax.ShapeDtypeStruct(v.shape, jnp.dtype(dtype), sharding=shardings[k])
+          for k, v in partitioning.flatten(nn.unbox(boxed)).items()}
+
+
 def load_model(path: str, config: network.T5Config = network.T5Config(),
                dtype: str = 'float32', mesh: Optional[jax.sharding.Mesh] = None,
                rules: partitioning.LogicalRules = partitioning.STANDARD_LOGICAL_AXIS_RULES
@@ -315,14 +326,10 @@ def load_model(path: str, config: network.T5Config = network.T5Config(),
   """
   checkpoint = open_checkpoint(path)
   config = checkpoint.reconcile(config).require_complete()
-  mesh = mesh or partitioning.PartitionConfig().make_mesh()
-  boxed = jax.eval_shape(lambda rng: models.EncoderDecoderModel(config).init(rng, 1, 1),
-                         jax.random.PRNGKey(0))
-  shardings = partitioning.param_shardings(boxed, mesh, rules)
+  targets = model_targets(config, dtype, mesh or partitioning.PartitionConfig().make_mesh(),
+                          rules)
   stored = checkpoint.shapes()
-  targets = {k: jax.ShapeDtypeStruct(v.shape, jnp.dtype(dtype), sharding=shardings[k])
-             for k, v in partitioning.flatten(nn.unbox(boxed)).items()
-             if k in stored or k != network.PROMPT_PATH}
+  targets = {k: v for k, v in targets.items() if k in stored or k != network.PROMPT_PATH}
   return config, partitioning.unflatten(checkpoint.load(targets))
 
 

@@ -25,18 +25,18 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Iterator, Mapping, Optional
+from typing import Iterator, Mapping
 
 import numpy as np
 from absl import app
 from absl import flags
 
 from t5pt import checkpoint_import
-from t5pt import checkpoints
 from t5pt import gin_utils
 from t5pt import hf_format
 from t5pt import network
 from t5pt import safetensors_io
+from t5pt import trained_model
 from t5pt.errors import UserError
 
 TOKENIZER_FILES = ('spiece.model', 'tokenizer.json', 'tokenizer_config.json',
@@ -51,39 +51,6 @@ flags.DEFINE_string('base', None, "Base checkpoint (default: the run's "
                     'INITIAL_CHECKPOINT_PATH).')
 flags.DEFINE_string('max_shard_size', '2GB', 'Largest safetensors shard for --hf_dir.')
 flags.DEFINE_bool('overwrite', False, 'Replace existing outputs.')
-
-
-class TrainedRun:
-  """The trainable parameters and meta of one checkpoint of a t5pt run."""
-
-  def __init__(self, model_dir: str, step: Optional[int] = None):
-    latest = checkpoints.latest_step(model_dir)
-    if latest is None:
-      raise UserError(f'--model_dir={model_dir!r} holds no complete t5pt checkpoint.')
-    self.step = latest if step is None else step
-    step_dir = os.path.join(model_dir, f'{checkpoints.STEP_PREFIX}_{self.step}')
-    if not os.path.isdir(step_dir):
-      raise UserError(f'{model_dir} has no checkpoint for step {self.step} (newest: '
-                      f'{latest}).')
-    self.model_dir = model_dir
-    self.meta = checkpoints.read_meta(model_dir, self.step)
-    self.params = checkpoint_import.read_params_as_numpy(step_dir)
-
-  @property
-  def prompt(self) -> Optional[np.ndarray]:
-    return self.params.get(network.PROMPT_PATH)
-
-  def network_config(self) -> network.T5Config:
-    if 'network_config' not in self.meta:
-      return network.T5Config()  # Older runs: the base checkpoint supplies the sizes.
-    return network.T5Config(**self.meta['network_config'])
-
-  def base_path(self, override: Optional[str]) -> str:
-    path = override or self.meta.get('initial_checkpoint_path')
-    if not path:
-      raise UserError(f'{self.model_dir} does not record its base checkpoint; pass --base '
-                      'with the INITIAL_CHECKPOINT_PATH it was trained from.')
-    return path
 
 
 @contextlib.contextmanager
@@ -124,8 +91,8 @@ def _hf_tensors(base: checkpoint_import.BaseCheckpoint, config: network.T5Config
     yield key, value.T if hf_format.needs_transpose(path) else value
 
 
-def export_hf(run: TrainedRun, out_dir: str, base_path: str, max_shard_bytes: int,
-              overwrite: bool = False) -> list[str]:
+def export_hf(run: trained_model.TrainedRun, out_dir: str, base_path: str,
+              max_shard_bytes: int, overwrite: bool = False) -> list[str]:
   """Writes the base with the run's trained base parameters merged in as an HF folder."""
   base = checkpoint_import.open_checkpoint(base_path)
   config = base.reconcile(run.network_config()).require_complete()
@@ -153,7 +120,7 @@ def export_hf(run: TrainedRun, out_dir: str, base_path: str, max_shard_bytes: in
   return files
 
 
-def export_peft_prompt(run: TrainedRun, out_dir: str, base_name: str,
+def export_peft_prompt(run: trained_model.TrainedRun, out_dir: str, base_name: str,
                        overwrite: bool = False) -> None:
   """Writes the prompt as a PEFT PROMPT_TUNING adapter that prepends it to the encoder
   only (num_transformer_submodules=1), exactly as t5pt does."""
@@ -195,7 +162,7 @@ def _export_from_flags() -> None:
   if not f.model_dir or not (f.prompt_npy or f.hf_dir or f.peft_dir):
     raise UserError('Pass --model_dir and at least one of --prompt_npy, --hf_dir, '
                     '--peft_dir.')
-  run = TrainedRun(f.model_dir, f.step)
+  run = trained_model.TrainedRun(f.model_dir, f.step)
   if f.prompt_npy:
     if run.prompt is None:
       raise UserError(f'{f.model_dir} trained no soft prompt ({network.PROMPT_PATH}).')

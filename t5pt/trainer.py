@@ -246,6 +246,9 @@ def train(*,
                         {'step': done, 'batches_consumed': done, 'seed': seed,
                          'trainable': trainable_paths,
                          'initial_checkpoint_path': _absolute(initial_checkpoint_path),
+                         'mixture_or_task_name': mixture_or_task_name,
+                         'mixture_or_task_module': mixture_or_task_module,
+                         'task_feature_lengths': dict(task_feature_lengths),
                          'network_config': dataclasses.asdict(network_config)})
     if eval_ds is not None and (done % eval_period == 0 or done == train_steps):
       summary['eval'] = evaluate(done)

@@ -43,6 +43,6 @@ def run_module(module: str, *args: str, env: dict | None = None, timeout: int = 
 def base_checkpoint(tmp_path_factory) -> str:
   """A briefly trained tiny base model (every parameter trainable, no prompt)."""
   model_dir = str(tmp_path_factory.mktemp('base'))
-  train_in_process('gin/demo/base_tiny.gin', model_dir, TRAIN_STEPS=20,
-                   CHECKPOINT_PERIOD=20, EVAL_PERIOD=1000)
+  train_in_process('gin/demo/base_tiny.gin', model_dir, TRAIN_STEPS=60,
+                   CHECKPOINT_PERIOD=60, EVAL_PERIOD=1000)
   return model_dir

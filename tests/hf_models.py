@@ -78,22 +78,6 @@ def t5pt_logits(config, params, inputs, decoder_inputs, targets) -> np.ndarray:
   return np.asarray(jax.jit(model.logits)(params, batch))
 
 
-def t5pt_greedy(config, params, inputs, steps: int) -> np.ndarray:
-  """Greedy decoding by re-running the teacher-forced decoder (no cache) for `steps`."""
-  model = models.EncoderDecoderModel(config)
-  logits_fn = jax.jit(model.logits)
-  decoder_inputs = np.zeros((inputs.shape[0], steps), np.int32)
-  out = np.zeros_like(decoder_inputs)
-  for i in range(steps):
-    logits = logits_fn(params, {'encoder_input_tokens': jnp.asarray(inputs),
-                                'decoder_input_tokens': jnp.asarray(decoder_inputs),
-                                'decoder_target_tokens': jnp.ones_like(decoder_inputs)})
-    out[:, i] = np.asarray(logits[:, i]).argmax(-1)
-    if i + 1 < steps:
-      decoder_inputs[:, i + 1] = out[:, i]
-  return out
-
-
 def until_eos(tokens, eos: int = 1) -> list[list[int]]:
   rows = []
   for row in np.asarray(tokens).tolist():

@@ -1,13 +1,18 @@
 """Numerical equivalence with transformers' T5 for models imported from HF folders."""
 
+import functools
 import json
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
 from t5pt import checkpoint_import
+from t5pt import inference
+from t5pt import models
 from t5pt import network
 from t5pt.errors import UserError
 from tests import hf_models
@@ -33,18 +38,22 @@ def test_teacher_forced_logits_match_transformers(hf_pair):
   np.testing.assert_allclose(ours[valid], theirs[valid], atol=1e-4, rtol=1e-4)
 
 
-def test_greedy_decodes_match_transformers_generate(hf_pair):
+@pytest.mark.parametrize('method', ['greedy', 'beam'])
+def test_decodes_match_transformers_generate(hf_pair, method):
   _, model, folder = hf_pair
   config, params = checkpoint_import.load_model(folder)
   inputs, _, _ = hf_models.token_batch(seed=1)
-  steps = 8
-  ours = hf_models.t5pt_greedy(config, params, inputs, steps)
+  steps, beams = 8, (4 if method == 'beam' else 1)
+  decode = inference.DecodeConfig(method=method, num_decodes=beams, alpha=0.0)
+  ours, _ = jax.jit(functools.partial(
+      inference.predict_batch, models.EncoderDecoderModel(config), max_length=steps,
+      config=decode))(params, jnp.asarray(inputs))
   with torch.no_grad():
     theirs = model.generate(input_ids=torch.tensor(inputs, dtype=torch.long),
                             attention_mask=torch.tensor(inputs > 0, dtype=torch.long),
                             max_new_tokens=steps, min_new_tokens=0, do_sample=False,
-                            num_beams=1).numpy()[:, 1:]  # Drop decoder_start_token_id.
-  assert hf_models.until_eos(ours) == hf_models.until_eos(theirs)
+                            num_beams=beams, length_penalty=0.0).numpy()[:, 1:]
+  assert hf_models.until_eos(np.asarray(ours)[:, 0]) == hf_models.until_eos(theirs)
 
 
 def test_config_is_read_from_config_json(hf_pair):

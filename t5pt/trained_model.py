@@ -1,0 +1,118 @@
+"""A trained run, or a bare base checkpoint, as a model ready to decode or evaluate.
+
+A t5pt run stores only what it trained, plus (in each checkpoint's meta) the network
+config, the base checkpoint it was trained on and its task. `load` puts the two back
+together: the base from INITIAL_CHECKPOINT_PATH (any format checkpoint_import reads) and
+the trained parameters from the run. Pointed at a base checkpoint instead (an HF folder,
+a T5X checkpoint), it gives that model with no prompt.
+"""
+
+import dataclasses
+import os
+from typing import Optional
+
+import jax
+import numpy as np
+
+from t5pt import checkpoint_import
+from t5pt import checkpoints
+from t5pt import network
+from t5pt import partitioning
+from t5pt.errors import UserError
+
+
+class TrainedRun:
+  """The trainable parameters (host numpy) and meta of one checkpoint of a t5pt run."""
+
+  def __init__(self, path: str, step: Optional[int] = None):
+    model_dir, named_step = _split_step_dir(path)
+    latest = checkpoints.latest_step(model_dir)
+    if latest is None:
+      raise UserError(f'{path!r} holds no complete t5pt checkpoint.')
+    self.step = step or named_step or latest
+    step_dir = os.path.join(model_dir, f'{checkpoints.STEP_PREFIX}_{self.step}')
+    if not os.path.isdir(step_dir):
+      raise UserError(f'{model_dir} has no checkpoint for step {self.step} (newest: '
+                      f'{latest}).')
+    self.model_dir = model_dir
+    self.meta = checkpoints.read_meta(model_dir, self.step)
+    self.params = checkpoint_import.read_params_as_numpy(step_dir)
+
+  @property
+  def prompt(self) -> Optional[np.ndarray]:
+    return self.params.get(network.PROMPT_PATH)
+
+  def network_config(self) -> network.T5Config:
+    if 'network_config' not in self.meta:
+      return network.T5Config()  # Older runs: the base checkpoint supplies the sizes.
+    fields = dict(self.meta['network_config'])
+    if fields.get('mlp_activations') is not None:
+      fields['mlp_activations'] = tuple(fields['mlp_activations'])
+    return network.T5Config(**fields)
+
+  def base_path(self, override: Optional[str] = None) -> str:
+    path = override or self.meta.get('initial_checkpoint_path')
+    if not path:
+      raise UserError(f'{self.model_dir} does not record its base checkpoint; pass the '
+                      'INITIAL_CHECKPOINT_PATH it was trained from.')
+    return path
+
+
+def _split_step_dir(path: str) -> tuple[str, Optional[int]]:
+  """MODEL_DIR/checkpoint_<step> -> (MODEL_DIR, step); MODEL_DIR -> (MODEL_DIR, None)."""
+  match = checkpoint_import.STEP_DIR.match(os.path.basename(os.path.normpath(path)))
+  if match:
+    return os.path.dirname(os.path.normpath(path)), int(match.group(1))
+  return path, None
+
+
+def is_run(path: str) -> bool:
+  """Whether `path` is a t5pt MODEL_DIR or one of its checkpoint_<step> directories."""
+  model_dir, _ = _split_step_dir(path)
+  step = checkpoints.latest_step(model_dir)
+  return step is not None and os.path.isdir(
+      os.path.join(model_dir, f'{checkpoints.STEP_PREFIX}_{step}', 'meta'))
+
+
+@dataclasses.dataclass
+class LoadedModel:
+  config: network.T5Config
+  params: dict             # nested, on the mesh
+  run: Optional[TrainedRun]
+  base_path: str
+
+
+def load(path: str, base_path: Optional[str] = None, dtype: str = 'float32',
+         mesh: Optional[jax.sharding.Mesh] = None) -> LoadedModel:
+  """The model at `path`: a t5pt run merged onto its base, or a bare base checkpoint.
+
+  The base is read as `dtype` (e.g. 'bfloat16'); trained parameters stay float32.
+  """
+  mesh = mesh or partitioning.PartitionConfig().make_mesh()
+  if not is_run(path):
+    config, params = checkpoint_import.load_model(path, dtype=dtype, mesh=mesh)
+    return LoadedModel(config, params, None, path)
+  run = TrainedRun(path)
+  if not (base_path or run.meta.get('initial_checkpoint_path')):
+    return _load_self_contained(run, mesh)
+  base = run.base_path(base_path)
+  config, params = checkpoint_import.load_model(base, run.network_config(), dtype, mesh)
+  flat = partitioning.flatten(params)
+  replicated = partitioning.replicated(mesh)
+  for name, value in run.params.items():
+    sharding = flat[name].sharding if name in flat else replicated
+    flat[name] = jax.device_put(np.asarray(value, np.float32), sharding)
+  return LoadedModel(config, partitioning.unflatten(flat), run, base)
+
+
+def _load_self_contained(run: TrainedRun, mesh) -> LoadedModel:
+  """A run trained from scratch (TRAINABLE = everything) needs no base."""
+  config = run.network_config().require_complete()
+  targets = checkpoint_import.model_targets(config, 'float32', mesh)
+  missing = sorted(set(targets) - set(run.params))
+  if missing:
+    raise UserError(f'{run.model_dir} does not record its base checkpoint and lacks '
+                    f'{len(missing)} parameter(s), e.g. {missing[:2]}; pass the '
+                    'INITIAL_CHECKPOINT_PATH it was trained from (BASE_CHECKPOINT_PATH).')
+  params = {k: checkpoint_import.place(run.params[k], t) for k, t in targets.items()}
+  return LoadedModel(config, partitioning.unflatten(params), run, run.model_dir)
