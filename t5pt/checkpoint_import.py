@@ -28,6 +28,7 @@ import orbax.checkpoint as ocp
 import tqdm
 from etils import epath
 
+from t5pt import checkpoints
 from t5pt import hf_format
 from t5pt import models
 from t5pt import network
@@ -239,7 +240,8 @@ class OrbaxCheckpoint(BaseCheckpoint):
     super().__init__(path)
     self._dir = params_dir
     self._checkpointer = ocp.PyTreeCheckpointer()
-    tree = self._checkpointer.metadata(params_dir).item_metadata.tree
+    with checkpoints.quiet_orbax_reads():
+      tree = self._checkpointer.metadata(params_dir).item_metadata.tree
     stored = partitioning.flatten(tree)
     self._prefix = next((p for p in self._PARAM_PREFIXES
                          if any(k.startswith(p) for k in stored)), '')
@@ -251,8 +253,9 @@ class OrbaxCheckpoint(BaseCheckpoint):
 
   def _restore(self, item: Mapping[str, object], restore_args: Mapping[str, object]) -> dict:
     nest = lambda flat: partitioning.unflatten({self._prefix + k: v for k, v in flat.items()})
-    restored = self._checkpointer.restore(self._dir, args=ocp.args.PyTreeRestore(
-        item=nest(item), restore_args=nest(restore_args), partial_restore=True))
+    with checkpoints.quiet_orbax_reads():
+      restored = self._checkpointer.restore(self._dir, args=ocp.args.PyTreeRestore(
+          item=nest(item), restore_args=nest(restore_args), partial_restore=True))
     flat = partitioning.flatten(restored)
     return {k[len(self._prefix):]: v for k, v in flat.items()}
 

@@ -10,6 +10,7 @@ written again.
 """
 
 import contextlib
+import logging
 import os
 from typing import Mapping, Optional
 
@@ -48,15 +49,35 @@ class RunCheckpointer:
     self._manager.close()
 
 
+class _DropOrbaxReadWarnings(logging.Filter):
+  """Orbax warns on every read-only open ("read_only=True, setting create=False", "Given
+  directory is read only", "Metadata file does not exist" for item directories)."""
+
+  def filter(self, record):
+    return not (record.levelno == logging.WARNING and 'orbax' in record.pathname)
+
+
+@contextlib.contextmanager
+def quiet_orbax_reads():
+  """Silences orbax's routine warnings while reading checkpoints."""
+  quiet = _DropOrbaxReadWarnings()
+  logging.getLogger('absl').addFilter(quiet)
+  try:
+    yield
+  finally:
+    logging.getLogger('absl').removeFilter(quiet)
+
+
 @contextlib.contextmanager
 def _read_only_manager(model_dir: str):
-  manager = ocp.CheckpointManager(
-      os.path.abspath(model_dir),
-      options=ocp.CheckpointManagerOptions(step_prefix=STEP_PREFIX, read_only=True))
-  try:
-    yield manager
-  finally:
-    manager.close()
+  with quiet_orbax_reads():
+    manager = ocp.CheckpointManager(
+        os.path.abspath(model_dir),
+        options=ocp.CheckpointManagerOptions(step_prefix=STEP_PREFIX, read_only=True))
+    try:
+      yield manager
+    finally:
+      manager.close()
 
 
 def latest_step(model_dir: str) -> Optional[int]:

@@ -13,10 +13,18 @@ import os
 import time
 
 import gin
+import jax.numpy as jnp
+import numpy as np
 from absl import flags
 
 from t5pt import gin_utils
+from t5pt import infer
+from t5pt import inference
+from t5pt import models
+from t5pt import trained_model
 from t5pt import trainer
+
+HELDOUT_TASK = 'synthetic_heldout_max'
 
 _RUN_DIR = flags.DEFINE_string('run_dir', None,
                                'Where both runs go (default: runs/demo-<timestamp>).')
@@ -36,10 +44,30 @@ def _run_stage(gin_file: str, bindings: list[str]) -> dict:
   return trainer.train()
 
 
-def _accuracy_line(name: str, metrics: dict) -> str:
-  return (f'  {name:<28} sequence accuracy {100 * metrics["sequence_accuracy"]:5.1f}%   '
+def _accuracy_line(name: str, metrics: dict, decoded: dict) -> str:
+  return (f'  {name:<28} decoded exact match {decoded["sequence_accuracy"]:5.1f}%   '
           f'token accuracy {100 * metrics["token_accuracy"]:5.1f}%   '
           f'loss {metrics["loss"]:.3f}')
+
+
+def _show_predictions(prompt_dir: str, count: int) -> None:
+  """Greedy-decodes the first held-out validation examples with the trained prompt."""
+  loaded = trained_model.load(prompt_dir)
+  lengths = loaded.run.meta['task_feature_lengths']
+  input_length = lengths['inputs'] - loaded.config.prompt_length
+  source = infer.task_source(HELDOUT_TASK, 'validation', input_length)
+  examples = source.examples[:count]
+  tokens = np.zeros((count, input_length), np.int32)
+  for i, ex in enumerate(examples):
+    tokens[i, :len(ex['tokens'])] = ex['tokens']
+  decoded, _ = inference.predict_batch(models.EncoderDecoderModel(loaded.config),
+                                       loaded.params, jnp.asarray(tokens),
+                                       lengths['targets'])
+  print(f'\nGreedy decodes of the first {count} held-out examples (base + prompt):')
+  for ex, row in zip(examples, np.asarray(decoded)[:, 0]):
+    prediction = source.vocabulary.decode([int(t) for t in row])
+    mark = 'ok' if prediction == ex['targets'] else 'wrong'
+    print(f'  {ex["inputs"]!r:>12} -> {prediction!r:<6} target {ex["targets"]!r:<6} {mark}')
 
 
 def demo() -> None:
@@ -56,10 +84,13 @@ def demo() -> None:
                      [f'MODEL_DIR = {prompt_dir!r}',
                       f'INITIAL_CHECKPOINT_PATH = {base_dir!r}',
                       *_steps_binding(_PROMPT_STEPS.value)])
-  print('\nHeld-out task "synthetic_heldout_max" (validation split, teacher-forced; '
-        'sequence accuracy equals greedy-decoding exact match):')
-  print(_accuracy_line('base, before prompt tuning', tuned['eval_at_start']))
-  print(_accuracy_line('base + trained prompt', tuned['eval']))
+  print(f'\nHeld-out task "{HELDOUT_TASK}" (validation split; exact match of greedy '
+        'decodes, token accuracy and loss teacher-forced):')
+  print(_accuracy_line('base, before prompt tuning', tuned['eval_at_start'],
+                       tuned['infer_eval_at_start'][HELDOUT_TASK]))
+  print(_accuracy_line('base + trained prompt', tuned['eval'],
+                       tuned['infer_eval'][HELDOUT_TASK]))
+  _show_predictions(prompt_dir, count=6)
   print(f'\nTrained {tuned["trainable_parameters"]} prompt parameters; the frozen base '
         f'was trained on the instruction mixture (eval: '
         f'{100 * base["eval"]["sequence_accuracy"]:.1f}% sequence accuracy).')

@@ -96,14 +96,17 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str],
       raise UserError(f'Invalid gin binding {binding!r}: {e}') from e
 
 
-def run(main_fn, parse_gin_flags: bool = True) -> None:
-  """Parses the gin flags absl has read (unless told not to), calls main_fn(), and exits
-  with status 2 and a one-paragraph message on a UserError."""
+def run(main_fn, parse_gin_flags: bool = True,
+        default_gin_files: Sequence[str] = ()) -> None:
+  """Parses the gin flags absl has read (unless told not to; `default_gin_files` when no
+  --gin_file was given), calls main_fn(), and exits with status 2 and a one-paragraph
+  message on a UserError."""
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # Keep the progress bar readable.
   try:
     if parse_gin_flags:
-      parse(flags.FLAGS.gin_file, flags.FLAGS.gin_bindings, flags.FLAGS.gin_search_paths)
+      parse(flags.FLAGS.gin_file or list(default_gin_files), flags.FLAGS.gin_bindings,
+            flags.FLAGS.gin_search_paths)
     main_fn()
   except UserError as e:
     _exit_with(e)

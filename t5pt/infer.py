@@ -270,10 +270,7 @@ def infer(*,
 
 def main(argv):
   del argv
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  if not flags.FLAGS.gin_file:
-    flags.FLAGS.gin_file = ['infer.gin']
-  gin_utils.run(infer)
+  gin_utils.run(infer, default_gin_files=['infer.gin'])
 
 
 if __name__ == '__main__':

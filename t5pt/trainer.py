@@ -2,7 +2,8 @@
 
     validate config ─► load frozen base ─► (resume | initialise trainable) ─► loop:
         jit(train_step) on a sharded batch, metrics every log_period,
-        teacher-forced eval every eval_period, orbax checkpoint every checkpoint_period.
+        eval every eval_period (teacher-forced, and decoded with the task's seqio metrics),
+        orbax checkpoint every checkpoint_period.
 
 Everything that can fail because of user input is checked before MODEL_DIR is touched.
 """
@@ -26,6 +27,7 @@ from absl import logging
 from t5pt import checkpoint_import
 from t5pt import checkpoints
 from t5pt import data
+from t5pt import evaluation
 from t5pt import models
 from t5pt import network
 from t5pt import optimizers
@@ -95,6 +97,7 @@ def train(*,
           eval_split: Optional[str] = 'validation',
           eval_period: int = 1000,
           eval_at_start: bool = True,
+          infer_eval: bool = True,
           checkpoint_period: int = 1000,
           keep_checkpoints: Optional[int] = 3,
           log_period: int = 50,
@@ -192,23 +195,41 @@ def train(*,
   p_train_step = jax.jit(build_train_step(model, tx, dropout_rng), donate_argnums=(0, 1))
   p_eval_step = jax.jit(build_eval_step(model))
 
-  def evaluate(step: int) -> Optional[dict]:
+  infer_evaluator = None
+  if infer_eval and eval_split:
+    infer_evaluator = evaluation.InferenceEvaluator(
+        mixture_or_task_name, task_feature_lengths, prompt_length, eval_split,
+        use_cached_tasks, log_dir=None)
+    infer_evaluator = infer_evaluator if infer_evaluator.has_metrics else None
+  summary = {'model_dir': model_dir, 'start_step': start_step,
+             'trainable_parameters': int(sum(np.prod(shapes[k].shape)
+                                             for k in trainable_paths))}
+
+  def evaluate(step: int, key: str) -> None:
+    """Teacher-forced metrics (summary[key]) and, when the task declares metric_fns,
+    decoded ones from seqio's Evaluator (summary['infer_' + key])."""
     if eval_ds is None:
-      return None
+      return
     sums = None
     for batch in data.iterate_batches(eval_ds, host_batch_size, drop_remainder=False):
       m = p_eval_step(params, frozen_tree, to_device(batch))
       sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
-    result = models.summarize(jax.device_get(sums))
-    log.write('eval', step, result)
-    _say(f'eval @ step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in result.items()))
-    return result
+    summary[key] = models.summarize(jax.device_get(sums))
+    log.write('eval', step, summary[key])
+    _say(f'eval @ step {step}: ' +
+         ', '.join(f'{k}={v:.4f}' for k, v in summary[key].items()))
+    if infer_evaluator:
+      metrics = infer_evaluator.evaluate(model, merge(frozen_tree, params), mesh,
+                                         batch_size, step=step)
+      flat = {(f'{task}/{name}' if len(metrics) > 1 else name): value
+              for task, values in metrics.items() for name, value in values.items()}
+      log.write('infer_eval', step, flat)
+      _say(f'decoded eval @ step {step}: ' +
+           ', '.join(f'{k}={v:.4f}' for k, v in flat.items()))
+      summary['infer_' + key] = metrics
 
-  summary = {'model_dir': model_dir, 'start_step': start_step,
-             'trainable_parameters': int(sum(np.prod(shapes[k].shape)
-                                             for k in trainable_paths))}
   if eval_at_start and not start_step:
-    summary['eval_at_start'] = evaluate(0)
+    evaluate(0, 'eval_at_start')
 
   batches = data.iterate_batches(train_ds, host_batch_size, drop_remainder=True,
                                  skip_batches=batches_consumed)
@@ -251,12 +272,12 @@ def train(*,
                          'task_feature_lengths': dict(task_feature_lengths),
                          'network_config': dataclasses.asdict(network_config)})
     if eval_ds is not None and (done % eval_period == 0 or done == train_steps):
-      summary['eval'] = evaluate(done)
+      evaluate(done, 'eval')
   bar.close()
   checkpointer.wait_until_finished()
   checkpointer.close()
   if 'eval' not in summary and eval_ds is not None:
-    summary['eval'] = evaluate(train_steps)
+    evaluate(train_steps, 'eval')
   summary['params'] = jax.device_get(params)
   summary['step'] = train_steps
   return summary

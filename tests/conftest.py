@@ -19,8 +19,9 @@ TINY = dict(vocab_size=32, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=24,
 
 def train_in_process(gin_file: str, model_dir: str, bindings=(), **macros) -> dict:
   """Runs trainer.train under `gin_file` with MODEL_DIR, macro overrides and raw
-  gin `bindings`."""
+  gin `bindings`. Decoded evaluation (INFER_EVAL) is off unless a test turns it on."""
   from t5pt import gin_utils, trainer  # pylint: disable=import-outside-toplevel
+  macros.setdefault('INFER_EVAL', False)
   gin.clear_config()
   bindings = ([f'MODEL_DIR = {model_dir!r}'] + [f'{k} = {v!r}' for k, v in macros.items()]
               + list(bindings))
@@ -45,4 +46,14 @@ def base_checkpoint(tmp_path_factory) -> str:
   model_dir = str(tmp_path_factory.mktemp('base'))
   train_in_process('gin/demo/base_tiny.gin', model_dir, TRAIN_STEPS=60,
                    CHECKPOINT_PERIOD=60, EVAL_PERIOD=1000)
+  return model_dir
+
+
+@pytest.fixture(scope='session')
+def prompt_run(base_checkpoint, tmp_path_factory) -> str:
+  """A prompt briefly trained on `base_checkpoint` for the held-out synthetic task."""
+  model_dir = str(tmp_path_factory.mktemp('prompt_run'))
+  train_in_process('gin/t5_1_1_tiny_prompt.gin', model_dir,
+                   INITIAL_CHECKPOINT_PATH=base_checkpoint, TRAIN_STEPS=10,
+                   CHECKPOINT_PERIOD=10, EVAL_PERIOD=1000, BATCH_SIZE=16)
   return model_dir

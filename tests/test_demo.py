@@ -12,6 +12,9 @@ def test_demo_trains_a_base_then_a_prompt_and_reports_both_accuracies(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   out = result.stdout
   assert 'base, before prompt tuning' in out and 'base + trained prompt' in out
+  assert 'decoded exact match' in out
+  assert 'Greedy decodes of the first 6 held-out examples' in out
+  assert len([l for l in out.splitlines() if l.endswith((' ok', ' wrong'))]) == 6
   assert f'Run directory: {tmp_path}' in out
   assert (tmp_path / 'base' / 'checkpoint_30').exists()
   assert (tmp_path / 'prompt' / 'checkpoint_20').exists()

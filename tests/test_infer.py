@@ -15,7 +15,6 @@ from t5pt import inference
 from t5pt import models
 from t5pt import trained_model
 from t5pt.errors import UserError
-from tests.conftest import train_in_process
 
 TASK = 'synthetic_heldout_max'
 OUTPUT_NAME = f'{TASK}-validation.jsonl'
@@ -34,15 +33,6 @@ def infer_in_process(output_dir, bindings=(), **macros) -> str:
 def _read(path):
   with open(path) as f:
     return [json.loads(line) for line in f]
-
-
-@pytest.fixture(scope='module')
-def prompt_run(base_checkpoint, tmp_path_factory) -> str:
-  model_dir = str(tmp_path_factory.mktemp('prompt_run'))
-  train_in_process('gin/t5_1_1_tiny_prompt.gin', model_dir,
-                   INITIAL_CHECKPOINT_PATH=base_checkpoint, TRAIN_STEPS=10,
-                   CHECKPOINT_PERIOD=10, EVAL_PERIOD=1000, BATCH_SIZE=16)
-  return model_dir
 
 
 @pytest.fixture(scope='module')

@@ -1,0 +1,149 @@
+"""Inference evaluation with seqio's Evaluator: decode, postprocess, the task's metrics.
+
+Entry point: python -m t5pt.eval (t5pt/eval.py).
+
+Runs the task's predict metrics (accuracy, F1, exact match, ROUGE, BLEU: whatever the task
+declares in `metric_fns`) on decodes and its score metrics on target log-likelihoods, and
+writes `<task>-metrics.jsonl` and TensorBoard events to EVAL_OUTPUT_DIR through seqio's
+loggers. The trainer runs the same InferenceEvaluator every EVAL_PERIOD steps.
+"""
+
+import functools
+from typing import Mapping, Optional, Sequence
+
+import gin
+import jax
+import numpy as np
+import seqio
+import tensorflow as tf
+import tqdm
+
+from t5pt import data
+from t5pt import inference
+from t5pt import models
+from t5pt import partitioning
+from t5pt import trained_model
+from t5pt.errors import UserError
+
+
+class InferenceEvaluator:
+  """seqio.Evaluator over one task or mixture, fed by t5pt's decoding and scoring."""
+
+  def __init__(self, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
+               prompt_length: int, split: str = 'validation', use_cached: bool = False,
+               log_dir: Optional[str] = None,
+               loggers: Sequence[type] = (seqio.JSONLogger, seqio.TensorBoardLogger),
+               num_examples: Optional[int] = None):
+    data.get_provider(mixture_or_task_name)  # A clear error for unknown names.
+    self.max_length = task_feature_lengths['targets']
+    self._evaluator = seqio.Evaluator(
+        mixture_or_task_name=mixture_or_task_name,
+        feature_converter=seqio.EncDecFeatureConverter(pack=False),
+        eval_split=split, use_cached=use_cached,
+        sequence_length=data.converter_lengths(task_feature_lengths, prompt_length),
+        num_examples=num_examples, logger_cls=loggers if log_dir else (),
+        log_dir=log_dir)
+
+  @property
+  def has_metrics(self) -> bool:
+    return any(task.predict_metric_fns or task.score_metric_fns
+               for task in self._evaluator.eval_tasks)
+
+  def evaluate(self, model: models.EncoderDecoderModel, params, mesh, batch_size: int,
+               decode: inference.DecodeConfig = inference.DecodeConfig(),
+               step: Optional[int] = None) -> dict[str, dict[str, float]]:
+    """{task name: {metric: value}} for the full (merged) parameter tree `params`."""
+    sharding = partitioning.batch_sharding(mesh)
+    predict = jax.jit(functools.partial(inference.predict_batch, model,
+                                        max_length=self.max_length, config=decode))
+    score = jax.jit(functools.partial(inference.score_batch, model))
+
+    def run(ds, fn):
+      results = []
+      for indices, batch in _batches(ds, batch_size):
+        placed = {k: jax.device_put(v, sharding) for k, v in batch.items()}
+        output = jax.device_get(fn(placed))
+        results += [(int(i), output[row]) for row, i in enumerate(indices)]
+      return results
+
+    predict_fn = lambda ds: [(i, tokens[0].tolist()) for i, tokens in run(
+        ds, lambda b: predict(params, b['encoder_input_tokens'])[0])]
+    score_fn = lambda ds: [(i, float(s)) for i, s in run(ds, lambda b: score(params, b))]
+    metrics, _ = self._evaluator.evaluate(compute_metrics=True, step=step,
+                                          predict_fn=predict_fn, score_fn=score_fn)
+    return {task: {name: _scalar(value) for name, value in task_metrics.items()}
+            for task, task_metrics in metrics.result().items()}
+
+
+def _scalar(value) -> float:
+  """seqio metric values may be plain numbers or seqio.metrics.Scalar."""
+  return float(getattr(value, 'value', value))
+
+
+def _batches(ds, batch_size: int):
+  """(example indices, zero-padded numpy batch of batch_size rows) from an enumerated
+  seqio evaluation dataset."""
+  indices, rows = [], []
+  for index, example in ds.as_numpy_iterator():
+    indices.append(index)
+    rows.append(example)
+    if len(rows) == batch_size:
+      yield indices, _stack(rows, batch_size)
+      indices, rows = [], []
+  if rows:
+    yield indices, _stack(rows, batch_size)
+
+
+def _stack(rows, batch_size: int) -> dict[str, np.ndarray]:
+  keys = ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens')
+  batch = {k: np.stack([r[k] for r in rows]).astype(np.int32) for k in keys}
+  pad = batch_size - len(rows)
+  return {k: np.pad(v, ((0, pad), (0, 0))) for k, v in batch.items()}
+
+
+@gin.configurable(module='evaluation')
+def evaluate(*,
+             checkpoint_path: str = gin.REQUIRED,
+             output_dir: str = gin.REQUIRED,
+             mixture_or_task_name: Optional[str] = None,
+             mixture_or_task_module: Optional[str] = None,
+             task_feature_lengths: Optional[Mapping[str, int]] = None,
+             split: str = 'validation',
+             batch_size: int = 32,
+             base_checkpoint_path: Optional[str] = None,
+             frozen_dtype: str = 'float32',
+             use_cached_tasks: bool = False,
+             decode: inference.DecodeConfig = inference.DecodeConfig(),
+             partition: partitioning.PartitionConfig = partitioning.PartitionConfig()
+             ) -> dict[str, dict[str, float]]:
+  """Evaluates a trained run (or a base checkpoint) on a task split; returns the metrics."""
+  for macro, value in (('CHECKPOINT_PATH', checkpoint_path),
+                       ('EVAL_OUTPUT_DIR', output_dir)):
+    if not value:
+      raise UserError(f'{macro} is not set; pass e.g. --gin.{macro}="\'...\'".')
+  mesh = partition.make_mesh()
+  loaded = trained_model.load(checkpoint_path, base_checkpoint_path, frozen_dtype, mesh)
+  meta = loaded.run.meta if loaded.run else {}
+  task = mixture_or_task_name or meta.get('mixture_or_task_name')
+  lengths = task_feature_lengths or meta.get('task_feature_lengths')
+  if not task or not lengths:
+    raise UserError('Set MIXTURE_OR_TASK_NAME and TASK_FEATURE_LENGTHS (the checkpoint '
+                    'does not record them).')
+  data.import_task_modules(mixture_or_task_module or meta.get('mixture_or_task_module'))
+  if batch_size % mesh.shape['data']:
+    raise UserError(f'BATCH_SIZE={batch_size} must be divisible by the data-parallel mesh '
+                    f"size ({mesh.shape['data']}).")
+  evaluator = InferenceEvaluator(task, lengths, loaded.config.prompt_length, split,
+                                 use_cached_tasks, log_dir=output_dir)
+  if not evaluator.has_metrics:
+    raise UserError(f'{task!r} declares no metric_fns, so there is nothing to evaluate; '
+                    'use ./infer.sh to decode it.')
+  tf.io.gfile.makedirs(output_dir)
+  step = loaded.run.step if loaded.run else 0
+  results = evaluator.evaluate(models.EncoderDecoderModel(loaded.config), loaded.params,
+                               mesh, batch_size, decode, step)
+  for name, values in results.items():
+    tqdm.tqdm.write(f'{name} @ step {step}: ' +
+                    ', '.join(f'{k}={v:.4f}' for k, v in sorted(values.items())))
+  tqdm.tqdm.write(f'metrics -> {output_dir}')
+  return results
