@@ -18,7 +18,7 @@ import numpy as np
 from absl import flags
 
 from t5pt import gin_utils
-from t5pt import infer
+from t5pt import batch_inference
 from t5pt import inference
 from t5pt import models
 from t5pt import trained_model
@@ -55,7 +55,7 @@ def _show_predictions(prompt_dir: str, count: int) -> None:
   loaded = trained_model.load(prompt_dir)
   lengths = loaded.run.meta['task_feature_lengths']
   input_length = lengths['inputs'] - loaded.config.prompt_length
-  source = infer.task_source(HELDOUT_TASK, 'validation', input_length)
+  source = batch_inference.task_source(HELDOUT_TASK, 'validation', input_length)
   examples = source.examples[:count]
   tokens = np.zeros((count, input_length), np.int32)
   for i, ex in enumerate(examples):

@@ -79,3 +79,25 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_prompt(tmp_path, base_checkp
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert 'Resuming' in resumed.stdout + resumed.stderr
   np.testing.assert_array_equal(_prompt(killed_dir, 240), _prompt(tmp_path / 'straight', 240))
+
+
+def test_beam_search_inference_on_a_2x4_mesh_matches_one_device(tmp_path, prompt_run):
+  common = [f"--gin.CHECKPOINT_PATH='{prompt_run}'", '--gin.BATCH_SIZE=8',
+            "--gin_bindings=inference.DecodeConfig.method = 'beam'",
+            '--gin_bindings=inference.DecodeConfig.num_decodes = 2']
+  one = run_module('t5pt.infer', *common, f"--gin.INFER_OUTPUT_DIR='{tmp_path / 'one'}'")
+  assert one.returncode == 0, one.stderr[-3000:]
+  eight = run_module('t5pt.infer', *common, f"--gin.INFER_OUTPUT_DIR='{tmp_path / 'eight'}'",
+                     '--gin.NUM_PARTITIONS=4',
+                     env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8'})
+  assert eight.returncode == 0, eight.stderr[-3000:]
+  name = 'synthetic_heldout_max-validation.jsonl'
+  lines = {}
+  for mesh in ('one', 'eight'):
+    with open(tmp_path / mesh / name) as f:
+      lines[mesh] = [json.loads(l) for l in f]
+  assert len(lines['one']) == 512
+  assert ([l['predictions'] for l in lines['one']] ==
+          [l['predictions'] for l in lines['eight']])
+  np.testing.assert_allclose([l['scores'] for l in lines['one']],
+                             [l['scores'] for l in lines['eight']], atol=1e-4)

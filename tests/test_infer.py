@@ -10,7 +10,7 @@ import pytest
 import seqio
 
 from t5pt import gin_utils
-from t5pt import infer
+from t5pt import batch_inference
 from t5pt import inference
 from t5pt import models
 from t5pt import trained_model
@@ -25,7 +25,7 @@ def infer_in_process(output_dir, bindings=(), **macros) -> str:
   gin_utils.parse(['gin/infer.gin'], [f'INFER_OUTPUT_DIR = {str(output_dir)!r}'] +
                   [f'{k} = {v!r}' for k, v in macros.items()] + list(bindings))
   try:
-    return infer.infer(progress_bar=False)
+    return batch_inference.infer(progress_bar=False)
   finally:
     gin.clear_config()
 
@@ -68,12 +68,12 @@ def test_task_split_is_decoded_in_order(reference_output, prompt_run):
 
 def test_interrupted_run_resumes_without_duplicate_or_missing_lines(
     prompt_run, reference_output, tmp_path, monkeypatch):
-  real_write = infer.ChunkedOutput.write_chunk
+  real_write = batch_inference.ChunkedOutput.write_chunk
   def write_two_then_die(self, index, lines):
     if index == 2:
       raise KeyboardInterrupt('simulated interruption')
     real_write(self, index, lines)
-  monkeypatch.setattr(infer.ChunkedOutput, 'write_chunk', write_two_then_die)
+  monkeypatch.setattr(batch_inference.ChunkedOutput, 'write_chunk', write_two_then_die)
   bindings = ['infer.infer.chunk_batches = 2']
   with pytest.raises(KeyboardInterrupt):
     infer_in_process(tmp_path, bindings, CHECKPOINT_PATH=prompt_run, BATCH_SIZE=16)
@@ -81,7 +81,7 @@ def test_interrupted_run_resumes_without_duplicate_or_missing_lines(
   parts = sorted(os.listdir(tmp_path / f'{OUTPUT_NAME}.parts'))
   assert parts == ['chunk-00000.jsonl', 'chunk-00001.jsonl', 'settings.json']
 
-  monkeypatch.setattr(infer.ChunkedOutput, 'write_chunk', real_write)
+  monkeypatch.setattr(batch_inference.ChunkedOutput, 'write_chunk', real_write)
   resumed = infer_in_process(tmp_path, bindings, CHECKPOINT_PATH=prompt_run, BATCH_SIZE=16)
   with open(resumed) as a, open(reference_output) as b:
     assert a.read() == b.read()
@@ -89,7 +89,7 @@ def test_interrupted_run_resumes_without_duplicate_or_missing_lines(
 
 
 def test_resume_with_other_settings_is_refused(prompt_run, tmp_path, monkeypatch):
-  monkeypatch.setattr(infer.ChunkedOutput, 'write_chunk',
+  monkeypatch.setattr(batch_inference.ChunkedOutput, 'write_chunk',
                       lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
   with pytest.raises(KeyboardInterrupt):
     infer_in_process(tmp_path, CHECKPOINT_PATH=prompt_run, BATCH_SIZE=16)
