@@ -28,6 +28,7 @@ import tensorflow as tf
 import tqdm
 
 from t5pt import data
+from t5pt import errors
 from t5pt import inference
 from t5pt import models
 from t5pt import partitioning
@@ -196,16 +197,14 @@ def infer(*,
           progress_bar: bool = True) -> str:
   """Decodes a task split or an input file with a trained run (or a base checkpoint);
   returns the path of the finished JSONL file."""
-  for macro, value in (('CHECKPOINT_PATH', checkpoint_path),
-                       ('INFER_OUTPUT_DIR', output_dir)):
-    if not value:
-      raise UserError(f'{macro} is not set; pass e.g. --gin.{macro}="\'...\'".')
+  errors.require_macros(CHECKPOINT_PATH=checkpoint_path, INFER_OUTPUT_DIR=output_dir)
   mesh = partition.make_mesh()
+  partitioning.host_batch_size(batch_size, mesh)
   model_info = trained_model.load(checkpoint_path, base_checkpoint_path, frozen_dtype, mesh)
-  meta = model_info.run.meta if model_info.run else {}
-  task = mixture_or_task_name or (None if input_file else meta.get('mixture_or_task_name'))
-  data.import_task_modules(mixture_or_task_module or meta.get('mixture_or_task_module'))
-  lengths = task_feature_lengths or meta.get('task_feature_lengths')
+  task, lengths = trained_model.task_and_lengths(
+      model_info, mixture_or_task_name, mixture_or_task_module, task_feature_lengths)
+  if input_file and not mixture_or_task_name:
+    task = None  # A file is tokenized with the checkpoint's vocabulary, not the run's task.
   if not lengths:
     raise UserError('TASK_FEATURE_LENGTHS is not set and the checkpoint does not record '
                     "one; pass e.g. --gin.TASK_FEATURE_LENGTHS=\"{'inputs': 512, "
@@ -222,10 +221,6 @@ def infer(*,
     raise UserError('Nothing to decode: set MIXTURE_OR_TASK_NAME or INPUT_FILE (the '
                     'checkpoint records no task).')
   vocabularies.check_fits(source.vocabulary, config.vocab_size, source.name)
-  data_size = mesh.shape['data']
-  if batch_size % data_size:
-    raise UserError(f'BATCH_SIZE={batch_size} must be divisible by the data-parallel mesh '
-                    f'size ({data_size}).')
 
   settings = {'checkpoint_path': checkpoint_path, 'split': split, 'input_file': input_file,
               'batch_size': batch_size, 'chunk_batches': chunk_batches,

@@ -6,3 +6,11 @@ class UserError(Exception):
 
   The message must name the offending file, binding or value and say how to fix it.
   """
+
+
+def require_macros(**values) -> None:
+  """Raises a UserError naming the first gin macro (keyword) whose value is unset."""
+  for macro, value in values.items():
+    if not value:
+      raise UserError(f'{macro} is not set; pass e.g. --gin.{macro}="\'...\'" '
+                      '(note the inner quotes: gin strings are Python literals).')

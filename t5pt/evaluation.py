@@ -19,6 +19,7 @@ import tensorflow as tf
 import tqdm
 
 from t5pt import data
+from t5pt import errors
 from t5pt import inference
 from t5pt import models
 from t5pt import partitioning
@@ -117,22 +118,15 @@ def evaluate(*,
              partition: partitioning.PartitionConfig = partitioning.PartitionConfig()
              ) -> dict[str, dict[str, float]]:
   """Evaluates a trained run (or a base checkpoint) on a task split; returns the metrics."""
-  for macro, value in (('CHECKPOINT_PATH', checkpoint_path),
-                       ('EVAL_OUTPUT_DIR', output_dir)):
-    if not value:
-      raise UserError(f'{macro} is not set; pass e.g. --gin.{macro}="\'...\'".')
+  errors.require_macros(CHECKPOINT_PATH=checkpoint_path, EVAL_OUTPUT_DIR=output_dir)
   mesh = partition.make_mesh()
+  partitioning.host_batch_size(batch_size, mesh)
   loaded = trained_model.load(checkpoint_path, base_checkpoint_path, frozen_dtype, mesh)
-  meta = loaded.run.meta if loaded.run else {}
-  task = mixture_or_task_name or meta.get('mixture_or_task_name')
-  lengths = task_feature_lengths or meta.get('task_feature_lengths')
+  task, lengths = trained_model.task_and_lengths(
+      loaded, mixture_or_task_name, mixture_or_task_module, task_feature_lengths)
   if not task or not lengths:
     raise UserError('Set MIXTURE_OR_TASK_NAME and TASK_FEATURE_LENGTHS (the checkpoint '
                     'does not record them).')
-  data.import_task_modules(mixture_or_task_module or meta.get('mixture_or_task_module'))
-  if batch_size % mesh.shape['data']:
-    raise UserError(f'BATCH_SIZE={batch_size} must be divisible by the data-parallel mesh '
-                    f"size ({mesh.shape['data']}).")
   evaluator = InferenceEvaluator(task, lengths, loaded.config.prompt_length, split,
                                  use_cached_tasks, log_dir=output_dir)
   if not evaluator.has_metrics:

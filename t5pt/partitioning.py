@@ -70,6 +70,15 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec('data'))
 
 
+def host_batch_size(batch_size: int, mesh: Mesh) -> int:
+  """The per-host batch size, after checking the global BATCH_SIZE divides evenly."""
+  data_size = mesh.shape['data']
+  if batch_size % data_size or batch_size % jax.process_count():
+    raise UserError(f'BATCH_SIZE={batch_size} must be divisible by the data-parallel mesh '
+                    f'size ({data_size}) and the number of hosts ({jax.process_count()}).')
+  return batch_size // jax.process_count()
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from t5pt import checkpoint_import
+from t5pt import data
 from t5pt import checkpoints
 from t5pt import network
 from t5pt import partitioning
@@ -116,3 +117,14 @@ def _load_self_contained(run: TrainedRun, mesh) -> LoadedModel:
                     'INITIAL_CHECKPOINT_PATH it was trained from (BASE_CHECKPOINT_PATH).')
   params = {k: checkpoint_import.place(run.params[k], t) for k, t in targets.items()}
   return LoadedModel(config, partitioning.unflatten(params), run, run.model_dir)
+
+
+def task_and_lengths(loaded: LoadedModel, mixture_or_task_name: Optional[str],
+                     mixture_or_task_module, task_feature_lengths
+                     ) -> tuple[Optional[str], Optional[dict]]:
+  """The task and feature lengths to use: as given, else as the run recorded them.
+  Imports the task's module (given or recorded) so that the task is registered."""
+  meta = loaded.run.meta if loaded.run else {}
+  data.import_task_modules(mixture_or_task_module or meta.get('mixture_or_task_module'))
+  return (mixture_or_task_name or meta.get('mixture_or_task_name'),
+          task_feature_lengths or meta.get('task_feature_lengths'))

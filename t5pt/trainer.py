@@ -34,6 +34,7 @@ from t5pt import optimizers
 from t5pt import partitioning
 from t5pt import prompts
 from t5pt import vocabularies
+from t5pt import errors
 from t5pt.errors import UserError
 
 
@@ -63,15 +64,6 @@ class MetricsLog:
 def _abstract(shape_dtype, sharding, dtype=None):
   return jax.ShapeDtypeStruct(shape_dtype.shape, dtype or shape_dtype.dtype,
                               sharding=sharding)
-
-
-def _check_batch_size(batch_size: int, mesh) -> int:
-  """Returns the per-host batch size after checking the global one divides evenly."""
-  data_size = mesh.shape['data']
-  if batch_size % data_size or batch_size % jax.process_count():
-    raise UserError(f'BATCH_SIZE={batch_size} must be divisible by the data-parallel mesh '
-                    f'size ({data_size}) and the number of hosts ({jax.process_count()}).')
-  return batch_size // jax.process_count()
 
 
 @gin.configurable(module='trainer')
@@ -109,11 +101,7 @@ def train(*,
   """
   optimizer = optimizer or optimizers.adafactor()
   # ---- Validate everything a user can get wrong before writing anything. ----
-  for macro, value in (('MODEL_DIR', model_dir), ('MIXTURE_OR_TASK_NAME',
-                                                  mixture_or_task_name)):
-    if not value:
-      raise UserError(f'{macro} is not set; pass e.g. --gin.{macro}="\'...\'" '
-                      '(note the inner quotes: gin strings are Python literals).')
+  errors.require_macros(MODEL_DIR=model_dir, MIXTURE_OR_TASK_NAME=mixture_or_task_name)
   data.import_task_modules(mixture_or_task_module)
   prompt_length = network_config.prompt_length
   data.converter_lengths(task_feature_lengths, prompt_length)
@@ -129,7 +117,7 @@ def train(*,
   mesh = partition.make_mesh()
   _say(f'mesh: data={mesh.shape["data"]} x model={mesh.shape["model"]} over '
        f'{mesh.devices.size} {jax.default_backend()} device(s)')
-  host_batch_size = _check_batch_size(batch_size, mesh)
+  host_batch_size = partitioning.host_batch_size(batch_size, mesh)
   train_ds = data.get_dataset(
       mixture_or_task_name, task_feature_lengths, train_split, prompt_length=prompt_length,
       shuffle=True, seed=seed, repeat=True, pack=pack, use_cached=use_cached_tasks,

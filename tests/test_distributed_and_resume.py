@@ -51,8 +51,10 @@ def test_2x4_mesh_on_8_devices_matches_one_device(tmp_path, base_checkpoint):
   assert sorted(one) == [1, 2, 3, 4]
   for step in one:
     np.testing.assert_allclose(eight[step], one[step], rtol=1e-5)
+  # Sharded reductions sum in another order; Adafactor's normalised lr-0.3 updates carry
+  # those float32 rounding differences into the prompt at the 1e-5 level.
   np.testing.assert_allclose(_prompt(tmp_path / 'eight', 4), _prompt(tmp_path / 'one', 4),
-                             atol=1e-5)
+                             atol=1e-4)
 
 
 def test_sigkill_then_rerun_gives_the_uninterrupted_prompt(tmp_path, base_checkpoint):

@@ -28,9 +28,23 @@ def test_rewrite_gin_shorthand():
 
 
 # run.gin is not standalone: it needs a model file, and every config here includes it.
+# infer.gin and eval.gin configure the other two entry points (tested below).
+OTHER_ENTRY_POINTS = ('run.gin', 'infer.gin', 'eval.gin')
 TOP_LEVEL = sorted(p for p in glob.glob(os.path.join(REPO, 'gin', '*.gin')) +
                    glob.glob(os.path.join(REPO, 'gin', 'demo', '*.gin'))
-                   if not p.endswith('run.gin'))
+                   if os.path.basename(p) not in OTHER_ENTRY_POINTS)
+
+
+@pytest.mark.parametrize('path, output_macro', [('gin/infer.gin', 'INFER_OUTPUT_DIR'),
+                                                ('gin/eval.gin', 'EVAL_OUTPUT_DIR')])
+def test_inference_configs_bind_the_t5x_macros(path, output_macro):
+  gin_utils.parse([path], ["CHECKPOINT_PATH = '/runs/x'", f"{output_macro} = '/out'",
+                           'BATCH_SIZE = 8', "MIXTURE_OR_TASK_NAME = 'task'",
+                           "TASK_FEATURE_LENGTHS = {'inputs': 8, 'targets': 4}"])
+  configurable = 'infer.infer' if 'infer' in path else 'evaluation.evaluate'
+  assert str(gin.query_parameter(f'{configurable}.batch_size')) == '%BATCH_SIZE'
+  assert str(gin.query_parameter(f'{configurable}.output_dir')) == f'%{output_macro}'
+  assert gin.query_parameter('BATCH_SIZE/macro.value') == 8
 
 
 @pytest.mark.parametrize('path', TOP_LEVEL, ids=os.path.basename)
