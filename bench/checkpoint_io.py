@@ -23,7 +23,6 @@ Usage (from the repository root, inside the test environment, which has the peer
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys

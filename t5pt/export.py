@@ -28,7 +28,6 @@ import tempfile
 from typing import Iterator, Mapping
 
 import numpy as np
-from absl import app
 from absl import flags
 
 from t5pt import checkpoint_import
