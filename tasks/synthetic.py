@@ -31,6 +31,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from tasks import mixtures
+
 ALPHABET = 'abcdefgh'
 MIN_LEN = 3
 MAX_LEN = 8
@@ -118,8 +120,6 @@ def _dataset_fn(task_name):
 
 def _register():
   """(Re-)registers every synthetic task and the pretraining mixture."""
-  if PRETRAIN_MIXTURE in seqio.MixtureRegistry.names():
-    seqio.MixtureRegistry.remove(PRETRAIN_MIXTURE)
   for task_name in [*INSTRUCTED_TASKS, HELDOUT_TASK]:
     if task_name in seqio.TaskRegistry.names():
       seqio.TaskRegistry.remove(task_name)
@@ -135,8 +135,7 @@ def _register():
         ],
         output_features=OUTPUT_FEATURES,
         metric_fns=[sequence_accuracy])
-  seqio.MixtureRegistry.add(
-      PRETRAIN_MIXTURE, list(INSTRUCTED_TASKS), default_rate=1.0)
+  mixtures.register_capped_mixture(PRETRAIN_MIXTURE, list(INSTRUCTED_TASKS))
 
 
 _register()
