@@ -30,46 +30,49 @@ from t5pt.errors import UserError
 class InferenceEvaluator:
   """seqio.Evaluator over one task or mixture, fed by t5pt's decoding and scoring."""
 
-  def __init__(self, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
-               prompt_length: int, split: str = 'validation', use_cached: bool = False,
+  def __init__(self, model: models.EncoderDecoderModel, mesh, batch_size: int,
+               mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
+               split: str = 'validation', use_cached: bool = False,
+               decode: inference.DecodeConfig = inference.DecodeConfig(),
                log_dir: Optional[str] = None,
                loggers: Sequence[type] = (seqio.JSONLogger, seqio.TensorBoardLogger),
                num_examples: Optional[int] = None):
     data.get_provider(mixture_or_task_name)  # A clear error for unknown names.
-    self.max_length = task_feature_lengths['targets']
     self._evaluator = seqio.Evaluator(
         mixture_or_task_name=mixture_or_task_name,
         feature_converter=seqio.EncDecFeatureConverter(pack=False),
         eval_split=split, use_cached=use_cached,
-        sequence_length=data.converter_lengths(task_feature_lengths, prompt_length),
+        sequence_length=data.converter_lengths(task_feature_lengths,
+                                               model.config.prompt_length),
         num_examples=num_examples, logger_cls=loggers if log_dir else (),
         log_dir=log_dir)
+    self._batch_size = batch_size
+    self._sharding = partitioning.batch_sharding(mesh)
+    # Compiled once here, then reused at every evaluation of a training run.
+    self._predict = jax.jit(functools.partial(
+        inference.predict_batch, model, max_length=task_feature_lengths['targets'],
+        config=decode))
+    self._score = jax.jit(functools.partial(inference.score_batch, model))
 
   @property
   def has_metrics(self) -> bool:
     return any(task.predict_metric_fns or task.score_metric_fns
                for task in self._evaluator.eval_tasks)
 
-  def evaluate(self, model: models.EncoderDecoderModel, params, mesh, batch_size: int,
-               decode: inference.DecodeConfig = inference.DecodeConfig(),
-               step: Optional[int] = None) -> dict[str, dict[str, float]]:
+  def evaluate(self, params, step: Optional[int] = None) -> dict[str, dict[str, float]]:
     """{task name: {metric: value}} for the full (merged) parameter tree `params`."""
-    sharding = partitioning.batch_sharding(mesh)
-    predict = jax.jit(functools.partial(inference.predict_batch, model,
-                                        max_length=self.max_length, config=decode))
-    score = jax.jit(functools.partial(inference.score_batch, model))
-
     def run(ds, fn):
       results = []
-      for indices, batch in _batches(ds, batch_size):
-        placed = {k: jax.device_put(v, sharding) for k, v in batch.items()}
+      for indices, batch in _batches(ds, self._batch_size):
+        placed = {k: jax.device_put(v, self._sharding) for k, v in batch.items()}
         output = jax.device_get(fn(placed))
         results += [(int(i), output[row]) for row, i in enumerate(indices)]
       return results
 
     predict_fn = lambda ds: [(i, tokens[0].tolist()) for i, tokens in run(
-        ds, lambda b: predict(params, b['encoder_input_tokens'])[0])]
-    score_fn = lambda ds: [(i, float(s)) for i, s in run(ds, lambda b: score(params, b))]
+        ds, lambda b: self._predict(params, b['encoder_input_tokens'])[0])]
+    score_fn = lambda ds: [(i, float(s)) for i, s in run(
+        ds, lambda b: self._score(params, b))]
     metrics, _ = self._evaluator.evaluate(compute_metrics=True, step=step,
                                           predict_fn=predict_fn, score_fn=score_fn)
     return {task: {name: _scalar(value) for name, value in task_metrics.items()}
@@ -127,15 +130,15 @@ def evaluate(*,
   if not task or not lengths:
     raise UserError('Set MIXTURE_OR_TASK_NAME and TASK_FEATURE_LENGTHS (the checkpoint '
                     'does not record them).')
-  evaluator = InferenceEvaluator(task, lengths, loaded.config.prompt_length, split,
-                                 use_cached_tasks, log_dir=output_dir)
+  evaluator = InferenceEvaluator(models.EncoderDecoderModel(loaded.config), mesh,
+                                 batch_size, task, lengths, split, use_cached_tasks,
+                                 decode, log_dir=output_dir)
   if not evaluator.has_metrics:
     raise UserError(f'{task!r} declares no metric_fns, so there is nothing to evaluate; '
                     'use ./infer.sh to decode it.')
   tf.io.gfile.makedirs(output_dir)
   step = loaded.run.step if loaded.run else 0
-  results = evaluator.evaluate(models.EncoderDecoderModel(loaded.config), loaded.params,
-                               mesh, batch_size, decode, step)
+  results = evaluator.evaluate(loaded.params, step)
   for name, values in results.items():
     tqdm.tqdm.write(f'{name} @ step {step}: ' +
                     ', '.join(f'{k}={v:.4f}' for k, v in sorted(values.items())))

@@ -186,8 +186,8 @@ def train(*,
   infer_evaluator = None
   if infer_eval and eval_split:
     infer_evaluator = evaluation.InferenceEvaluator(
-        mixture_or_task_name, task_feature_lengths, prompt_length, eval_split,
-        use_cached_tasks, log_dir=None)
+        model, mesh, batch_size, mixture_or_task_name, task_feature_lengths, eval_split,
+        use_cached_tasks)
     infer_evaluator = infer_evaluator if infer_evaluator.has_metrics else None
   summary = {'model_dir': model_dir, 'start_step': start_step,
              'trainable_parameters': int(sum(np.prod(shapes[k].shape)
@@ -207,8 +207,7 @@ def train(*,
     _say(f'eval @ step {step}: ' +
          ', '.join(f'{k}={v:.4f}' for k, v in summary[key].items()))
     if infer_evaluator:
-      metrics = infer_evaluator.evaluate(model, merge(frozen_tree, params), mesh,
-                                         batch_size, step=step)
+      metrics = infer_evaluator.evaluate(merge(frozen_tree, params), step)
       flat = {(f'{task}/{name}' if len(metrics) > 1 else name): value
               for task, values in metrics.items() for name, value in values.items()}
       log.write('infer_eval', step, flat)
