@@ -46,12 +46,19 @@ class BaseCheckpoint:
 
   def __init__(self, path: str):
     self.path = path
+    self._shapes = None
 
   @property
   def description(self) -> str:
     return f'the {self.format} checkpoint at {self.path}'
 
   def shapes(self) -> dict[str, tuple[int, ...]]:
+    """{t5x path: shape}, read from metadata once (no tensor data is read)."""
+    if self._shapes is None:
+      self._shapes = self._read_shapes()
+    return self._shapes
+
+  def _read_shapes(self) -> dict[str, tuple[int, ...]]:
     raise NotImplementedError
 
   def read(self, name: str) -> np.ndarray:
@@ -148,7 +155,7 @@ class HFCheckpoint(BaseCheckpoint):
   def architecture(self) -> tuple[dict, dict]:
     return dict(self._architecture), {}
 
-  def shapes(self) -> dict[str, tuple[int, ...]]:
+  def _read_shapes(self) -> dict[str, tuple[int, ...]]:
     shapes = {}
     for ours, theirs in self._names.items():
       shape = self._tensors[theirs].shape(theirs)
@@ -224,7 +231,7 @@ class T5XLegacyCheckpoint(BaseCheckpoint):
     super().__init__(path)
     self._checkpoint = t5x_legacy.LegacyCheckpoint(path)
 
-  def shapes(self) -> dict[str, tuple[int, ...]]:
+  def _read_shapes(self) -> dict[str, tuple[int, ...]]:
     return {k: self._checkpoint.shape(k) for k in self._checkpoint.keys()}
 
   def read(self, name: str) -> np.ndarray:
@@ -248,7 +255,7 @@ class OrbaxCheckpoint(BaseCheckpoint):
     self._stored = {k[len(self._prefix):]: v for k, v in stored.items()
                     if k.startswith(self._prefix)}
 
-  def shapes(self) -> dict[str, tuple[int, ...]]:
+  def _read_shapes(self) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in self._stored.items()}
 
   def _restore(self, item: Mapping[str, object], restore_args: Mapping[str, object]) -> dict:

@@ -29,6 +29,7 @@ from typing import Iterator, Mapping
 
 import numpy as np
 from absl import flags
+from safetensors.numpy import save_file
 
 from t5pt import checkpoint_import
 from t5pt import gin_utils
@@ -128,10 +129,8 @@ def export_peft_prompt(run: trained_model.TrainedRun, out_dir: str, base_name: s
   config = run.network_config()
   length, dim = run.prompt.shape
   with atomic_output_dir(out_dir, overwrite) as scratch:
-    safetensors_io.write_sharded(scratch, [('prompt_embeddings',
-                                            np.asarray(run.prompt, np.float32))],
-                                 max_shard_bytes=1 << 62,
-                                 single_file_name='adapter_model.safetensors')
+    save_file({'prompt_embeddings': np.asarray(run.prompt, np.float32)},
+              os.path.join(scratch, 'adapter_model.safetensors'), metadata={'format': 'pt'})
     _write_json(os.path.join(scratch, 'adapter_config.json'), {
         'peft_type': 'PROMPT_TUNING', 'task_type': 'SEQ_2_SEQ_LM',
         'num_virtual_tokens': int(length), 'token_dim': int(dim),

@@ -79,7 +79,7 @@ def open_folder(folder: str) -> dict[str, SafetensorsFile]:
 
 
 def write_sharded(folder: str, tensors: Iterable[tuple[str, np.ndarray]],
-                  max_shard_bytes: int, single_file_name: str = SINGLE_FILE) -> list[str]:
+                  max_shard_bytes: int) -> list[str]:
   """Writes (key, array) pairs into `folder` as HF does: one model.safetensors, or
   model-0000i-of-0000n.safetensors shards plus an index once `max_shard_bytes` is passed.
 
@@ -103,8 +103,8 @@ def write_sharded(folder: str, tensors: Iterable[tuple[str, np.ndarray]],
   if current or not shards:
     flush()
   if len(shards) == 1:
-    os.rename(os.path.join(folder, shards[0][0]), os.path.join(folder, single_file_name))
-    return [single_file_name]
+    os.rename(os.path.join(folder, shards[0][0]), os.path.join(folder, SINGLE_FILE))
+    return [SINGLE_FILE]
   weight_map, names = {}, []
   for i, (tmp_name, keys) in enumerate(shards):
     name = f'model-{i + 1:05d}-of-{len(shards):05d}.safetensors'

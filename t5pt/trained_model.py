@@ -15,8 +15,8 @@ import jax
 import numpy as np
 
 from t5pt import checkpoint_import
-from t5pt import data
 from t5pt import checkpoints
+from t5pt import data
 from t5pt import network
 from t5pt import partitioning
 from t5pt.errors import UserError
