@@ -70,7 +70,8 @@ def get_dataset(name: str, task_feature_lengths: Mapping[str, int], split: str, 
     raise UserError(f'{name!r} has no split {split!r}; it has {list(provider.splits)}.')
   ds = provider.get_dataset(
       lengths, split=split, use_cached=use_cached, shuffle=shuffle, seed=seed,
-      shard_info=seqio.ShardInfo(shard_index, num_shards),
+      # No ShardInfo for one host: seqio would list the source's files for nothing.
+      shard_info=seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None,
       num_epochs=None if repeat else 1, trim_output_features=True)
   return seqio.EncDecFeatureConverter(pack=pack)(ds, lengths)
 

@@ -29,6 +29,7 @@ import seqio
 import tensorflow as tf
 from absl import logging
 
+from tasks import metrics
 from t5pt import vocabularies
 from t5pt.errors import UserError
 
@@ -39,10 +40,7 @@ skipped: dict[str, int] = {}  # Task name -> records dropped with on_error='skip
 
 def exact_match(targets: Sequence[str], predictions: Sequence[str]) -> dict:
   """Percentage (0-100) of predictions equal to their target after stripping spaces."""
-  if not targets:
-    return {'exact_match': 0.0}
-  hits = sum(t.strip() == p.strip() for t, p in zip(targets, predictions))
-  return {'exact_match': 100.0 * hits / len(targets)}
+  return {'exact_match': metrics.accuracy(targets, predictions)['accuracy']}
 
 
 class _Reader:

@@ -11,7 +11,7 @@ section 3.5.2). FLAN (Wei et al. 2021) capped each dataset at 3,000 for this rat
 is the default here.
 """
 
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence, Union
 
 import seqio
 
@@ -41,6 +41,18 @@ def capped_rates(task_names: Sequence[str], cap: Optional[int] = FLAN_EXAMPLE_CA
           for name in task_names}
 
 
+def capped_rate(cap: Optional[int] = FLAN_EXAMPLE_CAP, share: float = 1.0,
+                split: str = 'train') -> Callable[[seqio.Task], float]:
+  """A rate seqio evaluates when the mixture is first read: `share` * min(examples, cap).
+
+  For tasks whose size is known only once their data is prepared (TFDS datasets), so
+  registering the mixture reads nothing."""
+  def rate(task: seqio.Task) -> float:
+    count = num_examples(task.name, split)
+    return share * (count if cap is None else min(count, cap))
+  return rate
+
+
 def _replace(name: str) -> None:
   if name in seqio.MixtureRegistry.names():
     seqio.MixtureRegistry.remove(name)
@@ -55,9 +67,14 @@ def register_capped_mixture(name: str, task_names: Sequence[str],
   return seqio.MixtureRegistry.add(name, list(rates.items()))
 
 
-def register_weighted_mixture(name: str, weights: Mapping[str, float]) -> seqio.Mixture:
-  """A mixture of tasks or submixtures with explicit weights (normalised by seqio)."""
-  if not weights or any(w < 0 for w in weights.values()) or not sum(weights.values()):
+def register_weighted_mixture(
+    name: str, weights: Mapping[str, Union[float, Callable[[seqio.Task], float]]]
+) -> seqio.Mixture:
+  """A mixture of tasks or submixtures with explicit weights (normalised by seqio);
+  a weight may be a function of the task, such as `capped_rate()`."""
+  numbers = [w for w in weights.values() if not callable(w)]
+  if (not weights or any(w < 0 for w in numbers) or
+      (len(numbers) == len(weights) and not sum(numbers))):
     raise UserError(f'Mixture {name!r}: weights {dict(weights)} must be non-negative and '
                     'not all zero.')
   _replace(name)
