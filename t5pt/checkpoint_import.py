@@ -331,15 +331,16 @@ def load_model(path: str, config: network.T5Config = network.T5Config(),
   """(completed config, nested params) of the model a checkpoint holds, sharded over
   `mesh` (default: PartitionConfig's, one replica per device) by the logical rules.
 
-  Parameters `config` has but the checkpoint lacks (a soft prompt of a base model) are
-  left out; the caller supplies them.
+  Parameters `config` has but the checkpoint lacks (a soft prompt or adapters a base
+  model does not have) are left out; the caller supplies them.
   """
   checkpoint = open_checkpoint(path)
   config = checkpoint.reconcile(config).require_complete()
   targets = model_targets(config, dtype, mesh or partitioning.PartitionConfig().make_mesh(),
                           rules)
   stored = checkpoint.shapes()
-  targets = {k: v for k, v in targets.items() if k in stored or k != network.PROMPT_PATH}
+  targets = {k: v for k, v in targets.items()
+             if k in stored or not network.is_added_by_tuning(k)}
   return config, partitioning.unflatten(checkpoint.load(targets))
 
 

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from t5pt import adapters as adapters_lib
 from t5pt import prompts
 from t5pt.errors import UserError
 
@@ -42,6 +43,11 @@ NEG_INF = -1e10
 PROMPT_PATH = 'encoder/prompt/prompt'
 EMBEDDING_PATH = 'token_embedder/embedding'
 LOGITS_PATH = 'decoder/logits_dense/kernel'
+
+
+def is_added_by_tuning(path: str) -> bool:
+  """Whether a parameter exists only for tuning (prompt, adapters), not in a base model."""
+  return path == PROMPT_PATH or adapters_lib.is_adapter(path)
 
 
 ARCHITECTURE_FIELDS = (
@@ -72,6 +78,20 @@ class T5Config:
   relative_attention_num_buckets: Optional[int] = None
   relative_attention_max_distance: Optional[int] = None
   prompt_length: int = 0
+  lora_rules: Sequence = ()          # (kernel path regex, rank, alpha); see adapters.py
+  lora_dropout: float = 0.0
+  ia3_pattern: Optional[str] = None  # kernel path regex for IA3 scales
+
+  def __post_init__(self):
+    # gin and JSON give lists; the config must stay hashable.
+    rules = tuple(tuple(rule) for rule in self.lora_rules)
+    object.__setattr__(self, 'lora_rules', rules)
+    if self.mlp_activations is not None:
+      object.__setattr__(self, 'mlp_activations', tuple(self.mlp_activations))
+
+  @property
+  def adapters(self) -> adapters_lib.AdapterConfig:
+    return adapters_lib.AdapterConfig(self.lora_rules, self.lora_dropout, self.ia3_pattern)
 
   @property
   def activation_dtype(self):
@@ -129,17 +149,44 @@ def _param(module, name, init, shape, axes):
 
 
 class Dense(nn.Module):
-  """A bias-free dense layer over the last axis: [..., in] -> [..., features]."""
+  """A bias-free dense layer over the last axis, [..., in] -> [..., features], with the
+  LoRA / IA3 adapters that `adapters` assigns to its kernel's path."""
   features: int
   kernel_axes: tuple[str, str]
   kernel_init: nn.initializers.Initializer
   dtype: jnp.dtype = jnp.float32
+  adapters: adapters_lib.AdapterConfig = adapters_lib.AdapterConfig()
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
-    kernel = _param(self, 'kernel', self.kernel_init,
-                    (x.shape[-1], self.features), self.kernel_axes)
-    return jnp.dot(x.astype(self.dtype), jnp.asarray(kernel, self.dtype))
+  def __call__(self, x: Array, deterministic: bool = True) -> Array:
+    in_axis, out_axis = self.kernel_axes
+    shape = (x.shape[-1], self.features)
+    kernel = _param(self, 'kernel', self.kernel_init, shape, self.kernel_axes)
+    path = '/'.join(self.path + ('kernel',))
+    x = x.astype(self.dtype)
+    ia3_side = self.adapters.ia3_side(path)
+    if ia3_side:
+      scale = _param(self, adapters_lib.IA3_SCALE, nn.initializers.ones,
+                     (shape[0] if ia3_side == 'input' else shape[1],),
+                     (in_axis if ia3_side == 'input' else out_axis,))
+      scale = jnp.asarray(scale, self.dtype)
+    if ia3_side == 'input':
+      x = x * scale
+    y = jnp.dot(x, jnp.asarray(kernel, self.dtype))
+    lora = self.adapters.lora(path)
+    if lora:
+      # A as torch's kaiming_uniform(a=sqrt(5)) (HF PEFT's choice); B zero.
+      a = _param(self, adapters_lib.LORA_A,
+                 nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform'),
+                 (shape[0], lora.rank), (in_axis, adapters_lib.LORA_RANK_AXIS))
+      b = _param(self, adapters_lib.LORA_B, nn.initializers.zeros,
+                 (lora.rank, shape[1]), (adapters_lib.LORA_RANK_AXIS, out_axis))
+      h = nn.Dropout(self.adapters.lora_dropout)(x, deterministic=deterministic)
+      h = jnp.dot(jnp.dot(h, jnp.asarray(a, self.dtype)), jnp.asarray(b, self.dtype))
+      y = y + (lora.scale * h).astype(y.dtype)
+    if ia3_side == 'output':
+      y = y * scale
+    return y
 
 
 class Embed(nn.Module):
@@ -221,6 +268,7 @@ class MultiHeadAttention(nn.Module):
   head_dim: int
   dropout_rate: float
   dtype: jnp.dtype = jnp.float32
+  adapters: adapters_lib.AdapterConfig = adapters_lib.AdapterConfig()
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Optional[Array],
@@ -240,10 +288,11 @@ class MultiHeadAttention(nn.Module):
     depth_scaling = np.sqrt(self.head_dim).astype(np.float32)
     query_init = lambda *a: init(*a) / depth_scaling
     dense = functools.partial(Dense, features=joined, kernel_axes=('embed', 'joined_kv'),
-                              dtype=self.dtype)
+                              dtype=self.dtype, adapters=self.adapters)
     split = lambda x: x.reshape(x.shape[:2] + (self.num_heads, self.head_dim))
-    query = split(dense(kernel_init=query_init, name='query')(inputs_q))
-    project = lambda name: split(dense(kernel_init=init, name=name)(inputs_kv))
+    query = split(dense(kernel_init=query_init, name='query')(inputs_q, deterministic))
+    project = lambda name: split(dense(kernel_init=init, name=name)(inputs_kv,
+                                                                    deterministic))
     if decode == 'cross':
       key, value = self._cached_encoder_projections(project)
     else:
@@ -265,7 +314,7 @@ class MultiHeadAttention(nn.Module):
     out = jnp.einsum('bhqk,bkhd->bqhd', weights, value)
     out = out.reshape(out.shape[:2] + (joined,))
     return Dense(inputs_q.shape[-1], ('joined_kv', 'embed'), init, self.dtype,
-                 name='out')(out)
+                 self.adapters, name='out')(out, deterministic)
 
   def _extend_cache(self, key: Array, value: Array) -> tuple[Array, Array]:
     initialised = self.has_variable('cache', 'cached_key')
@@ -297,6 +346,7 @@ class MlpBlock(nn.Module):
   activations: Sequence[str]
   dropout_rate: float
   dtype: jnp.dtype = jnp.float32
+  adapters: adapters_lib.AdapterConfig = adapters_lib.AdapterConfig()
 
   @nn.compact
   def __call__(self, x: Array, deterministic: bool) -> Array:
@@ -305,12 +355,14 @@ class MlpBlock(nn.Module):
     hidden = None
     for i, act in enumerate(self.activations):
       name = f'wi_{i}' if len(self.activations) > 1 else 'wi'
-      h = Dense(self.mlp_dim, ('embed', 'mlp'), init, self.dtype, name=name)(x)
+      h = Dense(self.mlp_dim, ('embed', 'mlp'), init, self.dtype, self.adapters,
+                name=name)(x, deterministic)
       h = h if act == 'linear' else getattr(nn, act)(h)
       hidden = h if hidden is None else hidden * h
     hidden = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
         hidden, deterministic=deterministic)
-    return Dense(x.shape[-1], ('mlp', 'embed'), init, self.dtype, name='wo')(hidden)
+    return Dense(x.shape[-1], ('mlp', 'embed'), init, self.dtype, self.adapters,
+                 name='wo')(hidden, deterministic)
 
 
 class EncoderLayer(nn.Module):
@@ -323,10 +375,10 @@ class EncoderLayer(nn.Module):
     dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     y = RMSNorm(dtype, name='pre_attention_layer_norm')(x)
     y = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype,
-                           name='attention')(y, y, mask, bias, deterministic)
+                           cfg.adapters, name='attention')(y, y, mask, bias, deterministic)
     x = x + dropout(y, deterministic=deterministic)
     y = RMSNorm(dtype, name='pre_mlp_layer_norm')(x)
-    y = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype,
+    y = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype, cfg.adapters,
                  name='mlp')(y, deterministic)
     return x + dropout(y, deterministic=deterministic)
 
@@ -341,7 +393,7 @@ class DecoderLayer(nn.Module):
     dtype = cfg.activation_dtype
     dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     attention = functools.partial(MultiHeadAttention, cfg.num_heads, cfg.head_dim,
-                                  cfg.dropout_rate, dtype)
+                                  cfg.dropout_rate, dtype, cfg.adapters)
     y = RMSNorm(dtype, name='pre_self_attention_layer_norm')(x)
     y = attention(name='self_attention')(y, y, self_mask, bias, deterministic,
                                          'self' if decode else None)
@@ -352,7 +404,7 @@ class DecoderLayer(nn.Module):
                                                     'cross' if decode else None)
     x = x + dropout(y, deterministic=deterministic)
     y = RMSNorm(dtype, name='pre_mlp_layer_norm')(x)
-    y = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype,
+    y = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype, cfg.adapters,
                  name='mlp')(y, deterministic)
     return x + dropout(y, deterministic=deterministic)
 
@@ -493,7 +545,7 @@ class Decoder(nn.Module):
     else:
       logits = Dense(cfg.vocab_size, ('embed', 'vocab'),
                      nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal'),
-                     dtype, name='logits_dense')(y)
+                     dtype, cfg.adapters, name='logits_dense')(y, deterministic)
     return logits.astype(jnp.float32)
 
 

@@ -1,9 +1,13 @@
 """Optimizers (optax) as gin-configurable factories returning (transform, lr schedule)."""
 
-from typing import Callable, NamedTuple, Optional
+import re
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import gin
 import optax
+from flax import traverse_util
+
+from t5pt.errors import UserError
 
 
 class Optimizer(NamedTuple):
@@ -43,3 +47,27 @@ def adamw(peak_learning_rate: float = 1e-3, warmup_steps: int = 100,
       end_learning_rate)
   tx = optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay)
   return Optimizer(_with_clipping(tx, clip_grad_norm), schedule)
+
+
+@gin.configurable(module='optimizers')
+def by_parameter(groups: Sequence[tuple[str, Optimizer]] = gin.REQUIRED) -> Optimizer:
+  """One optimizer per group of trainable parameters: [(path regex, optimizer), ...],
+  the first full match wins. E.g. prompt + LoRA: Adafactor at lr 0.3 for the prompt
+  (Lester et al.) and AdamW for LoRA (Hu et al.). The learning rate logged is the first
+  group's."""
+  if not groups:
+    raise UserError('optimizers.by_parameter.groups is empty; give [(regex, optimizer), ...].')
+  patterns = [re.compile(pattern) for pattern, _ in groups]
+
+  def labels(params):
+    flat = traverse_util.flatten_dict(params, sep='/')
+    def label(path):
+      for i, pattern in enumerate(patterns):
+        if pattern.fullmatch(path):
+          return str(i)
+      raise UserError(f'Trainable parameter {path!r} matches no optimizers.by_parameter '
+                      f'group {[p for p, _ in groups]}; add a pattern for it.')
+    return traverse_util.unflatten_dict({k: label(k) for k in flat}, sep='/')
+
+  transforms = {str(i): optimizer.transform for i, (_, optimizer) in enumerate(groups)}
+  return Optimizer(optax.multi_transform(transforms, labels), groups[0][1].learning_rate)

@@ -32,6 +32,7 @@ STANDARD_LOGICAL_AXIS_RULES: LogicalRules = (
     ('relpos_buckets', None),
     ('length', None),
     ('prompt', None),
+    ('lora_rank', None),
 )
 
 

@@ -46,10 +46,7 @@ class TrainedRun:
   def network_config(self) -> network.T5Config:
     if 'network_config' not in self.meta:
       return network.T5Config()  # Older runs: the base checkpoint supplies the sizes.
-    fields = dict(self.meta['network_config'])
-    if fields.get('mlp_activations') is not None:
-      fields['mlp_activations'] = tuple(fields['mlp_activations'])
-    return network.T5Config(**fields)
+    return network.T5Config(**self.meta['network_config'])
 
   def base_path(self, override: Optional[str] = None) -> str:
     path = override or self.meta.get('initial_checkpoint_path')

@@ -24,6 +24,7 @@ import tensorflow as tf
 import tqdm
 from absl import logging
 
+from t5pt import adapters
 from t5pt import checkpoint_import
 from t5pt import checkpoints
 from t5pt import data
@@ -136,6 +137,7 @@ def train(*,
   shardings = partitioning.param_shardings(boxed, mesh, partition.logical_axis_rules)
   shapes = partitioning.flatten(nn.unbox(boxed))
   trainable_paths, frozen_paths = partitioning.split_trainable(list(shapes), trainable)
+  _check_adapters(network_config, list(shapes), frozen_paths)
   frozen_targets = {k: _abstract(shapes[k], shardings[k], jnp.dtype(frozen_dtype))
                     for k in frozen_paths}
 
@@ -319,6 +321,19 @@ def _initialise(init_fn, rng, paths: Sequence[str], shardings, dtype) -> dict:
     flat = partitioning.flatten(nn.unbox(init_fn(rng)))
     return {k: flat[k].astype(dtype) for k in paths}
   return jax.jit(select, out_shardings={k: shardings[k] for k in paths})(rng)
+
+
+def _check_adapters(config: network.T5Config, paths: Sequence[str],
+                    frozen_paths: Sequence[str]) -> None:
+  """Adapter rules must select kernels, and adapters must be trained (a frozen one would
+  be loaded from a base that has none)."""
+  adapters.check_rules_match(config.adapters, [p for p in paths if p.endswith('/kernel')])
+  frozen_adapters = [p for p in frozen_paths if adapters.is_adapter(p)]
+  if frozen_adapters:
+    raise UserError(f'{len(frozen_adapters)} adapter parameter(s), e.g. '
+                    f'{frozen_adapters[0]!r}, are not in TRAINABLE. Add their pattern '
+                    "(e.g. '.*/lora_[ab]' or '.*/ia3_scale') to TRAINABLE, or drop the "
+                    'adapter rules.')
 
 
 def _absolute(path: Optional[str]) -> Optional[str]:
