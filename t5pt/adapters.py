@@ -1,4 +1,5 @@
-"""Parameter-efficient adapters on the network's dense kernels: LoRA and IA3.
+"""Parameter-efficient adapters: LoRA and IA3 on the dense kernels, and the leaf names of
+deep prompts (per-layer key/value prefixes, built in network.MultiHeadAttention).
 
 Which kernels get an adapter is decided by regexes over parameter paths (full match),
 e.g. 'encoder/layers_0/attention/query/kernel'; what is *trained* is still decided by
@@ -11,8 +12,8 @@ TRAINABLE, so prompt, LoRA and IA3 leaves are chosen in one place:
                            value projections [joined_kv] and the input of the MLP's `wo`
                            (the hidden activation) [mlp], as HF PEFT does for T5.
 
-`merge` folds both into the kernels (and drops the adapter leaves) for inference at the
-base model's cost.
+`merge` folds LoRA and IA3 into the kernels (and drops their leaves) for inference at the
+base model's cost; prefixes are attention inputs, not weights, so they stay.
 """
 
 import dataclasses
@@ -26,7 +27,9 @@ import numpy as np
 from t5pt.errors import UserError
 
 LORA_A, LORA_B, IA3_SCALE = 'lora_a', 'lora_b', 'ia3_scale'
-ADAPTER_LEAVES = (LORA_A, LORA_B, IA3_SCALE)
+PREFIX_KEY, PREFIX_VALUE = 'prefix_key', 'prefix_value'
+MERGEABLE_LEAVES = (LORA_A, LORA_B, IA3_SCALE)
+ADAPTER_LEAVES = MERGEABLE_LEAVES + (PREFIX_KEY, PREFIX_VALUE)
 LORA_RANK_AXIS = 'lora_rank'
 
 # Query and value of every attention (encoder, decoder self- and cross-attention): the
@@ -105,13 +108,14 @@ def check_rules_match(config: AdapterConfig, kernel_paths: Sequence[str]) -> Non
 
 def merge(flat_params: Mapping[str, np.ndarray], config: AdapterConfig
           ) -> dict[str, np.ndarray]:
-  """Folds LoRA and IA3 into their kernels: {path: array} without adapter leaves.
+  """Folds LoRA and IA3 into their kernels: {path: array} without their leaves.
 
   W' = W + (alpha / rank) A B, then IA3 scales the kernel's output columns or, for
   `mlp/wo`, its input rows. Changed kernels are computed and returned in float32.
   """
-  merged = {k: v for k, v in flat_params.items() if not is_adapter(k)}
-  for path in list(merged):
+  merged = {k: v for k, v in flat_params.items()
+            if k.rsplit('/', 1)[-1] not in MERGEABLE_LEAVES}
+  for path in [k for k in merged if k.endswith('/kernel')]:
     module = path[:-len('kernel')]
     rule, side = config.lora(path), config.ia3_side(path)
     has_lora = bool(rule) and module + LORA_A in flat_params

@@ -81,6 +81,8 @@ class T5Config:
   lora_rules: Sequence = ()          # (kernel path regex, rank, alpha); see adapters.py
   lora_dropout: float = 0.0
   ia3_pattern: Optional[str] = None  # kernel path regex for IA3 scales
+  prefix_length: int = 0             # deep prompts: per-layer key/value prefixes, encoder
+  decoder_prefix_length: int = 0     # ... and decoder self- and cross-attention
 
   def __post_init__(self):
     # gin and JSON give lists; the config must stay hashable.
@@ -269,6 +271,7 @@ class MultiHeadAttention(nn.Module):
   dropout_rate: float
   dtype: jnp.dtype = jnp.float32
   adapters: adapters_lib.AdapterConfig = adapters_lib.AdapterConfig()
+  prefix_length: int = 0
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Optional[Array],
@@ -282,6 +285,10 @@ class MultiHeadAttention(nn.Module):
     collection: the first call (full length) creates it empty, each later call appends the
     one new position. decode='cross' projects the encoder states once, on the first call,
     and reuses them.
+
+    With prefix_length P, trained keys and values [P, joined_kv] (deep prompts: prefix
+    tuning / P-tuning v2) come before the others; every query may attend to them and they
+    get no position bias.
     """
     joined = self.num_heads * self.head_dim
     init = nn.initializers.variance_scaling(1.0, 'fan_in', 'normal')
@@ -299,6 +306,8 @@ class MultiHeadAttention(nn.Module):
       key, value = project('key'), project('value')
     if decode == 'self':
       key, value = self._extend_cache(key, value)
+    if self.prefix_length:
+      key, value, mask, bias = self._prepend_prefix(key, value, mask, bias)
 
     logits = jnp.einsum('bqhd,bkhd->bhqk', query, key).astype(jnp.float32)
     if bias is not None:
@@ -315,6 +324,27 @@ class MultiHeadAttention(nn.Module):
     out = out.reshape(out.shape[:2] + (joined,))
     return Dense(inputs_q.shape[-1], ('joined_kv', 'embed'), init, self.dtype,
                  self.adapters, name='out')(out, deterministic)
+
+  def _prepend_prefix(self, key, value, mask, bias):
+    """Trained [P, heads, head_dim] keys/values before key/value [batch, kv_len, ...]."""
+    shape = (self.prefix_length, self.num_heads * self.head_dim)
+    init = nn.initializers.normal(1.0)
+    batch = key.shape[0]
+
+    def prefix(name, x):
+      p = _param(self, name, init, shape, ('prompt', 'joined_kv'))
+      p = jnp.asarray(p, x.dtype).reshape((1, self.prefix_length) + x.shape[2:])
+      return jnp.concatenate([jnp.broadcast_to(p, (batch,) + p.shape[1:]), x], axis=1)
+
+    key = prefix(adapters_lib.PREFIX_KEY, key)
+    value = prefix(adapters_lib.PREFIX_VALUE, value)
+    if mask is not None:
+      mask = jnp.concatenate(
+          [jnp.ones(mask.shape[:-1] + (self.prefix_length,), mask.dtype), mask], axis=-1)
+    if bias is not None:
+      bias = jnp.concatenate(
+          [jnp.zeros(bias.shape[:-1] + (self.prefix_length,), bias.dtype), bias], axis=-1)
+    return key, value, mask, bias
 
   def _extend_cache(self, key: Array, value: Array) -> tuple[Array, Array]:
     initialised = self.has_variable('cache', 'cached_key')
@@ -375,7 +405,8 @@ class EncoderLayer(nn.Module):
     dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     y = RMSNorm(dtype, name='pre_attention_layer_norm')(x)
     y = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype,
-                           cfg.adapters, name='attention')(y, y, mask, bias, deterministic)
+                           cfg.adapters, cfg.prefix_length,
+                           name='attention')(y, y, mask, bias, deterministic)
     x = x + dropout(y, deterministic=deterministic)
     y = RMSNorm(dtype, name='pre_mlp_layer_norm')(x)
     y = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype, cfg.adapters,
@@ -393,7 +424,8 @@ class DecoderLayer(nn.Module):
     dtype = cfg.activation_dtype
     dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     attention = functools.partial(MultiHeadAttention, cfg.num_heads, cfg.head_dim,
-                                  cfg.dropout_rate, dtype, cfg.adapters)
+                                  cfg.dropout_rate, dtype, cfg.adapters,
+                                  cfg.decoder_prefix_length)
     y = RMSNorm(dtype, name='pre_self_attention_layer_norm')(x)
     y = attention(name='self_attention')(y, y, self_mask, bias, deterministic,
                                          'self' if decode else None)

@@ -81,10 +81,11 @@ def test_relative_position_buckets_match_t5_reference_values():
   assert (causal[10:] == 0).all() and causal[9] == 1 and causal[0] == 6
 
 
-@pytest.mark.parametrize('prompt_length', [0, 3])
-def test_padding_changes_no_output(prompt_length):
+@pytest.mark.parametrize('tuning', [{}, {'prompt_length': 3},
+                                    {'prefix_length': 2, 'decoder_prefix_length': 3}])
+def test_padding_changes_no_output(tuning):
   """Extra padding (encoder and decoder) leaves every real position's logits unchanged."""
-  cfg = network.T5Config(**TINY, prompt_length=prompt_length)
+  cfg = network.T5Config(**TINY, **tuning)
   module, _, params = _init(cfg)
   enc, dec_in, dec_tgt = [[5, 6, 7, 8, 1]], [[0, 9, 10, 1]], [[9, 10, 1, 4]]
   short = _logits(module, params, enc, dec_in, dec_tgt)
