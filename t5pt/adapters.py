@@ -24,6 +24,7 @@ from typing import Mapping, Optional, Sequence
 import gin
 import numpy as np
 
+from t5pt import quantization
 from t5pt.errors import UserError
 
 LORA_A, LORA_B, IA3_SCALE = 'lora_a', 'lora_b', 'ia3_scale'
@@ -111,15 +112,19 @@ def merge(flat_params: Mapping[str, np.ndarray], config: AdapterConfig
   """Folds LoRA and IA3 into their kernels: {path: array} without their leaves.
 
   W' = W + (alpha / rank) A B, then IA3 scales the kernel's output columns or, for
-  `mlp/wo`, its input rows. Changed kernels are computed and returned in float32.
+  `mlp/wo`, its input rows. Changed kernels are computed and returned in float32; int8
+  kernels come back dequantised (float32), so the result is a float model.
   """
   merged = {k: v for k, v in flat_params.items()
-            if k.rsplit('/', 1)[-1] not in MERGEABLE_LEAVES}
+            if k.rsplit('/', 1)[-1] not in MERGEABLE_LEAVES and not quantization.is_scale(k)}
   for path in [k for k in merged if k.endswith('/kernel')]:
     module = path[:-len('kernel')]
     rule, side = config.lora(path), config.ia3_side(path)
     has_lora = bool(rule) and module + LORA_A in flat_params
     has_ia3 = bool(side) and module + IA3_SCALE in flat_params
+    scale = flat_params.get(quantization.scale_path(path))
+    if scale is not None:
+      merged[path] = quantization.dequantize(merged[path], scale)
     if not (has_lora or has_ia3):
       continue
     kernel = np.asarray(merged[path], np.float32)

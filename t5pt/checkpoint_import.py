@@ -33,6 +33,7 @@ from t5pt import hf_format
 from t5pt import models
 from t5pt import network
 from t5pt import partitioning
+from t5pt import quantization
 from t5pt import safetensors_io
 from t5pt import t5x_legacy
 from t5pt.errors import UserError
@@ -89,12 +90,19 @@ class BaseCheckpoint:
 
   def load(self, targets: Mapping[str, jax.ShapeDtypeStruct], progress: bool = False
            ) -> dict[str, jax.Array]:
-    """Reads the listed parameters, each cast and sharded as its target says."""
-    self.check(targets)
+    """Reads the listed parameters, each cast and sharded as its target says. An int8
+    kernel target is quantised on the host as it is read, filling its `kernel_scale`."""
+    stored = {k: v for k, v in targets.items() if not quantization.is_scale(k)}
+    self.check(stored)
     loaded = {}
-    for name in tqdm.tqdm(list(targets), desc='load base', unit='tensor',
+    for name in tqdm.tqdm(list(stored), desc='load base', unit='tensor',
                           disable=not progress, leave=False):
-      loaded[name] = place(self.read(name), targets[name])
+      array, target = self.read(name), stored[name]
+      if target.dtype == jnp.int8:
+        array, scale = quantization.quantize(array)
+        scale_name = quantization.scale_path(name)
+        loaded[scale_name] = place(scale, targets[scale_name])
+      loaded[name] = place(array, target)
     return loaded
 
 
@@ -275,7 +283,10 @@ class OrbaxCheckpoint(BaseCheckpoint):
 
   def load(self, targets, progress: bool = False) -> dict[str, jax.Array]:
     # Orbax reads each array straight into its target sharding, so it does the work of
-    # the generic per-tensor loop itself (and faster, in parallel).
+    # the generic per-tensor loop itself (and faster, in parallel). int8 targets are
+    # quantised one tensor at a time instead, so the float model never exists at once.
+    if any(t.dtype == jnp.int8 for t in targets.values()):
+      return super().load(targets, progress)
     self.check(targets)
     return self._restore(dict(targets), ocp.checkpoint_utils.construct_restore_args(
         dict(targets)))
@@ -320,7 +331,8 @@ def model_targets(config: network.T5Config, dtype: str, mesh: jax.sharding.Mesh,
   boxed = jax.eval_shape(lambda rng: models.EncoderDecoderModel(config).init(rng, 1, 1),
                          jax.random.PRNGKey(0))
   shardings = partitioning.param_shardings(boxed, mesh, rules)
-  return {k: jax.ShapeDtypeStruct(v.shape, jnp.dtype(dtype), sharding=shardings[k])
+  return {k: jax.ShapeDtypeStruct(v.shape, quantization.storage_dtype(k, v.dtype, dtype),
+                                  sharding=shardings[k])
           for k, v in partitioning.flatten(nn.unbox(boxed)).items()}
 
 

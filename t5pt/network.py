@@ -35,6 +35,7 @@ import numpy as np
 
 from t5pt import adapters as adapters_lib
 from t5pt import prompts
+from t5pt import quantization
 from t5pt.errors import UserError
 
 Array = jax.Array
@@ -83,6 +84,7 @@ class T5Config:
   ia3_pattern: Optional[str] = None  # kernel path regex for IA3 scales
   prefix_length: int = 0             # deep prompts: per-layer key/value prefixes, encoder
   decoder_prefix_length: int = 0     # ... and decoder self- and cross-attention
+  int8_kernels: bool = False         # dense kernels int8 + kernel_scale; see quantization.py
 
   def __post_init__(self):
     # gin and JSON give lists; the config must stay hashable.
@@ -158,12 +160,19 @@ class Dense(nn.Module):
   kernel_init: nn.initializers.Initializer
   dtype: jnp.dtype = jnp.float32
   adapters: adapters_lib.AdapterConfig = adapters_lib.AdapterConfig()
+  int8: bool = False
 
   @nn.compact
   def __call__(self, x: Array, deterministic: bool = True) -> Array:
     in_axis, out_axis = self.kernel_axes
     shape = (x.shape[-1], self.features)
-    kernel = _param(self, 'kernel', self.kernel_init, shape, self.kernel_axes)
+    if self.int8:
+      kernel = self.param('kernel', nn.with_logical_partitioning(
+          nn.initializers.zeros, self.kernel_axes), shape, jnp.int8)
+      kernel_scale = _param(self, quantization.KERNEL_SCALE, nn.initializers.ones,
+                            (shape[1],), (out_axis,))
+    else:
+      kernel = _param(self, 'kernel', self.kernel_init, shape, self.kernel_axes)
     path = '/'.join(self.path + ('kernel',))
     x = x.astype(self.dtype)
     ia3_side = self.adapters.ia3_side(path)
@@ -175,6 +184,8 @@ class Dense(nn.Module):
     if ia3_side == 'input':
       x = x * scale
     y = jnp.dot(x, jnp.asarray(kernel, self.dtype))
+    if self.int8:
+      y = y * jnp.asarray(kernel_scale, self.dtype)
     lora = self.adapters.lora(path)
     if lora:
       # A as torch's kaiming_uniform(a=sqrt(5)) (HF PEFT's choice); B zero.
@@ -272,6 +283,7 @@ class MultiHeadAttention(nn.Module):
   dtype: jnp.dtype = jnp.float32
   adapters: adapters_lib.AdapterConfig = adapters_lib.AdapterConfig()
   prefix_length: int = 0
+  int8: bool = False
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Optional[Array],
@@ -295,7 +307,7 @@ class MultiHeadAttention(nn.Module):
     depth_scaling = np.sqrt(self.head_dim).astype(np.float32)
     query_init = lambda *a: init(*a) / depth_scaling
     dense = functools.partial(Dense, features=joined, kernel_axes=('embed', 'joined_kv'),
-                              dtype=self.dtype, adapters=self.adapters)
+                              dtype=self.dtype, adapters=self.adapters, int8=self.int8)
     split = lambda x: x.reshape(x.shape[:2] + (self.num_heads, self.head_dim))
     query = split(dense(kernel_init=query_init, name='query')(inputs_q, deterministic))
     project = lambda name: split(dense(kernel_init=init, name=name)(inputs_kv,
@@ -323,7 +335,7 @@ class MultiHeadAttention(nn.Module):
     out = jnp.einsum('bhqk,bkhd->bqhd', weights, value)
     out = out.reshape(out.shape[:2] + (joined,))
     return Dense(inputs_q.shape[-1], ('joined_kv', 'embed'), init, self.dtype,
-                 self.adapters, name='out')(out, deterministic)
+                 self.adapters, self.int8, name='out')(out, deterministic)
 
   def _prepend_prefix(self, key, value, mask, bias):
     """Trained [P, heads, head_dim] keys/values before key/value [batch, kv_len, ...]."""
@@ -377,6 +389,7 @@ class MlpBlock(nn.Module):
   dropout_rate: float
   dtype: jnp.dtype = jnp.float32
   adapters: adapters_lib.AdapterConfig = adapters_lib.AdapterConfig()
+  int8: bool = False
 
   @nn.compact
   def __call__(self, x: Array, deterministic: bool) -> Array:
@@ -385,14 +398,14 @@ class MlpBlock(nn.Module):
     hidden = None
     for i, act in enumerate(self.activations):
       name = f'wi_{i}' if len(self.activations) > 1 else 'wi'
-      h = Dense(self.mlp_dim, ('embed', 'mlp'), init, self.dtype, self.adapters,
+      h = Dense(self.mlp_dim, ('embed', 'mlp'), init, self.dtype, self.adapters, self.int8,
                 name=name)(x, deterministic)
       h = h if act == 'linear' else getattr(nn, act)(h)
       hidden = h if hidden is None else hidden * h
     hidden = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
         hidden, deterministic=deterministic)
     return Dense(x.shape[-1], ('mlp', 'embed'), init, self.dtype, self.adapters,
-                 name='wo')(hidden, deterministic)
+                 self.int8, name='wo')(hidden, deterministic)
 
 
 class EncoderLayer(nn.Module):
@@ -405,12 +418,12 @@ class EncoderLayer(nn.Module):
     dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     y = RMSNorm(dtype, name='pre_attention_layer_norm')(x)
     y = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype,
-                           cfg.adapters, cfg.prefix_length,
+                           cfg.adapters, cfg.prefix_length, cfg.int8_kernels,
                            name='attention')(y, y, mask, bias, deterministic)
     x = x + dropout(y, deterministic=deterministic)
     y = RMSNorm(dtype, name='pre_mlp_layer_norm')(x)
     y = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype, cfg.adapters,
-                 name='mlp')(y, deterministic)
+                 cfg.int8_kernels, name='mlp')(y, deterministic)
     return x + dropout(y, deterministic=deterministic)
 
 
@@ -425,7 +438,7 @@ class DecoderLayer(nn.Module):
     dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     attention = functools.partial(MultiHeadAttention, cfg.num_heads, cfg.head_dim,
                                   cfg.dropout_rate, dtype, cfg.adapters,
-                                  cfg.decoder_prefix_length)
+                                  cfg.decoder_prefix_length, cfg.int8_kernels)
     y = RMSNorm(dtype, name='pre_self_attention_layer_norm')(x)
     y = attention(name='self_attention')(y, y, self_mask, bias, deterministic,
                                          'self' if decode else None)
@@ -437,7 +450,7 @@ class DecoderLayer(nn.Module):
     x = x + dropout(y, deterministic=deterministic)
     y = RMSNorm(dtype, name='pre_mlp_layer_norm')(x)
     y = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype, cfg.adapters,
-                 name='mlp')(y, deterministic)
+                 cfg.int8_kernels, name='mlp')(y, deterministic)
     return x + dropout(y, deterministic=deterministic)
 
 
@@ -577,7 +590,8 @@ class Decoder(nn.Module):
     else:
       logits = Dense(cfg.vocab_size, ('embed', 'vocab'),
                      nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal'),
-                     dtype, cfg.adapters, name='logits_dense')(y, deterministic)
+                     dtype, cfg.adapters, cfg.int8_kernels,
+                     name='logits_dense')(y, deterministic)
     return logits.astype(jnp.float32)
 
 

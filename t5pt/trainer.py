@@ -34,6 +34,7 @@ from t5pt import network
 from t5pt import optimizers
 from t5pt import partitioning
 from t5pt import prompts
+from t5pt import quantization
 from t5pt import vocabularies
 from t5pt import errors
 from t5pt.errors import UserError
@@ -138,8 +139,9 @@ def train(*,
   shapes = partitioning.flatten(nn.unbox(boxed))
   trainable_paths, frozen_paths = partitioning.split_trainable(list(shapes), trainable)
   _check_adapters(network_config, list(shapes), frozen_paths)
-  frozen_targets = {k: _abstract(shapes[k], shardings[k], jnp.dtype(frozen_dtype))
-                    for k in frozen_paths}
+  _check_int8(network_config, shapes, trainable_paths, base)
+  frozen_targets = {k: _abstract(shapes[k], shardings[k], quantization.storage_dtype(
+      k, shapes[k].dtype, frozen_dtype)) for k in frozen_paths}
 
   init_rng, prompt_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed), 3)
   if base:
@@ -334,6 +336,19 @@ def _check_adapters(config: network.T5Config, paths: Sequence[str],
                     f'{frozen_adapters[0]!r}, are not in TRAINABLE. Add their pattern '
                     "(e.g. '.*/lora_[ab]' or '.*/ia3_scale') to TRAINABLE, or drop the "
                     'adapter rules.')
+
+
+def _check_int8(config: network.T5Config, shapes, trainable_paths, base) -> None:
+  if not config.int8_kernels:
+    return
+  if not base:
+    raise UserError('network.T5Config.int8_kernels quantises a loaded base; set '
+                    'INITIAL_CHECKPOINT_PATH (a random base has nothing to quantise).')
+  trained = [p for p in trainable_paths if jnp.dtype(shapes[p].dtype) == jnp.int8
+             or quantization.is_scale(p)]
+  if trained:
+    raise UserError(f'TRAINABLE selects {trained[0]!r}, but with int8_kernels the kernels '
+                    'are frozen int8; train a prompt or adapters instead.')
 
 
 def _absolute(path: Optional[str]) -> Optional[str]:
