@@ -154,7 +154,8 @@ def _param(module, name, init, shape, axes):
 
 class Dense(nn.Module):
   """A bias-free dense layer over the last axis, [..., in] -> [..., features], with the
-  LoRA / IA3 adapters that `adapters` assigns to its kernel's path."""
+  LoRA / IA3 adapters that `adapters` assigns to its kernel's path. With `int8` the
+  kernel is int8 with a float32 `kernel_scale` [features] (see quantization.py)."""
   features: int
   kernel_axes: tuple[str, str]
   kernel_init: nn.initializers.Initializer
