@@ -6,13 +6,20 @@ r"""Exports a trained run for use outside t5pt.
 
   --prompt_npy  the soft prompt, float32 [PROMPT_LENGTH, d_model] (the format the
                 prompt-tuning library and PROMPT_INIT=@prompts.from_file read).
-  --hf_dir      a transformers T5 folder: the base model with every trained base parameter
-                merged in (config.json, safetensors shards, tokenizer files copied from an
-                HF base), plus prompt.npy when the run trained a prompt. HF T5 has no
-                soft prompt, so feed it as `inputs_embeds` (see README) or use --peft_dir.
-  --peft_dir    an HF PEFT prompt-tuning adapter (adapter_config.json +
-                adapter_model.safetensors) that peft.PeftModel.from_pretrained loads onto
-                the base T5 (or onto --hf_dir).
+  --hf_dir      a transformers T5 folder: the base model with every trained base parameter,
+                LoRA and IA3 merged in (config.json, safetensors shards, tokenizer files
+                copied from an HF base), plus prompt.npy when the run trained a prompt. HF
+                T5 has no soft prompt, so feed it as `inputs_embeds` (see README) or use
+                --peft_dir.
+  --peft_dir    an HF PEFT adapter (adapter_config.json + adapter_model.safetensors) that
+                peft.PeftModel.from_pretrained loads onto the base T5:
+                  LoRA runs: a LORA adapter, each adapted kernel with its own rank and alpha
+                    (rank_pattern / alpha_pattern). PEFT cannot put a soft prompt in the
+                    same adapter, so a run that also trained one gets prompt.npy beside it
+                    (feed it as with --hf_dir). Load it onto the original base, not onto
+                    --hf_dir, which already has the LoRA merged in.
+                  prompt-only runs: a PROMPT_TUNING adapter, for the base or --hf_dir.
+                IA3 runs cannot be exported this way; --hf_dir merges them.
 
 The base is the run's INITIAL_CHECKPOINT_PATH (recorded in each checkpoint) unless --base
 is given; it is read one tensor at a time, so exporting an 11B model needs host memory for
@@ -20,6 +27,7 @@ one shard (--max_shard_size), not the model. Outputs appear atomically: a folder
 next to its destination and renamed into place once complete.
 """
 
+import collections
 import contextlib
 import json
 import os
@@ -31,6 +39,7 @@ import numpy as np
 from absl import flags
 from safetensors.numpy import save_file
 
+from t5pt import adapters
 from t5pt import checkpoint_import
 from t5pt import gin_utils
 from t5pt import hf_format
@@ -42,15 +51,6 @@ from t5pt.errors import UserError
 TOKENIZER_FILES = ('spiece.model', 'tokenizer.json', 'tokenizer_config.json',
                    'special_tokens_map.json')
 
-flags.DEFINE_string('model_dir', None, 'The t5pt run (MODEL_DIR) to export.')
-flags.DEFINE_integer('step', None, 'Checkpoint step to export (default: the newest).')
-flags.DEFINE_string('prompt_npy', None, 'Write the soft prompt to this .npy file.')
-flags.DEFINE_string('hf_dir', None, 'Write a transformers T5 folder here.')
-flags.DEFINE_string('peft_dir', None, 'Write an HF PEFT prompt-tuning adapter here.')
-flags.DEFINE_string('base', None, "Base checkpoint (default: the run's "
-                    'INITIAL_CHECKPOINT_PATH).')
-flags.DEFINE_string('max_shard_size', '2GB', 'Largest safetensors shard for --hf_dir.')
-flags.DEFINE_bool('overwrite', False, 'Replace existing outputs.')
 
 
 @contextlib.contextmanager
@@ -84,20 +84,36 @@ def export_prompt(prompt: np.ndarray, path: str, overwrite: bool = False) -> Non
 
 def _hf_tensors(base: checkpoint_import.BaseCheckpoint, config: network.T5Config,
                 trained: Mapping[str, np.ndarray]) -> Iterator[tuple[str, np.ndarray]]:
-  """(HF key, float32 array in torch layout), one at a time, trained values preferred."""
+  """(HF key, float32 array in torch layout), one at a time: trained values preferred,
+  adapters merged into their kernels."""
   for path, key in hf_format.parameter_names(config).items():
     value = trained[path] if path in trained else base.read(path)
-    value = np.asarray(value, np.float32)
+    value = _merge_adapters(path, np.asarray(value, np.float32), trained, config.adapters)
     yield key, value.T if hf_format.needs_transpose(path) else value
+
+
+def _merge_adapters(path: str, value: np.ndarray, trained: Mapping[str, np.ndarray],
+                    adapter_config: adapters.AdapterConfig) -> np.ndarray:
+  """`value` of the parameter at `path` with the run's LoRA / IA3 for it folded in."""
+  if not path.endswith('/kernel'):
+    return value
+  module = path[:-len('kernel')]
+  leaves = {module + leaf: trained[module + leaf] for leaf in adapters.ADAPTER_LEAVES
+            if module + leaf in trained}
+  if not leaves:
+    return value
+  return adapters.merge({path: value, **leaves}, adapter_config)[path]
 
 
 def export_hf(run: trained_model.TrainedRun, out_dir: str, base_path: str,
               max_shard_bytes: int, overwrite: bool = False) -> list[str]:
-  """Writes the base with the run's trained base parameters merged in as an HF folder."""
+  """Writes the base with the run's trained base parameters and adapters merged in as an
+  HF folder."""
   base = checkpoint_import.open_checkpoint(base_path)
   config = base.reconcile(run.network_config()).require_complete()
   names = hf_format.parameter_names(config)
-  unmergeable = sorted(k for k in run.params if k not in names and k != network.PROMPT_PATH)
+  unmergeable = sorted(k for k in run.params if k not in names and k != network.PROMPT_PATH
+                       and k.rsplit('/', 1)[-1] not in adapters.MERGEABLE_LEAVES)
   if unmergeable:
     raise UserError(f'{run.model_dir} trained {unmergeable}, which a transformers T5 has no '
                     'place for.')
@@ -115,9 +131,96 @@ def export_hf(run: trained_model.TrainedRun, out_dir: str, base_path: str,
       export_prompt(run.prompt, os.path.join(scratch, 'prompt.npy'))
     _write_json(os.path.join(scratch, 't5pt_export.json'), {
         'model_dir': os.path.abspath(run.model_dir), 'step': run.step, 'base': base_path,
-        'merged': sorted(k for k in run.params if k in names),
+        'merged': sorted(k for k in run.params if k in names or adapters.is_adapter(k)),
         'prompt_length': 0 if run.prompt is None else int(run.prompt.shape[0])})
   return files
+
+
+def peft_type(run: trained_model.TrainedRun) -> str:
+  """'LORA' or 'PROMPT_TUNING': the PEFT adapter that holds what `run` trained.
+
+  Raises a UserError, before anything is written, for runs no PEFT adapter reproduces.
+  """
+  prefixes = sorted(k for k in run.params
+                    if k.rsplit('/', 1)[-1] in (adapters.PREFIX_KEY, adapters.PREFIX_VALUE))
+  if prefixes:
+    raise UserError(f'{run.model_dir} trained deep-prompt prefixes (e.g. {prefixes[0]}), '
+                    'which neither a PEFT adapter t5pt writes nor a transformers T5 can '
+                    'hold; use the run with t5pt (infer.sh, t5pt.eval).')
+  if _trained_kernels(run.params, adapters.IA3_SCALE):
+    raise UserError(f'{run.model_dir} trained IA3 scales ({adapters.IA3_SCALE}), which '
+                    '--peft_dir does not export. Use --hf_dir: it merges them into the '
+                    'kernels of a transformers T5.')
+  if not _trained_kernels(run.params, adapters.LORA_A):
+    if run.prompt is None:
+      raise UserError(f'{run.model_dir} trained neither a soft prompt '
+                      f'({network.PROMPT_PATH}) nor LoRA, so there is no adapter to export; '
+                      'use --hf_dir.')
+    return 'PROMPT_TUNING'
+  base_trained = sorted(k for k in run.params
+                        if k != network.PROMPT_PATH and not adapters.is_adapter(k))
+  if base_trained:
+    raise UserError(f'{run.model_dir} trained base parameters {base_trained[:3]} next to '
+                    'LoRA; a PEFT LoRA adapter applies to an unchanged base, so it cannot '
+                    'hold them. Use --hf_dir, which merges everything.')
+  return 'LORA'
+
+
+def _trained_kernels(params: Mapping[str, np.ndarray], leaf: str) -> list[str]:
+  """Sorted kernel paths that have the adapter leaf `leaf` (e.g. lora_a) in `params`."""
+  suffix = '/' + leaf
+  return sorted(k[:-len(leaf)] + 'kernel' for k in params if k.endswith(suffix))
+
+
+def export_peft_lora(run: trained_model.TrainedRun, out_dir: str, base_name: str,
+                     overwrite: bool = False) -> None:
+  """Writes the run's LoRA as a PEFT LORA adapter for the base `base_name`, plus
+  prompt.npy when the run also trained a soft prompt.
+
+  t5pt's lora_a [in, r] and lora_b [r, out] become torch's lora_A.weight [r, in] and
+  lora_B.weight [out, r]; each module keeps its rule's rank and alpha, so PEFT's scale
+  alpha / r is t5pt's.
+  """
+  if peft_type(run) != 'LORA':
+    raise UserError(f'{run.model_dir} trained no LoRA (lora_a / lora_b leaves).')
+  config = run.network_config().require_complete()
+  modules = hf_format.kernel_modules(config)
+  tensors, rules = {}, {}
+  for kernel in _trained_kernels(run.params, adapters.LORA_A):
+    prefix, name = kernel[:-len('kernel')], modules[kernel]
+    rule = config.adapters.lora(kernel)
+    for leaf, peft_leaf in ((adapters.LORA_A, 'lora_A'), (adapters.LORA_B, 'lora_B')):
+      tensors[f'base_model.model.{name}.{peft_leaf}.weight'] = np.ascontiguousarray(
+          np.asarray(run.params[prefix + leaf], np.float32).T)
+    rules[name] = (rule.rank, _json_number(rule.alpha))
+  with atomic_output_dir(out_dir, overwrite) as scratch:
+    save_file(tensors, os.path.join(scratch, 'adapter_model.safetensors'),
+              metadata={'format': 'pt'})
+    _write_json(os.path.join(scratch, 'adapter_config.json'),
+                _lora_adapter_config(rules, config.lora_dropout, base_name))
+    if run.prompt is not None:
+      export_prompt(run.prompt, os.path.join(scratch, 'prompt.npy'))
+
+
+def _lora_adapter_config(rules: Mapping[str, tuple[int, float]], dropout: float,
+                         base_name: str) -> dict:
+  """A PEFT LoraConfig for {HF module name: (rank, alpha)}: the most common pair as r and
+  lora_alpha, the other modules in rank_pattern / alpha_pattern under their full names
+  (PEFT matches a pattern key against the end of a module name)."""
+  (rank, alpha), _ = collections.Counter(rules.values()).most_common(1)[0]
+  return {
+      'peft_type': 'LORA', 'task_type': 'SEQ_2_SEQ_LM', 'r': rank, 'lora_alpha': alpha,
+      'target_modules': sorted(rules),
+      'rank_pattern': {m: r for m, (r, _) in sorted(rules.items()) if r != rank},
+      'alpha_pattern': {m: a for m, (_, a) in sorted(rules.items()) if a != alpha},
+      'lora_dropout': dropout, 'bias': 'none', 'fan_in_fan_out': False,
+      'use_rslora': False, 'use_dora': False, 'init_lora_weights': True,
+      'base_model_name_or_path': base_name, 'inference_mode': True}
+
+
+def _json_number(value: float) -> float | int:
+  """16.0 -> 16 (as PEFT writes alphas); other values unchanged."""
+  return int(value) if float(value).is_integer() else value
 
 
 def export_peft_prompt(run: trained_model.TrainedRun, out_dir: str, base_name: str,
@@ -161,6 +264,7 @@ def _export_from_flags() -> None:
     raise UserError('Pass --model_dir and at least one of --prompt_npy, --hf_dir, '
                     '--peft_dir.')
   run = trained_model.TrainedRun(f.model_dir, f.step)
+  adapter_type = peft_type(run) if f.peft_dir else None
   if f.prompt_npy:
     if run.prompt is None:
       raise UserError(f'{f.model_dir} trained no soft prompt ({network.PROMPT_PATH}).')
@@ -170,9 +274,27 @@ def _export_from_flags() -> None:
     files = export_hf(run, f.hf_dir, run.base_path(f.base), parse_size(f.max_shard_size),
                       f.overwrite)
     print(f'HF model ({len(files)} weight file(s)) -> {f.hf_dir}')
-  if f.peft_dir:
+  if adapter_type == 'LORA':
+    export_peft_lora(run, f.peft_dir, run.base_path(f.base), f.overwrite)
+    print(f'PEFT LoRA adapter{" and prompt.npy" if run.prompt is not None else ""} -> '
+          f'{f.peft_dir}')
+  elif adapter_type == 'PROMPT_TUNING':
     export_peft_prompt(run, f.peft_dir, f.hf_dir or run.base_path(f.base), f.overwrite)
     print(f'PEFT prompt-tuning adapter -> {f.peft_dir}')
+
+
+def _define_flags() -> None:
+  """Flags of the command line only, so that other entry points can import this module."""
+  flags.DEFINE_string('model_dir', None, 'The t5pt run (MODEL_DIR) to export.')
+  flags.DEFINE_integer('step', None, 'Checkpoint step to export (default: the newest).')
+  flags.DEFINE_string('prompt_npy', None, 'Write the soft prompt to this .npy file.')
+  flags.DEFINE_string('hf_dir', None, 'Write a transformers T5 folder here.')
+  flags.DEFINE_string('peft_dir', None, 'Write an HF PEFT adapter (LoRA or prompt tuning) '
+                      'here.')
+  flags.DEFINE_string('base', None, "Base checkpoint (default: the run's "
+                      'INITIAL_CHECKPOINT_PATH).')
+  flags.DEFINE_string('max_shard_size', '2GB', 'Largest safetensors shard for --hf_dir.')
+  flags.DEFINE_bool('overwrite', False, 'Replace existing outputs.')
 
 
 def main(argv) -> None:
@@ -181,4 +303,5 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
+  _define_flags()
   gin_utils.app_run(main)

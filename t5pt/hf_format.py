@@ -107,3 +107,10 @@ def parameter_names(cfg: network.T5Config) -> dict[str, str]:
 def needs_transpose(path: str) -> bool:
   """Whether the t5x parameter at `path` is stored transposed by HF (see module doc)."""
   return path.endswith('/kernel') or path.endswith('/rel_embedding')
+
+
+def kernel_modules(cfg: network.T5Config) -> dict[str, str]:
+  """{t5x kernel path: HF module name} for every dense kernel of `cfg` (what LoRA adapts),
+  e.g. 'encoder/layers_0/attention/query/kernel' -> 'encoder.block.0.layer.0.SelfAttention.q'."""
+  return {path: key[:-len('.weight')] for path, key in parameter_names(cfg).items()
+          if path.endswith('/kernel')}

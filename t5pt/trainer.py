@@ -153,6 +153,10 @@ def train(*,
 
   tx = optimizer.transform
   resume_step = checkpoints.latest_step(model_dir)
+  if resume_step == 0:
+    raise UserError(f'{model_dir} holds an imported adapter (checkpoint_0, from '
+                    'python -m t5pt.peft_import), which has no optimizer state to resume; '
+                    'train into a new MODEL_DIR.')
   if not resume_step:  # Initialise now: a bad initialiser binding must fail before writing.
     params = _initial_trainable(init_fn, init_rng, trainable_paths, shardings, frozen,
                                 prompt_init, prompt_rng, vocabulary)
