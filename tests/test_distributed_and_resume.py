@@ -37,8 +37,8 @@ def _train_losses(model_dir):
 
 @pytest.mark.parametrize('method', [
     [],
-    ['--gin_file=gin/prompt_lora.gin'],
-    ['--gin_file=gin/deep_prompt.gin', '--gin_file=gin/ia3.gin', '--gin.PREFIX_LENGTH=4',
+    ['--gin_file=gin/methods/prompt_lora.gin'],
+    ['--gin_file=gin/methods/deep_prompt.gin', '--gin_file=gin/methods/ia3.gin', '--gin.PREFIX_LENGTH=4',
      "--gin.TRAINABLE=['.*/prefix_(key|value)', '.*/ia3_scale']", '--gin.INT8_BASE=True'],
 ], ids=['prompt', 'prompt+lora', 'int8+prefix+ia3'])
 def test_2x4_mesh_on_8_devices_matches_one_device(tmp_path, base_checkpoint, method):

@@ -95,3 +95,20 @@ def test_missing_gin_file_and_bad_syntax(tmp_path):
   bad.write_text('TRAIN_STEPS = = 3\n')
   with pytest.raises(UserError, match='bad.gin'):
     gin_utils.parse([str(bad)], [])
+
+
+@pytest.mark.parametrize('method, trainable, prompt_length', [
+    ('lora', ['.*/lora_[ab]'], 0),
+    ('prompt_lora', ['encoder/prompt/prompt', '.*/lora_[ab]'], 8),
+    ('deep_prompt', ['.*/prefix_(key|value)'], 0),
+    ('ia3', ['.*/ia3_scale'], 0),
+])
+def test_method_files_layer_over_a_top_level_config(method, trainable, prompt_length):
+  gin_utils.parse(['gin/t5_1_1_tiny_prompt.gin', f'gin/methods/{method}.gin'],
+                  ["MODEL_DIR = '/tmp/x'"])
+  assert gin.query_parameter('TRAINABLE/macro.value') == trainable
+  assert gin.query_parameter('PROMPT_LENGTH/macro.value') == prompt_length
+  config = gin.get_configurable(network.T5Config)()
+  assert bool(config.lora_rules) == ('lora' in method)
+  assert bool(config.ia3_pattern) == (method == 'ia3')
+  assert config.prefix_length == (32 if method == 'deep_prompt' else 0)

@@ -70,16 +70,16 @@ def _train(tmp_path_factory, hf_dir: str, name: str, recipe: str, bindings: list
 
 @pytest.fixture(scope='module')
 def lora_run(hf_base, tmp_path_factory) -> str:
-  """gin/lora.gin as shipped: rank 8, alpha 16 on every attention query and value."""
+  """gin/methods/lora.gin as shipped: rank 8, alpha 16 on every attention query and value."""
   return _train(tmp_path_factory, hf_base[0], 'lora_run',
-                'lora.gin', FAST_ADAMW)
+                'methods/lora.gin', FAST_ADAMW)
 
 
 @pytest.fixture(scope='module')
 def prompt_lora_run(hf_base, tmp_path_factory) -> str:
   """A soft prompt and LoRA with MIXED_RULES, trained together."""
   return _train(tmp_path_factory, hf_base[0], 'prompt_lora_run',
-                'prompt_lora.gin', [f'LORA_RULES = {MIXED_RULES!r}'] + FAST_ADAMW)
+                'methods/prompt_lora.gin', [f'LORA_RULES = {MIXED_RULES!r}'] + FAST_ADAMW)
 
 
 @pytest.fixture(scope='module')
@@ -214,7 +214,7 @@ def test_imported_adapter_gives_the_original_runs_logits(lora_run, lora_exports,
   with pytest.raises(UserError, match='already exists; .* pass --overwrite'):
     peft_import.import_adapter(f'{lora_exports}/peft', hf_base[0], f'{tmp_path}/imported')
   with pytest.raises(UserError, match='holds an imported adapter .* new MODEL_DIR'):
-    (tmp_path / 'lora.gin').write_text(GIN + "include 'lora.gin'\n")
+    (tmp_path / 'lora.gin').write_text(GIN + "include 'methods/lora.gin'\n")
     train_in_process(str(tmp_path / 'lora.gin'), str(tmp_path / 'imported'),
                      bindings=FAST_ADAMW, INITIAL_CHECKPOINT_PATH=hf_base[0])
   assert sorted(os.listdir(tmp_path / 'imported')) == ['checkpoint_0']
@@ -248,7 +248,7 @@ def test_adapter_saved_by_peft_imports_with_peft_logits(options, hf_base, tmp_pa
 @pytest.fixture(scope='module')
 def ia3_run(hf_base, tmp_path_factory) -> str:
   return _train(tmp_path_factory, hf_base[0], 'ia3_run',
-                'ia3.gin', ['optimizers.adafactor.learning_rate = 0.1'])
+                'methods/ia3.gin', ['optimizers.adafactor.learning_rate = 0.1'])
 
 
 def test_ia3_run_exports_merged_but_not_as_peft(ia3_run, hf_base, tmp_path):
@@ -269,7 +269,7 @@ def test_ia3_run_exports_merged_but_not_as_peft(ia3_run, hf_base, tmp_path):
 def test_deep_prompt_runs_are_not_exported_to_hf_or_peft(hf_base, tmp_path_factory,
                                                          tmp_path):
   run = trained_model.TrainedRun(_train(tmp_path_factory, hf_base[0], 'prefix_run',
-                                        'deep_prompt.gin', ['PREFIX_LENGTH = 2']))
+                                        'methods/deep_prompt.gin', ['PREFIX_LENGTH = 2']))
   with pytest.raises(UserError, match='deep-prompt prefixes'):
     export.peft_type(run)
   with pytest.raises(UserError, match='prefix_key.*no place for'):
