@@ -128,11 +128,10 @@ def run_jax(prompt: bool, args) -> dict:
           'device': device.device_kind, 'version': f'jax {jax.__version__}'}
 
 
-def run_torch(prompt: bool, args) -> dict:
+def hf_t5_model():
+  """The peer model: HF T5 with SIZES, untied lm_head at t5pt's init scale."""
   import torch
   import transformers
-  base_mib = current_rss_mib()
-  device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
   torch.manual_seed(0)
   config = transformers.T5Config(
       vocab_size=SIZES['vocab_size'], d_model=SIZES['emb_dim'], num_heads=SIZES['num_heads'],
@@ -146,6 +145,28 @@ def run_torch(prompt: bool, args) -> dict:
   model.config.tie_word_embeddings = False
   model.lm_head.weight = torch.nn.Parameter(
       torch.randn_like(model.shared.weight) * SIZES['emb_dim'] ** -0.5)
+  return model
+
+
+def torch_measurements(step, device, steps: int, base_mib: float) -> dict:
+  """Timing, memory, device and versions of a torch training `step`."""
+  import torch
+  import transformers
+  sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
+  timing = time_steps(step, sync, steps)
+  on_cpu = device.type == 'cpu'
+  memory = (cpu_memory(base_mib) if on_cpu else device_memory(
+      torch.cuda.max_memory_allocated(), torch.cuda.memory_allocated()))
+  return {**timing, **memory, 'device': 'cpu' if on_cpu else torch.cuda.get_device_name(),
+          'version': f'torch {torch.__version__}, transformers {transformers.__version__}, '
+                     f'peft {importlib.metadata.version("peft")}'}
+
+
+def run_torch(prompt: bool, args) -> dict:
+  import torch
+  base_mib = current_rss_mib()
+  device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+  model = hf_t5_model()
   if prompt:
     import peft
     model = peft.get_peft_model(model, peft.PromptTuningConfig(
@@ -174,16 +195,8 @@ def run_torch(prompt: bool, args) -> dict:
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 
-  sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
-  timing = time_steps(step, sync, args.steps)
-  on_cpu = device.type == 'cpu'
-  memory = (cpu_memory(base_mib) if on_cpu else device_memory(
-      torch.cuda.max_memory_allocated(), torch.cuda.memory_allocated()))
-  return {**timing, 'trainable_params': sum(p.numel() for p in params),
-          'optimizer': name, **memory,
-          'device': 'cpu' if on_cpu else torch.cuda.get_device_name(),
-          'version': f'torch {torch.__version__}, transformers {transformers.__version__}, '
-                     f'peft {importlib.metadata.version("peft")}'}
+  return {**torch_measurements(step, device, args.steps, base_mib),
+          'trainable_params': sum(p.numel() for p in params), 'optimizer': name}
 
 
 def run_worker(name: str, args) -> None:
@@ -197,9 +210,10 @@ def run_worker(name: str, args) -> None:
   print(json.dumps(result), flush=True)
 
 
-def spawn(name: str, args) -> dict | None:
-  """Runs one worker in a fresh interpreter; returns its JSON result, None on failure."""
-  command = [sys.executable, __file__, '--worker', name, '--steps', str(args.steps),
+def spawn(name: str, args, script: str = __file__) -> dict | None:
+  """Runs one worker of `script` in a fresh interpreter; returns its JSON result, None on
+  failure."""
+  command = [sys.executable, script, '--worker', name, '--steps', str(args.steps),
              '--dtype', args.dtype]
   env = {**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3'}
   done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)

@@ -1,0 +1,297 @@
+"""One training step per parameter-efficient tuning method: t5pt vs HF transformers + PEFT.
+
+Usage (from the repository root, inside the project's virtualenv; the peer as for
+bench/train_step.py):
+
+    python bench/peft_methods.py [--steps 5] [--dtype float32|bfloat16]
+        [--frameworks jax,torch] [--methods prompt,lora,prompt+lora,deep-prompt,ia3,...]
+
+Shapes, batch and timing are bench/train_step.py's (imported from it): T5 1.1-small, batch
+8, 128 input tokens, 32 target tokens, random ids, dropout 0, untied logits. tokens/s
+counts real tokens only: batch * (128 + 32) per step.
+
+Methods (t5pt: T5Config fields, TRAINABLE regexes and optimizer as in gin/*.gin):
+  prompt       prompt_length=100, 'encoder/prompt/prompt', Adafactor (lr 0.3)
+  lora         adapters.DEFAULT_LORA_RULES (r 8, alpha 16, attention query and value),
+               '.*/lora_[ab]', AdamW (clip 1.0)
+  prompt+lora  both, optimizers.by_parameter: Adafactor for the prompt, AdamW for LoRA
+  deep-prompt  prefix_length=32 (encoder self-attention keys/values), '.*/prefix_(key|value)',
+               AdamW (peak lr 5e-3, clip 1.0)
+  ia3          adapters.DEFAULT_IA3_PATTERN (attention key/value, mlp wo), '.*/ia3_scale',
+               Adafactor (lr 3e-3)
+  prompt-bf16  prompt, frozen tree held in bfloat16
+  prompt-int8  prompt, T5Config(int8_kernels=True): every dense kernel int8 + float32
+               kernel_scale (quantization.quantize of a float init), other frozen leaves
+               bfloat16, as quantization.storage_dtype lays them out
+HF + PEFT: prompt (PromptTuningConfig, 100 virtual tokens, torch Adafactor), lora
+(LoraConfig r 8, alpha 16, q and v, torch AdamW + clip 1.0), ia3 (IA3Config on k, v, wo,
+torch Adafactor lr 3e-3), deep-prompt (PrefixTuningConfig, 32 virtual tokens, AdamW + clip
+1.0; PEFT's default token_dim is d_model, which does not fit T5 1.1's 6 x 64 heads, so the
+worker records that error and retries with token_dim = heads * head_dim). The other t5pt
+methods have no PEFT counterpart here.
+
+Each (framework, method) runs in a subprocess of its own (`--worker jax:lora`, ...) so its
+peak memory is its own: peak RSS (ru_maxrss, which includes XLA compilation and, for the
+bf16 / int8 bases, the float32 init they are built from) on CPU, peak device bytes on GPU.
+The RSS after the timed steps is reported too, and for t5pt the bytes of the frozen tree.
+"""
+
+import argparse
+import importlib.metadata
+import importlib.util
+import json
+import os
+import sys
+
+import numpy as np
+
+from train_step import (BATCH, INPUTS, PEER_PACKAGES, PROMPT, ROOT, SIZES, TARGETS,
+                        cpu_memory, current_rss_mib, device_memory, hf_t5_model, make_batch,
+                        spawn, time_steps, torch_measurements)
+
+PREFIX = 32
+METHODS = ('prompt', 'lora', 'prompt+lora', 'deep-prompt', 'ia3', 'prompt-bf16',
+           'prompt-int8')
+TORCH_METHODS = ('prompt', 'lora', 'deep-prompt', 'ia3')
+
+
+def t5pt_method(method: str):
+  """(T5Config overrides, TRAINABLE regexes, optimizer, frozen dtype) for one method."""
+  sys.path.insert(0, str(ROOT))
+  from t5pt import adapters, network, optimizers
+  prompt = (dict(prompt_length=PROMPT), [network.PROMPT_PATH])
+  lora = (dict(lora_rules=adapters.DEFAULT_LORA_RULES), ['.*/lora_[ab]'])
+  adamw = lambda **kw: optimizers.adamw(decay_steps=1000, **kw)
+  if method in ('prompt', 'prompt-bf16', 'prompt-int8'):
+    extra = dict(int8_kernels=True) if method == 'prompt-int8' else {}
+    return ({**prompt[0], **extra}, prompt[1], optimizers.adafactor(),
+            'float32' if method == 'prompt' else 'bfloat16')
+  if method == 'lora':
+    return lora[0], lora[1], adamw(), 'float32'
+  if method == 'prompt+lora':
+    return ({**prompt[0], **lora[0]}, prompt[1] + lora[1], optimizers.by_parameter(
+        [(network.PROMPT_PATH, optimizers.adafactor()), ('.*/lora_[ab]', adamw())]),
+            'float32')
+  if method == 'deep-prompt':
+    return (dict(prefix_length=PREFIX), ['.*/prefix_(key|value)'],
+            adamw(peak_learning_rate=5e-3), 'float32')
+  if method == 'ia3':
+    return (dict(ia3_pattern=adapters.DEFAULT_IA3_PATTERN), ['.*/ia3_scale'],
+            optimizers.adafactor(learning_rate=3e-3), 'float32')
+  raise ValueError(method)
+
+
+def quantized_frozen(float_params: dict, shapes: dict, frozen_paths: list, frozen_dtype: str
+                     ) -> dict:
+  """The frozen leaves of an int8_kernels network from a float init: int8 kernels and their
+  float32 scales (quantization.quantize), everything else in `frozen_dtype`."""
+  import jax.numpy as jnp
+  from t5pt import quantization
+  frozen = {}
+  for path in frozen_paths:
+    declared = shapes[path].dtype
+    if jnp.dtype(declared) == jnp.int8:
+      q, scale = quantization.quantize(np.asarray(float_params[path]))
+      frozen[path] = jnp.asarray(q)
+      frozen[quantization.scale_path(path)] = jnp.asarray(scale)
+    elif not quantization.is_scale(path):
+      frozen[path] = jnp.asarray(float_params[path], quantization.storage_dtype(
+          path, declared, frozen_dtype))
+  assert set(frozen) == set(frozen_paths), set(frozen) ^ set(frozen_paths)
+  return frozen
+
+
+def run_jax(method: str, args) -> dict:
+  import dataclasses
+  import flax.linen as nn
+  import jax
+  sys.path.insert(0, str(ROOT))
+  from t5pt import models, network, partitioning, trainer
+  base_mib = current_rss_mib()
+  overrides, patterns, opt, frozen_dtype = t5pt_method(method)
+  cfg = network.T5Config(**SIZES, dropout_rate=0.0, dtype=args.dtype, **overrides)
+  model = models.EncoderDecoderModel(cfg)
+  float_model = models.EncoderDecoderModel(dataclasses.replace(cfg, int8_kernels=False))
+  init = lambda m: m.init(jax.random.PRNGKey(0), INPUTS, TARGETS)
+  params = partitioning.flatten(nn.unbox(init(float_model)))
+  shapes = partitioning.flatten(nn.unbox(jax.eval_shape(lambda: init(model))))
+  trainable_paths, frozen_paths = partitioning.split_trainable(list(shapes), patterns)
+  trainable = partitioning.unflatten({k: params[k] for k in trainable_paths})
+  if cfg.int8_kernels:
+    frozen = quantized_frozen(params, shapes, frozen_paths, frozen_dtype)
+  else:
+    frozen = {k: params[k].astype(frozen_dtype) for k in frozen_paths}
+  del params  # the float init, where the frozen tree is a cast or quantised copy
+  frozen_bytes = sum(x.nbytes for x in frozen.values())
+  frozen = partitioning.unflatten(frozen)
+  opt_state = jax.jit(opt.transform.init)(trainable)
+  step_fn = jax.jit(trainer.build_train_step(model, opt.transform, jax.random.PRNGKey(1)),
+                    donate_argnums=(0, 1))
+  batch = jax.device_put(make_batch())
+  count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(trainable))
+  index, metrics = 0, None
+
+  def step():
+    nonlocal trainable, opt_state, metrics, index
+    trainable, opt_state, metrics = step_fn(trainable, opt_state, frozen, batch, index)
+    index += 1
+
+  timing = time_steps(step, lambda: jax.block_until_ready((trainable, metrics)), args.steps)
+  loss = float(metrics['loss_sum'] / metrics['weight_sum'])
+  device = jax.devices()[0]
+  memory = (cpu_memory(base_mib) if device.platform == 'cpu' else device_memory(
+      device.memory_stats()['peak_bytes_in_use'], device.memory_stats()['bytes_in_use']))
+  return {**timing, 'trainable_params': count, 'frozen_mib': frozen_bytes / 2**20,
+          'frozen_dtype': 'int8 kernels + bfloat16' if cfg.int8_kernels else frozen_dtype,
+          'encoder_positions': INPUTS + cfg.prompt_length, 'loss': loss, **memory,
+          'device': device.device_kind, 'version': f'jax {jax.__version__}'}
+
+
+def run_torch(method: str, args) -> dict:
+  import peft
+  import torch
+  base_mib = current_rss_mib()
+  device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+  batch = {k: torch.from_numpy(v).long().to(device) for k, v in make_batch().items()
+           if k != 'decoder_loss_weights'}
+  inputs = dict(input_ids=batch['encoder_input_tokens'],
+                attention_mask=torch.ones_like(batch['encoder_input_tokens']),
+                decoder_input_ids=batch['decoder_input_tokens'],
+                labels=batch['decoder_target_tokens'])
+  seq2seq, note = peft.TaskType.SEQ_2_SEQ_LM, ''
+  if method == 'prompt':
+    config = peft.PromptTuningConfig(task_type=seq2seq, num_virtual_tokens=PROMPT)
+  elif method == 'lora':
+    config = peft.LoraConfig(task_type=seq2seq, r=8, lora_alpha=16, target_modules=['q', 'v'],
+                             lora_dropout=0.0)
+  elif method == 'ia3':
+    config = peft.IA3Config(task_type=seq2seq, target_modules=['k', 'v', 'wo'],
+                            feedforward_modules=['wo'])
+  else:
+    config = peft.PrefixTuningConfig(task_type=seq2seq, num_virtual_tokens=PREFIX)
+    try:  # PEFT's default token_dim (d_model 512) does not split into 6 heads x 64
+      with torch.no_grad():
+        peft.get_peft_model(hf_t5_model(), config).to(device)(**inputs)
+    except RuntimeError as e:
+      note = (f'PrefixTuningConfig(num_virtual_tokens={PREFIX}) fails: '
+              f'{type(e).__name__}: {str(e).splitlines()[0]}; ran with token_dim='
+              f'{SIZES["num_heads"] * SIZES["head_dim"]}')
+      config = peft.PrefixTuningConfig(task_type=seq2seq, num_virtual_tokens=PREFIX,
+                                       token_dim=SIZES['num_heads'] * SIZES['head_dim'])
+  model = peft.get_peft_model(hf_t5_model(), config).to(device).train()
+  params = [p for p in model.parameters() if p.requires_grad]
+  clip = method in ('lora', 'deep-prompt')
+  if clip:
+    optimizer, name = torch.optim.AdamW(params, lr=5e-3 if method == 'deep-prompt' else 1e-3), \
+        'torch AdamW'
+  elif hasattr(torch.optim, 'Adafactor'):
+    optimizer, name = torch.optim.Adafactor(params, lr=3e-3 if method == 'ia3' else 1e-2), \
+        'torch Adafactor'
+  else:
+    optimizer, name = torch.optim.AdamW(params, lr=0.3), 'torch AdamW'
+  loss = None
+
+  def step():
+    nonlocal loss
+    with torch.autocast(device.type, torch.bfloat16, enabled=args.dtype == 'bfloat16'):
+      loss = model(**inputs).loss
+    loss.backward()
+    if clip:
+      torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+  return {**torch_measurements(step, device, args.steps, base_mib),
+          'trainable_params': sum(p.numel() for p in params), 'optimizer': name,
+          'frozen_mib': None, 'frozen_dtype': 'float32', 'loss': float(loss),
+          'encoder_positions': INPUTS + (PROMPT if method == 'prompt' else 0), 'note': note}
+
+
+def run_worker(name: str, args) -> None:
+  framework, method = name.split(':')
+  result = (run_jax if framework == 'jax' else run_torch)(method, args)
+  result.setdefault('optimizer', {
+      'prompt+lora': 't5pt adafactor + adamw', 'lora': 't5pt adamw',
+      'deep-prompt': 't5pt adamw'}.get(method, 't5pt adafactor'))
+  result.update(framework='t5pt' if framework == 'jax' else 'HF+PEFT', method=method,
+                tokens_per_s=result['steps_per_s'] * BATCH * (INPUTS + TARGETS))
+  print(json.dumps(result), flush=True)
+
+
+def print_table(rows: list[dict]) -> None:
+  print('| framework | method | trainable params | optimizer | encoder positions | steps/s | '
+        'step s (min-max) | tokens/s | peak mem MiB | after steps MiB | '
+        'frozen tree MiB (t5pt) |')
+  print('|---|---|---|---|---|---|---|---|---|---|---|')
+  for r in rows:
+    frozen = f"{r['frozen_mib']:.1f} ({r['frozen_dtype']})" if r['frozen_mib'] else '-'
+    print(f"| {r['framework']} | {r['method']} | {r['trainable_params']:,} | "
+          f"{r['optimizer']} | {r['encoder_positions']} | {r['steps_per_s']:.3f} | "
+          f"{r['step_min_s']:.2f}-{r['step_max_s']:.2f} | {r['tokens_per_s']:.0f} | "
+          f"{r['peak_mib']:.0f} | {r['end_mib']:.0f} | {frozen} |")
+
+
+def print_ratios(rows: list[dict]) -> None:
+  found = {(r['framework'], r['method']): r for r in rows}
+  for method in TORCH_METHODS:
+    a, b = found.get(('t5pt', method)), found.get(('HF+PEFT', method))
+    if a and b:
+      print(f"t5pt / HF+PEFT, {method}: steps/s x{a['steps_per_s'] / b['steps_per_s']:.2f}, "
+            f"peak mem x{a['peak_mib'] / b['peak_mib']:.2f}")
+  f32, bf16, int8 = (found.get(('t5pt', m)) for m in ('prompt', 'prompt-bf16', 'prompt-int8'))
+  if f32 and bf16 and int8:
+    print(f"frozen tree MiB: float32 {f32['frozen_mib']:.1f}, bfloat16 {bf16['frozen_mib']:.1f}"
+          f", int8 {int8['frozen_mib']:.1f}")
+  if bf16 and int8:
+    print(f"int8 / bf16 base (prompt): frozen MiB x{int8['frozen_mib'] / bf16['frozen_mib']:.2f}"
+          f", step time x{bf16['steps_per_s'] / int8['steps_per_s']:.2f}, peak mem "
+          f"x{int8['peak_mib'] / bf16['peak_mib']:.2f}, after-steps mem "
+          f"x{int8['end_mib'] / bf16['end_mib']:.2f}")
+  if f32 and bf16:
+    print(f"bf16 / float32 base (prompt): frozen MiB x{bf16['frozen_mib'] / f32['frozen_mib']:.2f}"
+          f", step time x{f32['steps_per_s'] / bf16['steps_per_s']:.2f}")
+
+
+def main() -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--steps', type=int, default=5, help='timed steps per measurement')
+  parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
+  parser.add_argument('--frameworks', default='jax,torch', help='comma list of jax, torch')
+  parser.add_argument('--methods', default=','.join(METHODS),
+                      help=f'comma list of {", ".join(METHODS)}')
+  parser.add_argument('--worker', help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.worker:
+    run_worker(args.worker, args)
+    return 0
+  frameworks, methods = args.frameworks.split(','), args.methods.split(',')
+  if not set(frameworks) <= {'jax', 'torch'}:
+    parser.error(f'--frameworks takes jax and/or torch, not {args.frameworks!r}')
+  if not set(methods) <= set(METHODS):
+    parser.error(f'--methods takes {", ".join(METHODS)}, not {args.methods!r}')
+  if 'torch' in frameworks and not all(importlib.util.find_spec(p) for p in PEER_PACKAGES):
+    print('peer not installed: pip install -r bench/requirements.txt')
+    frameworks.remove('torch')
+  selected = [f'{f}:{m}' for f in ('jax', 'torch') if f in frameworks for m in methods
+              if f == 'jax' or m in TORCH_METHODS]
+  print(f'T5 1.1-small shapes {SIZES}, batch {BATCH}, inputs {INPUTS} (+{PROMPT} prompt '
+        f'positions for prompt methods), targets {TARGETS}, {args.steps} timed steps, '
+        f'dtype {args.dtype}')
+  print('load average before: %.2f %.2f %.2f' % os.getloadavg())
+  rows = []
+  for name in selected:
+    print(f'running {name} ...', flush=True)
+    rows += [result] if (result := spawn(name, args, __file__)) else []
+  for r in {r['version']: r for r in rows}.values():
+    print(f"{r['framework']}: {r['version']} on {r['device']} (memory: {r['memory']})")
+  print('load average after: %.2f %.2f %.2f' % os.getloadavg())
+  print_table(rows)
+  print_ratios(rows)
+  for r in rows:
+    if r.get('note'):
+      print(f"note, {r['framework']} {r['method']}: {r['note']}")
+  return 0 if len(rows) == len(selected) else 1
+
+
+if __name__ == '__main__':
+  sys.exit(main())
