@@ -206,3 +206,25 @@ def test_show_prints_few_shot_examples_pruned_to_the_budget(registered):
             for line in lines if line.startswith('inputs (')]
   assert len(counts) == 4 and max(counts) <= 180 and min(counts) > 100
   assert not any('truncated' in line for line in lines)
+
+
+def test_few_shot_budget_holds_with_a_sentencepiece_vocabulary(tmp_path):
+  """Subword counts are not additive over the joined text, so fitting is checked on the
+  full few-shot string; here with a SentencePiece model trained on generated text."""
+  import sentencepiece  # pylint: disable=import-outside-toplevel
+  lines = [f'What color is the thing number {i}? Name the color: {c}'
+           for i in range(300) for c in COLORS[i % 3:i % 3 + 2]]
+  sentencepiece.SentencePieceTrainer.train(
+      sentence_iterator=iter(lines), model_prefix=str(tmp_path / 'spm'), vocab_size=64,
+      user_defined_symbols=['\n'], minloglevel=2)
+  vocabulary = seqio.SentencePieceVocabulary(str(tmp_path / 'spm.model'))
+  templates.register(_spec('colors_spm'), vocabulary, variants=['fsopt'])
+  budget = {'inputs': 250, 'targets': 8}  # A query is ~90 pieces, so 1 or 2 exemplars fit.
+  ds = seqio.get_mixture_or_task('colors_spm_fsopt').get_dataset(
+      budget, split='validation', shuffle=False)
+  kept = []
+  for ex in ds.as_numpy_iterator():
+    text = ex['inputs_pretokenized'].decode()
+    kept.append(text.count(templates.FEW_SHOT_SEPARATOR))
+    assert len(vocabulary.encode(text)) + 1 <= budget['inputs']
+  assert 1 <= min(kept) and max(kept) < 3, kept
