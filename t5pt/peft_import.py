@@ -15,8 +15,7 @@ python -m t5pt.export use it as they use a trained run. It records no task: pass
 MIXTURE_OR_TASK_NAME (and TASK_FEATURE_LENGTHS) to eval and infer.
 
 The run is for inference, evaluation and export, not for training further: it holds no
-optimizer state, and the trainer treats a MODEL_DIR whose newest step is 0 as new (it
-would train a fresh adapter there, ignoring the imported one).
+optimizer state, and the trainer refuses a MODEL_DIR whose newest checkpoint is step 0.
 """
 
 import collections
