@@ -46,8 +46,8 @@ import sys
 import numpy as np
 
 from train_step import (BATCH, INPUTS, PEER_PACKAGES, PROMPT, ROOT, SIZES, TARGETS,
-                        cpu_memory, current_rss_mib, device_memory, hf_t5_model, make_batch,
-                        spawn, time_steps, torch_measurements)
+                        current_rss_mib, hf_t5_model, jax_measurements, make_batch, spawn,
+                        torch_measurements)
 
 PREFIX = 32
 METHODS = ('prompt', 'lora', 'prompt+lora', 'deep-prompt', 'ia3', 'prompt-bf16',
@@ -81,22 +81,22 @@ def t5pt_method(method: str):
   raise ValueError(method)
 
 
-def quantized_frozen(float_params: dict, shapes: dict, frozen_paths: list, frozen_dtype: str
-                     ) -> dict:
-  """The frozen leaves of an int8_kernels network from a float init: int8 kernels and their
-  float32 scales (quantization.quantize), everything else in `frozen_dtype`."""
+def frozen_tree(float_params: dict, shapes: dict, frozen_paths: list, frozen_dtype: str
+                ) -> dict:
+  """The flat frozen leaves as t5pt holds them after loading a base: int8 kernels with their
+  float32 scales where the network declares them (quantization.stored_tensors), every
+  other leaf in `frozen_dtype`."""
   import jax.numpy as jnp
   from t5pt import quantization
   frozen = {}
   for path in frozen_paths:
-    declared = shapes[path].dtype
-    if jnp.dtype(declared) == jnp.int8:
-      q, scale = quantization.quantize(np.asarray(float_params[path]))
-      frozen[path] = jnp.asarray(q)
-      frozen[quantization.scale_path(path)] = jnp.asarray(scale)
-    elif not quantization.is_scale(path):
-      frozen[path] = jnp.asarray(float_params[path], quantization.storage_dtype(
-          path, declared, frozen_dtype))
+    if quantization.is_scale(path):
+      continue  # Made with its kernel.
+    dtype = quantization.storage_dtype(path, shapes[path].dtype, frozen_dtype)
+    for key, array in quantization.stored_tensors(
+        path, np.asarray(float_params[path]), dtype).items():
+      frozen[key] = jnp.asarray(array, quantization.storage_dtype(
+          key, shapes[key].dtype, frozen_dtype))
   assert set(frozen) == set(frozen_paths), set(frozen) ^ set(frozen_paths)
   return frozen
 
@@ -106,7 +106,7 @@ def run_jax(method: str, args) -> dict:
   import flax.linen as nn
   import jax
   sys.path.insert(0, str(ROOT))
-  from t5pt import models, network, partitioning, trainer
+  from t5pt import models, network, partitioning
   base_mib = current_rss_mib()
   overrides, patterns, opt, frozen_dtype = t5pt_method(method)
   cfg = network.T5Config(**SIZES, dropout_rate=0.0, dtype=args.dtype, **overrides)
@@ -117,34 +117,14 @@ def run_jax(method: str, args) -> dict:
   shapes = partitioning.flatten(nn.unbox(jax.eval_shape(lambda: init(model))))
   trainable_paths, frozen_paths = partitioning.split_trainable(list(shapes), patterns)
   trainable = partitioning.unflatten({k: params[k] for k in trainable_paths})
-  if cfg.int8_kernels:
-    frozen = quantized_frozen(params, shapes, frozen_paths, frozen_dtype)
-  else:
-    frozen = {k: params[k].astype(frozen_dtype) for k in frozen_paths}
+  frozen = frozen_tree(params, shapes, frozen_paths, frozen_dtype)
   del params  # the float init, where the frozen tree is a cast or quantised copy
   frozen_bytes = sum(x.nbytes for x in frozen.values())
   frozen = partitioning.unflatten(frozen)
-  opt_state = jax.jit(opt.transform.init)(trainable)
-  step_fn = jax.jit(trainer.build_train_step(model, opt.transform, jax.random.PRNGKey(1)),
-                    donate_argnums=(0, 1))
-  batch = jax.device_put(make_batch())
-  count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(trainable))
-  index, metrics = 0, None
-
-  def step():
-    nonlocal trainable, opt_state, metrics, index
-    trainable, opt_state, metrics = step_fn(trainable, opt_state, frozen, batch, index)
-    index += 1
-
-  timing = time_steps(step, lambda: jax.block_until_ready((trainable, metrics)), args.steps)
-  loss = float(metrics['loss_sum'] / metrics['weight_sum'])
-  device = jax.devices()[0]
-  memory = (cpu_memory(base_mib) if device.platform == 'cpu' else device_memory(
-      device.memory_stats()['peak_bytes_in_use'], device.memory_stats()['bytes_in_use']))
-  return {**timing, 'trainable_params': count, 'frozen_mib': frozen_bytes / 2**20,
+  result = jax_measurements(model, opt, trainable, frozen, args.steps, base_mib)
+  return {**result, 'frozen_mib': frozen_bytes / 2**20,
           'frozen_dtype': 'int8 kernels + bfloat16' if cfg.int8_kernels else frozen_dtype,
-          'encoder_positions': INPUTS + cfg.prompt_length, 'loss': loss, **memory,
-          'device': device.device_kind, 'version': f'jax {jax.__version__}'}
+          'encoder_positions': INPUTS + cfg.prompt_length}
 
 
 def run_torch(method: str, args) -> dict:

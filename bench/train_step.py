@@ -96,7 +96,7 @@ def run_jax(prompt: bool, args) -> dict:
   import flax.linen as nn
   import jax
   sys.path.insert(0, str(ROOT))
-  from t5pt import models, network, optimizers, partitioning, trainer
+  from t5pt import models, network, optimizers, partitioning
   base_mib = current_rss_mib()
   cfg = network.T5Config(**SIZES, dropout_rate=0.0, dtype=args.dtype,
                          prompt_length=PROMPT if prompt else 0)
@@ -107,6 +107,15 @@ def run_jax(prompt: bool, args) -> dict:
   trainable = partitioning.unflatten({k: params[k] for k in trainable_paths})
   frozen = partitioning.unflatten({k: params[k] for k in frozen_paths})
   opt = optimizers.adafactor() if prompt else optimizers.adamw(decay_steps=1000)
+  result = jax_measurements(model, opt, trainable, frozen, args.steps, base_mib)
+  return {**result, 'optimizer': 't5pt adafactor' if prompt else 't5pt adamw'}
+
+
+def jax_measurements(model, opt, trainable, frozen, steps: int, base_mib: float) -> dict:
+  """Timing, memory, trainable-parameter count, last loss, device and version of t5pt's
+  jitted training step on trainable / frozen (nested) parameters."""
+  import jax
+  from t5pt import trainer
   opt_state = jax.jit(opt.transform.init)(trainable)
   train_step = jax.jit(trainer.build_train_step(model, opt.transform, jax.random.PRNGKey(1)),
                        donate_argnums=(0, 1))
@@ -119,12 +128,12 @@ def run_jax(prompt: bool, args) -> dict:
     trainable, opt_state, metrics = train_step(trainable, opt_state, frozen, batch, index)
     index += 1
 
-  timing = time_steps(step, lambda: jax.block_until_ready((trainable, metrics)), args.steps)
+  timing = time_steps(step, lambda: jax.block_until_ready((trainable, metrics)), steps)
   device = jax.devices()[0]
   memory = (cpu_memory(base_mib) if device.platform == 'cpu' else device_memory(
       device.memory_stats()['peak_bytes_in_use'], device.memory_stats()['bytes_in_use']))
-  return {**timing, 'trainable_params': count,
-          'optimizer': 't5pt adafactor' if prompt else 't5pt adamw', **memory,
+  return {**timing, 'trainable_params': count, **memory,
+          'loss': float(metrics['loss_sum'] / metrics['weight_sum']),
           'device': device.device_kind, 'version': f'jax {jax.__version__}'}
 
 

@@ -97,12 +97,9 @@ class BaseCheckpoint:
     loaded = {}
     for name in tqdm.tqdm(list(stored), desc='load base', unit='tensor',
                           disable=not progress, leave=False):
-      array, target = self.read(name), stored[name]
-      if target.dtype == jnp.int8:
-        array, scale = quantization.quantize(array)
-        scale_name = quantization.scale_path(name)
-        loaded[scale_name] = place(scale, targets[scale_name])
-      loaded[name] = place(array, target)
+      for key, array in quantization.stored_tensors(name, self.read(name),
+                                                    stored[name].dtype).items():
+        loaded[key] = place(array, targets[key])
     return loaded
 
 

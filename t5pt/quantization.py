@@ -44,6 +44,15 @@ def dequantize(quantized: np.ndarray, scale: np.ndarray) -> np.ndarray:
   return np.asarray(quantized, np.float32) * np.asarray(scale, np.float32)[None, :]
 
 
+def stored_tensors(name: str, array: np.ndarray, dtype) -> dict[str, np.ndarray]:
+  """{name: array} as it is held in `dtype`: an int8 kernel comes back quantised, with its
+  `kernel_scale` beside it; anything else unchanged (the caller casts)."""
+  if jnp.dtype(dtype) != jnp.int8:
+    return {name: array}
+  quantized, scale = quantize(array)
+  return {name: quantized, scale_path(name): scale}
+
+
 def storage_dtype(path: str, declared: jnp.dtype, frozen_dtype: str) -> jnp.dtype:
   """The dtype a frozen leaf is held in: int8 kernels and their float32 scales as
   declared by the network, everything else in FROZEN_DTYPE."""
