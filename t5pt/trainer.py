@@ -19,7 +19,6 @@ import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import tensorflow as tf
 import tqdm
 from absl import logging
@@ -35,6 +34,7 @@ from t5pt import optimizers
 from t5pt import partitioning
 from t5pt import prompts
 from t5pt import quantization
+from t5pt import steps
 from t5pt import vocabularies
 from t5pt import errors
 from t5pt.errors import UserError
@@ -188,8 +188,8 @@ def train(*,
   batch_sharding = partitioning.batch_sharding(mesh)
   to_device = lambda b: {k: jax.make_array_from_process_local_data(batch_sharding, v)
                          for k, v in b.items()}
-  p_train_step = jax.jit(build_train_step(model, tx, dropout_rng), donate_argnums=(0, 1))
-  p_eval_step = jax.jit(build_eval_step(model))
+  p_train_step = jax.jit(steps.build_train_step(model, tx, dropout_rng), donate_argnums=(0, 1))
+  p_eval_step = jax.jit(steps.build_eval_step(model))
 
   infer_evaluator = None
   if infer_eval and eval_split:
@@ -215,7 +215,7 @@ def train(*,
     _say(f'eval @ step {step}: ' +
          ', '.join(f'{k}={v:.4f}' for k, v in summary[key].items()))
     if infer_evaluator:
-      metrics = infer_evaluator.evaluate(merge(frozen_tree, params), step)
+      metrics = infer_evaluator.evaluate(steps.merge(frozen_tree, params), step)
       flat = {(f'{task}/{name}' if len(metrics) > 1 else name): value
               for task, values in metrics.items() for name, value in values.items()}
       log.write('infer_eval', step, flat)
@@ -276,34 +276,6 @@ def train(*,
   summary['params'] = jax.device_get(params)
   summary['step'] = train_steps
   return summary
-
-
-def merge(frozen_tree, params):
-  """The full parameter tree from its frozen and trainable parts (both nested dicts)."""
-  return partitioning.unflatten({**partitioning.flatten(frozen_tree),
-                                 **partitioning.flatten(params)})
-
-
-def build_train_step(model: models.EncoderDecoderModel, tx, dropout_rng):
-  """(params, opt_state, frozen, batch, step) -> (params, opt_state, metric sums).
-
-  Gradients are taken with respect to `params` (the trainable part) only: the frozen
-  tree enters as a constant, so it is never differentiated and has no optimizer state.
-  """
-  def train_step(params, opt_state, frozen_tree, batch, step):
-    def loss_fn(p):
-      return model.loss_and_metrics(merge(frozen_tree, p), batch,
-                                    jax.random.fold_in(dropout_rng, step))
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, metrics
-  return train_step
-
-
-def build_eval_step(model: models.EncoderDecoderModel):
-  """(params, frozen, batch) -> metric sums, without dropout."""
-  return lambda params, frozen_tree, batch: model.loss_and_metrics(
-      merge(frozen_tree, params), batch)[1]
 
 
 def _initial_trainable(init_fn, init_rng, trainable_paths, shardings, frozen, prompt_init,

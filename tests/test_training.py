@@ -14,7 +14,7 @@ from t5pt import models
 from t5pt import network
 from t5pt import optimizers
 from t5pt import partitioning
-from t5pt import trainer
+from t5pt import steps
 from tests.conftest import TINY as TINY_2_LAYERS
 from tests.conftest import train_in_process
 
@@ -31,19 +31,19 @@ def _batch(rng, batch=4, in_len=6, tgt_len=4):
           'decoder_target_tokens': tgt, 'decoder_loss_weights': (tgt > 0).astype(np.float32)}
 
 
-def _train_steps(patterns, optimizer, steps=3):
+def _train_steps(patterns, optimizer, num_steps=3):
   model = models.EncoderDecoderModel(network.T5Config(**TINY, prompt_length=4))
   params = partitioning.flatten(nn.unbox(model.init(jax.random.PRNGKey(0), 6, 4)))
   trainable_paths, frozen_paths = partitioning.split_trainable(list(params), patterns)
   trainable = partitioning.unflatten({k: params[k] for k in trainable_paths})
   frozen = partitioning.unflatten({k: params[k] for k in frozen_paths})
   opt_state = optimizer.transform.init(trainable)
-  step_fn = jax.jit(trainer.build_train_step(model, optimizer.transform,
+  step_fn = jax.jit(steps.build_train_step(model, optimizer.transform,
                                              jax.random.PRNGKey(1)))
   batch = _batch(np.random.default_rng(0))
-  for step in range(steps):
+  for step in range(num_steps):
     trainable, opt_state, _ = step_fn(trainable, opt_state, frozen, batch, step)
-  after = partitioning.flatten(trainer.merge(frozen, trainable))
+  after = partitioning.flatten(steps.merge(frozen, trainable))
   return params, after, trainable_paths, opt_state
 
 
