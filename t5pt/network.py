@@ -215,7 +215,9 @@ class Embed(nn.Module):
 
   def __call__(self, tokens: Array) -> Array:
     """[batch, length] int -> [batch, length, embed]."""
-    return jnp.take(jnp.asarray(self.embedding, self.dtype), tokens, axis=0)
+    # Gather, then cast: the gradient's scatter-add then sums repeated tokens in the
+    # parameter dtype (float32), not in bf16 as a cast-then-gather would.
+    return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
 
   def attend(self, query: Array) -> Array:
     """[batch, length, embed] -> [batch, length, vocab]."""

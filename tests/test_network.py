@@ -150,3 +150,16 @@ def test_bfloat16_activations_track_float32():
   l16 = _logits(module16, params, *args)
   assert l16.dtype == jnp.float32
   np.testing.assert_allclose(l16, l32, atol=0.1, rtol=0.05)
+
+
+def test_bfloat16_embedding_gradient_sums_repeated_tokens_in_float32():
+  embed = network.Embed(num_embeddings=4, features=8, dtype=jnp.bfloat16)
+  params = nn.unbox(embed.init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32)))
+  tokens = jnp.ones((1, 4096), jnp.int32)
+  weights = jax.random.uniform(jax.random.PRNGKey(1), (1, 4096, 8)).astype(jnp.bfloat16)
+  grad = jax.grad(lambda p: jnp.sum(embed.apply(p, tokens).astype(jnp.float32) *
+                                    weights))(params)['params']['embedding']
+  exact = np.asarray(weights, np.float64).sum(axis=(0, 1))
+  assert grad.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(grad[1]), exact, rtol=1e-5)  # a bf16 sum stalls: 88% off
+  np.testing.assert_array_equal(np.asarray(grad)[[0, 2, 3]], 0)
