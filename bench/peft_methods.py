@@ -5,10 +5,12 @@ bench/train_step.py):
 
     python bench/peft_methods.py [--steps 5] [--dtype float32|bfloat16]
         [--frameworks jax,torch] [--methods prompt,lora,prompt+lora,deep-prompt,ia3,...]
+        [--model small|base|large|xl] [--batch 8]
 
-Shapes, batch and timing are bench/train_step.py's (imported from it): T5 1.1-small, batch
-8, 128 input tokens, 32 target tokens, random ids, dropout 0, untied logits. tokens/s
-counts real tokens only: batch * (128 + 32) per step.
+Shapes, batch and timing are bench/train_step.py's (imported from it): T5 1.1 / Flan-T5
+of --model (default small), --batch examples (default 8), 128 input tokens, 32 target
+tokens, random ids, dropout 0, untied logits. tokens/s counts real tokens only:
+batch * (128 + 32) per step.
 
 Methods (t5pt: T5Config fields, TRAINABLE regexes and optimizer as in gin/*.gin):
   prompt       prompt_length=100, 'encoder/prompt/prompt', Adafactor (lr 0.3)
@@ -45,9 +47,9 @@ import sys
 
 import numpy as np
 
-from train_step import (BATCH, INPUTS, PEER_PACKAGES, PROMPT, ROOT, SIZES, TARGETS,
-                        current_rss_mib, hf_t5_model, jax_measurements, make_batch, spawn,
-                        torch_measurements)
+from train_step import (INPUTS, PEER_PACKAGES, PROMPT, ROOT, TARGETS, add_shape_arguments,
+                        current_rss_mib, describe_shapes, hf_t5_model, jax_measurements,
+                        make_batch, sizes, spawn, torch_measurements)
 
 PREFIX = 32
 METHODS = ('prompt', 'lora', 'prompt+lora', 'deep-prompt', 'ia3', 'prompt-bf16',
@@ -109,7 +111,8 @@ def run_jax(method: str, args) -> dict:
   from t5pt import models, network, partitioning
   base_mib = current_rss_mib()
   overrides, patterns, opt, frozen_dtype = t5pt_method(method)
-  cfg = network.T5Config(**SIZES, dropout_rate=0.0, dtype=args.dtype, **overrides)
+  cfg = network.T5Config(**sizes(args.model), dropout_rate=0.0, dtype=args.dtype,
+                         **overrides)
   model = models.EncoderDecoderModel(cfg)
   float_model = models.EncoderDecoderModel(dataclasses.replace(cfg, int8_kernels=False))
   init = lambda m: m.init(jax.random.PRNGKey(0), INPUTS, TARGETS)
@@ -121,7 +124,7 @@ def run_jax(method: str, args) -> dict:
   del params  # the float init, where the frozen tree is a cast or quantised copy
   frozen_bytes = sum(x.nbytes for x in frozen.values())
   frozen = partitioning.unflatten(frozen)
-  result = jax_measurements(model, opt, trainable, frozen, args.steps, base_mib)
+  result = jax_measurements(model, opt, trainable, frozen, args, base_mib)
   return {**result, 'frozen_mib': frozen_bytes / 2**20,
           'frozen_dtype': 'int8 kernels + bfloat16' if cfg.int8_kernels else frozen_dtype,
           'encoder_positions': INPUTS + cfg.prompt_length}
@@ -132,13 +135,14 @@ def run_torch(method: str, args) -> dict:
   import torch
   base_mib = current_rss_mib()
   device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-  batch = {k: torch.from_numpy(v).long().to(device) for k, v in make_batch().items()
+  batch = {k: torch.from_numpy(v).long().to(device) for k, v in make_batch(args.batch).items()
            if k != 'decoder_loss_weights'}
   inputs = dict(input_ids=batch['encoder_input_tokens'],
                 attention_mask=torch.ones_like(batch['encoder_input_tokens']),
                 decoder_input_ids=batch['decoder_input_tokens'],
                 labels=batch['decoder_target_tokens'])
   seq2seq, note = peft.TaskType.SEQ_2_SEQ_LM, ''
+  token_dim = sizes(args.model)['num_heads'] * sizes(args.model)['head_dim']
   if method == 'prompt':
     config = peft.PromptTuningConfig(task_type=seq2seq, num_virtual_tokens=PROMPT)
   elif method == 'lora':
@@ -151,14 +155,14 @@ def run_torch(method: str, args) -> dict:
     config = peft.PrefixTuningConfig(task_type=seq2seq, num_virtual_tokens=PREFIX)
     try:  # PEFT's default token_dim (d_model 512) does not split into 6 heads x 64
       with torch.no_grad():
-        peft.get_peft_model(hf_t5_model(), config).to(device)(**inputs)
+        peft.get_peft_model(hf_t5_model(args.model), config).to(device)(**inputs)
     except RuntimeError as e:
       note = (f'PrefixTuningConfig(num_virtual_tokens={PREFIX}) fails: '
               f'{type(e).__name__}: {str(e).splitlines()[0]}; ran with token_dim='
-              f'{SIZES["num_heads"] * SIZES["head_dim"]}')
+              f'{token_dim}')
       config = peft.PrefixTuningConfig(task_type=seq2seq, num_virtual_tokens=PREFIX,
-                                       token_dim=SIZES['num_heads'] * SIZES['head_dim'])
-  model = peft.get_peft_model(hf_t5_model(), config).to(device).train()
+                                       token_dim=token_dim)
+  model = peft.get_peft_model(hf_t5_model(args.model), config).to(device).train()
   params = [p for p in model.parameters() if p.requires_grad]
   clip = method in ('lora', 'deep-prompt')
   if clip:
@@ -194,7 +198,7 @@ def run_worker(name: str, args) -> None:
       'prompt+lora': 't5pt adafactor + adamw', 'lora': 't5pt adamw',
       'deep-prompt': 't5pt adamw'}.get(method, 't5pt adafactor'))
   result.update(framework='t5pt' if framework == 'jax' else 'HF+PEFT', method=method,
-                tokens_per_s=result['steps_per_s'] * BATCH * (INPUTS + TARGETS))
+                tokens_per_s=result['steps_per_s'] * args.batch * (INPUTS + TARGETS))
   print(json.dumps(result), flush=True)
 
 
@@ -240,6 +244,7 @@ def main() -> int:
   parser.add_argument('--methods', default=','.join(METHODS),
                       help=f'comma list of {", ".join(METHODS)}')
   parser.add_argument('--worker', help=argparse.SUPPRESS)
+  add_shape_arguments(parser)
   args = parser.parse_args()
   if args.worker:
     run_worker(args.worker, args)
@@ -254,9 +259,7 @@ def main() -> int:
     frameworks.remove('torch')
   selected = [f'{f}:{m}' for f in ('jax', 'torch') if f in frameworks for m in methods
               if f == 'jax' or m in TORCH_METHODS]
-  print(f'T5 1.1-small shapes {SIZES}, batch {BATCH}, inputs {INPUTS} (+{PROMPT} prompt '
-        f'positions for prompt methods), targets {TARGETS}, {args.steps} timed steps, '
-        f'dtype {args.dtype}')
+  print(describe_shapes(args, 'for prompt methods'))
   print('load average before: %.2f %.2f %.2f' % os.getloadavg())
   rows = []
   for name in selected:

@@ -5,8 +5,9 @@ Usage (from the repository root, inside the project's virtualenv):
     pip install torch==2.13.0 && pip install -r bench/requirements.txt   # the peer
     python bench/train_step.py [--steps 10] [--dtype float32|bfloat16] [--frameworks jax,torch]
 
-Shapes are T5 1.1-small (vocab 32128, d_model 512, 6 heads x 64, gated-GELU MLP 1024,
-8 + 8 layers, untied logits) with batch 8, 128 input tokens and 32 target tokens. Prompt
+Shapes are T5 1.1 / Flan-T5 (--model small|base|large|xl, as gin/models/t5_1_1_<size>.gin;
+default small: vocab 32128, d_model 512, 6 heads x 64, gated-GELU MLP 1024, 8 + 8 layers,
+untied logits) with --batch 8 (default), 128 input tokens and 32 target tokens. Prompt
 tuning prepends P=100 soft-prompt positions, so the encoder sees 228 positions; full
 fine-tuning has no prompt (128 positions). tokens/s counts real tokens only:
 batch * (128 + 32) per step.
@@ -36,24 +37,50 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-BATCH, INPUTS, TARGETS, PROMPT = 8, 128, 32, 100
-SIZES = dict(vocab_size=32128, emb_dim=512, num_heads=6, head_dim=64, mlp_dim=1024,
-             num_encoder_layers=8, num_decoder_layers=8, mlp_activations=('gelu', 'linear'),
-             logits_via_embedding=False, relative_attention_num_buckets=32,
-             relative_attention_max_distance=128)  # t5pt's T5Config names
+INPUTS, TARGETS, PROMPT = 128, 32, 100
+SHARED_SIZES = dict(vocab_size=32128, head_dim=64, mlp_activations=('gelu', 'linear'),
+                    logits_via_embedding=False, relative_attention_num_buckets=32,
+                    relative_attention_max_distance=128)  # t5pt's T5Config names
+MODELS = {  # as gin/models/t5_1_1_<size>.gin (Flan-T5 has the same shapes)
+    'small': dict(emb_dim=512, num_heads=6, mlp_dim=1024, num_encoder_layers=8,
+                  num_decoder_layers=8),
+    'base': dict(emb_dim=768, num_heads=12, mlp_dim=2048, num_encoder_layers=12,
+                 num_decoder_layers=12),
+    'large': dict(emb_dim=1024, num_heads=16, mlp_dim=2816, num_encoder_layers=24,
+                  num_decoder_layers=24),
+    'xl': dict(emb_dim=2048, num_heads=32, mlp_dim=5120, num_encoder_layers=24,
+               num_decoder_layers=24),
+}
 WORKERS = ('jax-prompt', 'jax-full', 'torch-prompt', 'torch-full')
 PEER_PACKAGES = ('torch', 'transformers', 'peft')
 
 
-def make_batch(seed: int = 0) -> dict:
+def sizes(model: str) -> dict:
+  """t5pt T5Config architecture fields of one --model."""
+  return {**SHARED_SIZES, **MODELS[model]}
+
+
+def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument('--model', default='small', choices=sorted(MODELS),
+                      help='T5 1.1 / Flan-T5 size')
+  parser.add_argument('--batch', type=int, default=8, help='examples per step')
+
+
+def describe_shapes(args, prompt_note: str) -> str:
+  return (f'T5 1.1-{args.model} shapes {sizes(args.model)}, batch {args.batch}, inputs '
+          f'{INPUTS} (+{PROMPT} prompt positions {prompt_note}), targets {TARGETS}, '
+          f'{args.steps} timed steps, dtype {args.dtype}')
+
+
+def make_batch(batch_size: int, seed: int = 0) -> dict:
   """Random ids in [3, 32000), no padding; decoder inputs are the shifted targets."""
   rng = np.random.default_rng(seed)
-  inputs = rng.integers(3, 32000, (BATCH, INPUTS), dtype=np.int32)
-  targets = rng.integers(3, 32000, (BATCH, TARGETS), dtype=np.int32)
-  shifted = np.concatenate([np.zeros((BATCH, 1), np.int32), targets[:, :-1]], axis=1)
+  inputs = rng.integers(3, 32000, (batch_size, INPUTS), dtype=np.int32)
+  targets = rng.integers(3, 32000, (batch_size, TARGETS), dtype=np.int32)
+  shifted = np.concatenate([np.zeros((batch_size, 1), np.int32), targets[:, :-1]], axis=1)
   return {'encoder_input_tokens': inputs, 'decoder_input_tokens': shifted,
           'decoder_target_tokens': targets,
-          'decoder_loss_weights': np.ones((BATCH, TARGETS), np.float32)}
+          'decoder_loss_weights': np.ones((batch_size, TARGETS), np.float32)}
 
 
 def current_rss_mib() -> float:
@@ -98,7 +125,7 @@ def run_jax(prompt: bool, args) -> dict:
   sys.path.insert(0, str(ROOT))
   from t5pt import models, network, optimizers, partitioning
   base_mib = current_rss_mib()
-  cfg = network.T5Config(**SIZES, dropout_rate=0.0, dtype=args.dtype,
+  cfg = network.T5Config(**sizes(args.model), dropout_rate=0.0, dtype=args.dtype,
                          prompt_length=PROMPT if prompt else 0)
   model = models.EncoderDecoderModel(cfg)
   params = partitioning.flatten(nn.unbox(model.init(jax.random.PRNGKey(0), INPUTS, TARGETS)))
@@ -107,19 +134,19 @@ def run_jax(prompt: bool, args) -> dict:
   trainable = partitioning.unflatten({k: params[k] for k in trainable_paths})
   frozen = partitioning.unflatten({k: params[k] for k in frozen_paths})
   opt = optimizers.adafactor() if prompt else optimizers.adamw(decay_steps=1000)
-  result = jax_measurements(model, opt, trainable, frozen, args.steps, base_mib)
+  result = jax_measurements(model, opt, trainable, frozen, args, base_mib)
   return {**result, 'optimizer': 't5pt adafactor' if prompt else 't5pt adamw'}
 
 
-def jax_measurements(model, opt, trainable, frozen, steps: int, base_mib: float) -> dict:
+def jax_measurements(model, opt, trainable, frozen, args, base_mib: float) -> dict:
   """Timing, memory, trainable-parameter count, last loss, device and version of t5pt's
-  jitted training step on trainable / frozen (nested) parameters."""
+  jitted training step on trainable / frozen (nested) parameters, --batch examples."""
   import jax
-  from t5pt import trainer
+  from t5pt.steps import build_train_step
   opt_state = jax.jit(opt.transform.init)(trainable)
-  train_step = jax.jit(trainer.build_train_step(model, opt.transform, jax.random.PRNGKey(1)),
+  train_step = jax.jit(build_train_step(model, opt.transform, jax.random.PRNGKey(1)),
                        donate_argnums=(0, 1))
-  batch = jax.device_put(make_batch())
+  batch = jax.device_put(make_batch(args.batch))
   count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(trainable))
   index, metrics = 0, None
 
@@ -128,7 +155,8 @@ def jax_measurements(model, opt, trainable, frozen, steps: int, base_mib: float)
     trainable, opt_state, metrics = train_step(trainable, opt_state, frozen, batch, index)
     index += 1
 
-  timing = time_steps(step, lambda: jax.block_until_ready((trainable, metrics)), steps)
+  timing = time_steps(step, lambda: jax.block_until_ready((trainable, metrics)),
+                      args.steps)
   device = jax.devices()[0]
   memory = (cpu_memory(base_mib) if device.platform == 'cpu' else device_memory(
       device.memory_stats()['peak_bytes_in_use'], device.memory_stats()['bytes_in_use']))
@@ -137,15 +165,16 @@ def jax_measurements(model, opt, trainable, frozen, steps: int, base_mib: float)
           'device': device.device_kind, 'version': f'jax {jax.__version__}'}
 
 
-def hf_t5_model():
-  """The peer model: HF T5 with SIZES, untied lm_head at t5pt's init scale."""
+def hf_t5_model(model_size: str):
+  """The peer model: HF T5 of --model's sizes, untied lm_head at t5pt's init scale."""
   import torch
   import transformers
   torch.manual_seed(0)
+  shape = sizes(model_size)
   config = transformers.T5Config(
-      vocab_size=SIZES['vocab_size'], d_model=SIZES['emb_dim'], num_heads=SIZES['num_heads'],
-      d_kv=SIZES['head_dim'], d_ff=SIZES['mlp_dim'], num_layers=SIZES['num_encoder_layers'],
-      num_decoder_layers=SIZES['num_decoder_layers'], feed_forward_proj='gated-gelu',
+      vocab_size=shape['vocab_size'], d_model=shape['emb_dim'], num_heads=shape['num_heads'],
+      d_kv=shape['head_dim'], d_ff=shape['mlp_dim'], num_layers=shape['num_encoder_layers'],
+      num_decoder_layers=shape['num_decoder_layers'], feed_forward_proj='gated-gelu',
       tie_word_embeddings=False, dropout_rate=0.0)
   model = transformers.T5ForConditionalGeneration(config)
   # transformers 5 ties lm_head to the embedding whatever tie_word_embeddings says (it
@@ -153,7 +182,7 @@ def hf_t5_model():
   # at t5pt's init scale so both start near ln(vocab) (HF's own std 1.0 starts near 100).
   model.config.tie_word_embeddings = False
   model.lm_head.weight = torch.nn.Parameter(
-      torch.randn_like(model.shared.weight) * SIZES['emb_dim'] ** -0.5)
+      torch.randn_like(model.shared.weight) * shape['emb_dim'] ** -0.5)
   return model
 
 
@@ -175,7 +204,7 @@ def run_torch(prompt: bool, args) -> dict:
   import torch
   base_mib = current_rss_mib()
   device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-  model = hf_t5_model()
+  model = hf_t5_model(args.model)
   if prompt:
     import peft
     model = peft.get_peft_model(model, peft.PromptTuningConfig(
@@ -188,7 +217,7 @@ def run_torch(prompt: bool, args) -> dict:
     optimizer, name = torch.optim.Adafactor(params), 'torch Adafactor'
   else:
     optimizer, name = torch.optim.AdamW(params, lr=0.3), 'torch AdamW'
-  batch = {k: torch.from_numpy(v).long().to(device) for k, v in make_batch().items()
+  batch = {k: torch.from_numpy(v).long().to(device) for k, v in make_batch(args.batch).items()
            if k != 'decoder_loss_weights'}
   inputs = dict(input_ids=batch['encoder_input_tokens'],
                 attention_mask=torch.ones_like(batch['encoder_input_tokens']),
@@ -214,7 +243,7 @@ def run_worker(name: str, args) -> None:
   result = (run_jax if framework == 'jax' else run_torch)(prompt, args)
   result.update(framework='t5pt' if framework == 'jax' else 'HF+PEFT' if prompt else 'HF',
                 mode=mode, encoder_positions=INPUTS + (PROMPT if prompt else 0),
-                target_length=TARGETS, tokens_per_s=result['steps_per_s'] * BATCH *
+                target_length=TARGETS, tokens_per_s=result['steps_per_s'] * args.batch *
                 (INPUTS + TARGETS))
   print(json.dumps(result), flush=True)
 
@@ -223,7 +252,7 @@ def spawn(name: str, args, script: str = __file__) -> dict | None:
   """Runs one worker of `script` in a fresh interpreter; returns its JSON result, None on
   failure."""
   command = [sys.executable, script, '--worker', name, '--steps', str(args.steps),
-             '--dtype', args.dtype]
+             '--dtype', args.dtype, '--model', args.model, '--batch', str(args.batch)]
   env = {**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3'}
   done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
   lines = [l for l in done.stdout.splitlines() if l.startswith('{')]
@@ -264,6 +293,7 @@ def main() -> int:
   parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
   parser.add_argument('--frameworks', default='jax,torch', help='comma list of jax, torch')
   parser.add_argument('--worker', choices=WORKERS, help=argparse.SUPPRESS)
+  add_shape_arguments(parser)
   args = parser.parse_args()
   if args.worker:
     run_worker(args.worker, args)
@@ -275,9 +305,7 @@ def main() -> int:
     print('peer not installed: pip install -r bench/requirements.txt')
     frameworks.remove('torch')
   selected = [name for name in WORKERS if name.split('-')[0] in frameworks]
-  print(f'T5 1.1-small shapes {SIZES}, batch {BATCH}, inputs {INPUTS} (+{PROMPT} prompt '
-        f'positions in prompt mode), targets {TARGETS}, {args.steps} timed steps, '
-        f'dtype {args.dtype}')
+  print(describe_shapes(args, 'in prompt mode'))
   print('load average before: %.2f %.2f %.2f' % os.getloadavg())
   rows = []
   for name in selected:
