@@ -19,8 +19,9 @@ autocast dtype.
 
 Each (framework, mode) runs in a subprocess of its own (`--worker jax-prompt`, ...) so
 its peak memory is its own: peak RSS (ru_maxrss, which includes XLA compilation) on CPU,
-peak device bytes on GPU. The RSS right after imports (t5pt's trainer imports TensorFlow)
-and after the timed steps is reported too.
+peak device bytes on GPU. The RSS right after imports and after the timed steps is
+reported too. t5pt's side imports only what `t5pt.steps` needs (jax, flax, optax, gin),
+not TensorFlow or seqio, so it also runs on a machine that has only those.
 """
 
 import argparse
