@@ -39,17 +39,14 @@ The RSS after the timed steps is reported too, and for t5pt the bytes of the fro
 """
 
 import argparse
-import importlib.metadata
-import importlib.util
 import json
-import os
 import sys
 
 import numpy as np
 
-from train_step import (INPUTS, PEER_PACKAGES, PROMPT, ROOT, TARGETS, add_shape_arguments,
+from train_step import (INPUTS, PROMPT, ROOT, TARGETS, add_common_arguments, chosen_frameworks,
                         current_rss_mib, describe_shapes, hf_t5_model, jax_measurements,
-                        make_batch, sizes, spawn, torch_measurements)
+                        make_batch, run_workers, sizes, torch_measurements)
 
 PREFIX = 32
 METHODS = ('prompt', 'lora', 'prompt+lora', 'deep-prompt', 'ia3', 'prompt-bf16',
@@ -238,36 +235,22 @@ def print_ratios(rows: list[dict]) -> None:
 
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--steps', type=int, default=5, help='timed steps per measurement')
-  parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
-  parser.add_argument('--frameworks', default='jax,torch', help='comma list of jax, torch')
+  add_common_arguments(parser, default_steps=5)
   parser.add_argument('--methods', default=','.join(METHODS),
                       help=f'comma list of {", ".join(METHODS)}')
   parser.add_argument('--worker', help=argparse.SUPPRESS)
-  add_shape_arguments(parser)
   args = parser.parse_args()
   if args.worker:
     run_worker(args.worker, args)
     return 0
-  frameworks, methods = args.frameworks.split(','), args.methods.split(',')
-  if not set(frameworks) <= {'jax', 'torch'}:
-    parser.error(f'--frameworks takes jax and/or torch, not {args.frameworks!r}')
+  methods = args.methods.split(',')
   if not set(methods) <= set(METHODS):
     parser.error(f'--methods takes {", ".join(METHODS)}, not {args.methods!r}')
-  if 'torch' in frameworks and not all(importlib.util.find_spec(p) for p in PEER_PACKAGES):
-    print('peer not installed: pip install -r bench/requirements.txt')
-    frameworks.remove('torch')
+  frameworks = chosen_frameworks(parser, args)
   selected = [f'{f}:{m}' for f in ('jax', 'torch') if f in frameworks for m in methods
               if f == 'jax' or m in TORCH_METHODS]
   print(describe_shapes(args, 'for prompt methods'))
-  print('load average before: %.2f %.2f %.2f' % os.getloadavg())
-  rows = []
-  for name in selected:
-    print(f'running {name} ...', flush=True)
-    rows += [result] if (result := spawn(name, args, __file__)) else []
-  for r in {r['version']: r for r in rows}.values():
-    print(f"{r['framework']}: {r['version']} on {r['device']} (memory: {r['memory']})")
-  print('load average after: %.2f %.2f %.2f' % os.getloadavg())
+  rows = run_workers(selected, args, __file__)
   print_table(rows)
   print_ratios(rows)
   for r in rows:

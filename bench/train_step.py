@@ -61,10 +61,39 @@ def sizes(model: str) -> dict:
   return {**SHARED_SIZES, **MODELS[model]}
 
 
-def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
+def add_common_arguments(parser: argparse.ArgumentParser, default_steps: int) -> None:
+  """The options both benches take: timing, dtype, frameworks and shapes."""
+  parser.add_argument('--steps', type=int, default=default_steps,
+                      help='timed steps per measurement')
+  parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
+  parser.add_argument('--frameworks', default='jax,torch', help='comma list of jax, torch')
   parser.add_argument('--model', default='small', choices=sorted(MODELS),
                       help='T5 1.1 / Flan-T5 size')
   parser.add_argument('--batch', type=int, default=8, help='examples per step')
+
+
+def chosen_frameworks(parser: argparse.ArgumentParser, args) -> list[str]:
+  """--frameworks, checked, without torch when the peer is not installed."""
+  frameworks = args.frameworks.split(',')
+  if not set(frameworks) <= {'jax', 'torch'}:
+    parser.error(f'--frameworks takes jax and/or torch, not {args.frameworks!r}')
+  if 'torch' in frameworks and not all(importlib.util.find_spec(p) for p in PEER_PACKAGES):
+    print('peer not installed: pip install -r bench/requirements.txt')
+    frameworks.remove('torch')
+  return frameworks
+
+
+def run_workers(names: list[str], args, script: str) -> list[dict]:
+  """Runs each worker of `script` in turn; prints the load and the versions around them."""
+  print('load average before: %.2f %.2f %.2f' % os.getloadavg())
+  rows = []
+  for name in names:
+    print(f'running {name} ...', flush=True)
+    rows += [result] if (result := spawn(name, args, script)) else []
+  for r in {r['version']: r for r in rows}.values():
+    print(f"{r['framework']}: {r['version']} on {r['device']} (memory: {r['memory']})")
+  print('load average after: %.2f %.2f %.2f' % os.getloadavg())
+  return rows
 
 
 def describe_shapes(args, prompt_note: str) -> str:
@@ -249,7 +278,7 @@ def run_worker(name: str, args) -> None:
   print(json.dumps(result), flush=True)
 
 
-def spawn(name: str, args, script: str = __file__) -> dict | None:
+def spawn(name: str, args, script: str) -> dict | None:
   """Runs one worker of `script` in a fresh interpreter; returns its JSON result, None on
   failure."""
   command = [sys.executable, script, '--worker', name, '--steps', str(args.steps),
@@ -290,31 +319,16 @@ def print_ratios(rows: list[dict]) -> None:
 
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--steps', type=int, default=10, help='timed steps per measurement')
-  parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
-  parser.add_argument('--frameworks', default='jax,torch', help='comma list of jax, torch')
+  add_common_arguments(parser, default_steps=10)
   parser.add_argument('--worker', choices=WORKERS, help=argparse.SUPPRESS)
-  add_shape_arguments(parser)
   args = parser.parse_args()
   if args.worker:
     run_worker(args.worker, args)
     return 0
-  frameworks = args.frameworks.split(',')
-  if not set(frameworks) <= {'jax', 'torch'}:
-    parser.error(f'--frameworks takes jax and/or torch, not {args.frameworks!r}')
-  if 'torch' in frameworks and not all(importlib.util.find_spec(p) for p in PEER_PACKAGES):
-    print('peer not installed: pip install -r bench/requirements.txt')
-    frameworks.remove('torch')
+  frameworks = chosen_frameworks(parser, args)
   selected = [name for name in WORKERS if name.split('-')[0] in frameworks]
   print(describe_shapes(args, 'in prompt mode'))
-  print('load average before: %.2f %.2f %.2f' % os.getloadavg())
-  rows = []
-  for name in selected:
-    print(f'running {name} ...', flush=True)
-    rows += [result] if (result := spawn(name, args)) else []
-  for r in {r['version']: r for r in rows}.values():
-    print(f"{r['framework']}: {r['version']} on {r['device']} (memory: {r['memory']})")
-  print('load average after: %.2f %.2f %.2f' % os.getloadavg())
+  rows = run_workers(selected, args, __file__)
   print_table(rows)
   print_ratios(rows)
   return 0 if len(rows) == len(selected) else 1
