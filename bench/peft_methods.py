@@ -46,7 +46,7 @@ import numpy as np
 
 from train_step import (INPUTS, PROMPT, ROOT, TARGETS, add_common_arguments, chosen_frameworks,
                         current_rss_mib, describe_shapes, hf_t5_model, jax_measurements,
-                        make_batch, run_workers, sizes, torch_measurements)
+                        run_workers, sizes, torch_inputs, torch_measurements, torch_train_step)
 
 PREFIX = 32
 METHODS = ('prompt', 'lora', 'prompt+lora', 'deep-prompt', 'ia3', 'prompt-bf16',
@@ -132,12 +132,7 @@ def run_torch(method: str, args) -> dict:
   import torch
   base_mib = current_rss_mib()
   device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-  batch = {k: torch.from_numpy(v).long().to(device) for k, v in make_batch(args.batch).items()
-           if k != 'decoder_loss_weights'}
-  inputs = dict(input_ids=batch['encoder_input_tokens'],
-                attention_mask=torch.ones_like(batch['encoder_input_tokens']),
-                decoder_input_ids=batch['decoder_input_tokens'],
-                labels=batch['decoder_target_tokens'])
+  inputs = torch_inputs(args.batch, device)
   seq2seq, note = peft.TaskType.SEQ_2_SEQ_LM, ''
   token_dim = sizes(args.model)['num_heads'] * sizes(args.model)['head_dim']
   if method == 'prompt':
@@ -170,21 +165,13 @@ def run_torch(method: str, args) -> dict:
         'torch Adafactor'
   else:
     optimizer, name = torch.optim.AdamW(params, lr=0.3), 'torch AdamW'
-  loss = None
-
-  def step():
-    nonlocal loss
-    with torch.autocast(device.type, torch.bfloat16, enabled=args.dtype == 'bfloat16'):
-      loss = model(**inputs).loss
-    loss.backward()
-    if clip:
-      torch.nn.utils.clip_grad_norm_(params, 1.0)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+  losses = []
+  train_step = torch_train_step(model, inputs, optimizer, params, clip, args.dtype)
+  step = lambda: losses.append(train_step())
 
   return {**torch_measurements(step, device, args.steps, base_mib),
           'trainable_params': sum(p.numel() for p in params), 'optimizer': name,
-          'frozen_mib': None, 'frozen_dtype': 'float32', 'loss': float(loss),
+          'frozen_mib': None, 'frozen_dtype': 'float32', 'loss': float(losses[-1]),
           'encoder_positions': INPUTS + (PROMPT if method == 'prompt' else 0), 'note': note}
 
 

@@ -216,6 +216,34 @@ def hf_t5_model(model_size: str):
   return model
 
 
+def torch_inputs(batch_size: int, device) -> dict:
+  """make_batch as keyword arguments of an HF T5 forward pass that returns the loss."""
+  import torch
+  batch = {k: torch.from_numpy(v).long().to(device) for k, v in make_batch(batch_size).items()
+           if k != 'decoder_loss_weights'}
+  return dict(input_ids=batch['encoder_input_tokens'],
+              attention_mask=torch.ones_like(batch['encoder_input_tokens']),
+              decoder_input_ids=batch['decoder_input_tokens'],
+              labels=batch['decoder_target_tokens'])
+
+
+def torch_train_step(model, inputs: dict, optimizer, params, clip: bool, dtype: str):
+  """One eager training step (autocast to bf16 when --dtype asks); returns the loss."""
+  import torch
+  device_type = inputs['input_ids'].device.type
+
+  def step():
+    with torch.autocast(device_type, torch.bfloat16, enabled=dtype == 'bfloat16'):
+      loss = model(**inputs).loss
+    loss.backward()
+    if clip:
+      torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss
+  return step
+
+
 def torch_measurements(step, device, steps: int, base_mib: float) -> dict:
   """Timing, memory, device and versions of a torch training `step`."""
   import torch
@@ -247,21 +275,8 @@ def run_torch(prompt: bool, args) -> dict:
     optimizer, name = torch.optim.Adafactor(params), 'torch Adafactor'
   else:
     optimizer, name = torch.optim.AdamW(params, lr=0.3), 'torch AdamW'
-  batch = {k: torch.from_numpy(v).long().to(device) for k, v in make_batch(args.batch).items()
-           if k != 'decoder_loss_weights'}
-  inputs = dict(input_ids=batch['encoder_input_tokens'],
-                attention_mask=torch.ones_like(batch['encoder_input_tokens']),
-                decoder_input_ids=batch['decoder_input_tokens'],
-                labels=batch['decoder_target_tokens'])
-
-  def step():
-    with torch.autocast(device.type, torch.bfloat16, enabled=args.dtype == 'bfloat16'):
-      loss = model(**inputs).loss
-    loss.backward()
-    if not prompt:
-      torch.nn.utils.clip_grad_norm_(params, 1.0)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+  step = torch_train_step(model, torch_inputs(args.batch, device), optimizer, params,
+                          clip=not prompt, dtype=args.dtype)
 
   return {**torch_measurements(step, device, args.steps, base_mib),
           'trainable_params': sum(p.numel() for p in params), 'optimizer': name}
