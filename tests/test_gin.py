@@ -2,6 +2,7 @@
 
 import glob
 import os
+import sys
 
 import gin
 import pytest
@@ -112,3 +113,14 @@ def test_method_files_layer_over_a_top_level_config(method, trainable, prompt_le
   assert bool(config.lora_rules) == ('lora' in method)
   assert bool(config.ia3_pattern) == (method == 'ia3')
   assert config.prefix_length == (32 if method == 'deep_prompt' else 0)
+
+
+@pytest.mark.parametrize('size', ['small', 'base', 'large', 'xl'])
+def test_bench_shapes_are_the_model_files(size):
+  sys.path.insert(0, os.path.join(REPO, 'bench'))
+  import train_step  # pylint: disable=import-outside-toplevel
+  gin_utils.parse([f'gin/models/t5_1_1_{size}.gin'], [])
+  from_gin = network.T5Config()
+  for field, value in train_step.sizes(size).items():
+    assert getattr(from_gin, field) == value, field
+  assert sorted(train_step.MODELS) == ['base', 'large', 'small', 'xl']
