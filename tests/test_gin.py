@@ -2,7 +2,6 @@
 
 import glob
 import os
-import sys
 
 import gin
 import pytest
@@ -116,8 +115,8 @@ def test_method_files_layer_over_a_top_level_config(method, trainable, prompt_le
 
 
 @pytest.mark.parametrize('size', ['small', 'base', 'large', 'xl'])
-def test_bench_shapes_are_the_model_files(size):
-  sys.path.insert(0, os.path.join(REPO, 'bench'))
+def test_bench_shapes_are_the_model_files(size, monkeypatch):
+  monkeypatch.syspath_prepend(os.path.join(REPO, 'bench'))
   import train_step  # pylint: disable=import-outside-toplevel
   gin_utils.parse([f'gin/models/t5_1_1_{size}.gin'], [])
   from_gin = network.T5Config()
