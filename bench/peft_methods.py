@@ -134,7 +134,6 @@ def run_torch(method: str, args) -> dict:
   device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
   inputs = torch_inputs(args.batch, device)
   seq2seq, note = peft.TaskType.SEQ_2_SEQ_LM, ''
-  token_dim = sizes(args.model)['num_heads'] * sizes(args.model)['head_dim']
   if method == 'prompt':
     config = peft.PromptTuningConfig(task_type=seq2seq, num_virtual_tokens=PROMPT)
   elif method == 'lora':
@@ -149,6 +148,7 @@ def run_torch(method: str, args) -> dict:
       with torch.no_grad():
         peft.get_peft_model(hf_t5_model(args.model), config).to(device)(**inputs)
     except RuntimeError as e:
+      token_dim = sizes(args.model)['num_heads'] * sizes(args.model)['head_dim']
       note = (f'PrefixTuningConfig(num_virtual_tokens={PREFIX}) fails: '
               f'{type(e).__name__}: {str(e).splitlines()[0]}; ran with token_dim='
               f'{token_dim}')
