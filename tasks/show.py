@@ -10,11 +10,18 @@ whether TASK_FEATURE_LENGTHS truncates them once the prompt has taken its positi
 
 from typing import Iterator, Optional, Sequence
 
+from t5pt import logs
+
+if __name__ == '__main__':
+  logs.quiet_cli()  # Before seqio imports TensorFlow.
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import seqio
 from absl import flags
 
 from t5pt import data
 from t5pt import gin_utils
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 FEATURES = ('inputs', 'targets')
 _MODULES = flags.DEFINE_multi_string('module', [], 'Module(s) that register the task.')
