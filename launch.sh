@@ -3,7 +3,8 @@
 #
 #   ./launch.sh                 create .venv if needed, then run the embedded demo
 #   ./launch.sh test [ARGS]     create .venv if needed, then run the test suite (pytest ARGS)
-#   ./launch.sh train ARGS      python -m t5pt.train ARGS  (likewise infer / eval / export / demo)
+#   ./launch.sh train ARGS      python -m t5pt.train ARGS  (likewise infer / eval / export /
+#                               peft_import / demo)
 #
 # The virtual environment is (re)installed whenever a requirements file changes; tests
 # use requirements-test.txt (the runtime + pytest + CPU torch/transformers/peft).
@@ -45,6 +46,6 @@ if [[ "$command" == test ]]; then setup requirements-test.txt; else setup requir
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 case "$command" in
   test) exec "$VENV/bin/python" -m pytest "$@" ;;
-  demo|train|infer|eval|export) exec "$VENV/bin/python" -m "t5pt.$command" "$@" ;;
-  *) echo "usage: ./launch.sh [demo|test|train|infer|eval|export] [ARGS...]" >&2; exit 2 ;;
+  demo|train|infer|eval|export|peft_import) exec "$VENV/bin/python" -m "t5pt.$command" "$@" ;;
+  *) echo "usage: ./launch.sh [demo|test|train|infer|eval|export|peft_import] [ARGS...]" >&2; exit 2 ;;
 esac

@@ -12,7 +12,7 @@ of --model (default small), --batch examples (default 8), 128 input tokens, 32 t
 tokens, random ids, dropout 0, untied logits. tokens/s counts real tokens only:
 batch * (128 + 32) per step.
 
-Methods (t5pt: T5Config fields, TRAINABLE regexes and optimizer as in gin/*.gin):
+Methods (t5pt: T5Config fields and optimizer as in gin/*.gin; what trains follows):
   prompt       prompt_length=100, 'encoder/prompt/prompt', Adafactor (lr 0.3)
   lora         adapters.DEFAULT_LORA_RULES (r 8, alpha 16, attention query and value),
                '.*/lora_[ab]', AdamW (clip 1.0)
@@ -55,27 +55,27 @@ TORCH_METHODS = ('prompt', 'lora', 'deep-prompt', 'ia3')
 
 
 def t5pt_method(method: str):
-  """(T5Config overrides, TRAINABLE regexes, optimizer, frozen dtype) for one method."""
+  """(T5Config overrides, optimizer, frozen dtype) for one method; what trains follows
+  from the overrides (T5Config.tuned_parameters), as in a t5pt run."""
   sys.path.insert(0, str(ROOT))
   from t5pt import adapters, network, optimizers
-  prompt = (dict(prompt_length=PROMPT), [network.PROMPT_PATH])
-  lora = (dict(lora_rules=adapters.DEFAULT_LORA_RULES), ['.*/lora_[ab]'])
+  prompt = dict(prompt_length=PROMPT)
+  lora = dict(lora_rules=adapters.DEFAULT_LORA_RULES)
   adamw = lambda **kw: optimizers.adamw(decay_steps=1000, **kw)
   if method in ('prompt', 'prompt-bf16', 'prompt-int8'):
     extra = dict(int8_kernels=True) if method == 'prompt-int8' else {}
-    return ({**prompt[0], **extra}, prompt[1], optimizers.adafactor(),
+    return ({**prompt, **extra}, optimizers.adafactor(),
             'float32' if method == 'prompt' else 'bfloat16')
   if method == 'lora':
-    return lora[0], lora[1], adamw(), 'float32'
+    return lora, adamw(), 'float32'
   if method == 'prompt+lora':
-    return ({**prompt[0], **lora[0]}, prompt[1] + lora[1], optimizers.by_parameter(
+    return ({**prompt, **lora}, optimizers.by_parameter(
         [(network.PROMPT_PATH, optimizers.adafactor()), ('.*/lora_[ab]', adamw())]),
             'float32')
   if method == 'deep-prompt':
-    return (dict(prefix_length=PREFIX), ['.*/prefix_(key|value)'],
-            adamw(peak_learning_rate=5e-3), 'float32')
+    return dict(prefix_length=PREFIX), adamw(peak_learning_rate=5e-3), 'float32'
   if method == 'ia3':
-    return (dict(ia3_pattern=adapters.DEFAULT_IA3_PATTERN), ['.*/ia3_scale'],
+    return (dict(ia3_pattern=adapters.DEFAULT_IA3_PATTERN),
             optimizers.adafactor(learning_rate=3e-3), 'float32')
   raise ValueError(method)
 
@@ -107,7 +107,7 @@ def run_jax(method: str, args) -> dict:
   sys.path.insert(0, str(ROOT))
   from t5pt import models, network, partitioning
   base_mib = current_rss_mib()
-  overrides, patterns, opt, frozen_dtype = t5pt_method(method)
+  overrides, opt, frozen_dtype = t5pt_method(method)
   cfg = network.T5Config(**sizes(args.model), dropout_rate=0.0, dtype=args.dtype,
                          **overrides)
   model = models.EncoderDecoderModel(cfg)
@@ -115,7 +115,8 @@ def run_jax(method: str, args) -> dict:
   init = lambda m: m.init(jax.random.PRNGKey(0), INPUTS, TARGETS)
   params = partitioning.flatten(nn.unbox(init(float_model)))
   shapes = partitioning.flatten(nn.unbox(jax.eval_shape(lambda: init(model))))
-  trainable_paths, frozen_paths = partitioning.split_trainable(list(shapes), patterns)
+  trainable_paths, frozen_paths = partitioning.split_trainable(list(shapes),
+                                                               cfg.tuned_parameters())
   trainable = partitioning.unflatten({k: params[k] for k in trainable_paths})
   frozen = frozen_tree(params, shapes, frozen_paths, frozen_dtype)
   del params  # the float init, where the frozen tree is a cast or quantised copy

@@ -1,5 +1,5 @@
 """Parameter-efficient adapters: LoRA and IA3 on the dense kernels, and the leaf names of
-deep prompts (per-layer key/value prefixes, built in network.MultiHeadAttention).
+deep prompts (per-layer key/value prefixes, built in layers.MultiHeadAttention).
 
 Which kernels get an adapter is decided by regexes over parameter paths (full match),
 e.g. 'encoder/layers_0/attention/query/kernel'; what is *trained* is still decided by

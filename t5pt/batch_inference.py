@@ -16,19 +16,18 @@ never half-written.
 import dataclasses
 import functools
 import json
-import os
-import shutil
+import posixpath
 from typing import Iterator, Mapping, Optional, Sequence
 
 import gin
 import jax
 import numpy as np
 import seqio
-import tensorflow as tf
 import tqdm
 
 from t5pt import data
 from t5pt import errors
+from t5pt import fs
 from t5pt import inference
 from t5pt import models
 from t5pt import partitioning
@@ -75,30 +74,28 @@ def _text(example, feature: str, provider) -> str:
 
 def file_source(path: str, vocabulary: seqio.Vocabulary, input_length: int) -> Source:
   """A .txt (one input per line) or .jsonl ({"inputs": ..., "targets": ...}) file."""
-  if not tf.io.gfile.exists(path):
+  if not fs.exists(path):
     raise UserError(f'INPUT_FILE={path!r} does not exist.')
   examples = []
-  with tf.io.gfile.GFile(path) as f:
-    for number, line in enumerate(f, start=1):
-      line = line.rstrip('\n')
-      if not line.strip():
-        continue
-      if path.endswith('.jsonl'):
-        try:
-          record = json.loads(line)
-        except ValueError as e:
-          raise UserError(f'{path}:{number}: not a JSON object ({e}).') from e
-        if not isinstance(record, dict) or not isinstance(record.get('inputs'), str):
-          raise UserError(f'{path}:{number}: expected an object with a string "inputs" '
-                          f'field, got {line[:80]!r}.')
-        example = {'inputs': record['inputs']}
-        if isinstance(record.get('targets'), str):
-          example['targets'] = record['targets']
-      else:
-        example = {'inputs': line}
-      ids = list(vocabulary.encode(example['inputs']))[:input_length - 1]
-      examples.append({**example, 'tokens': ids + [inference.EOS_ID]})
-  stem, extension = os.path.splitext(os.path.basename(path))
+  for number, line in enumerate(fs.read_text(path).splitlines(), start=1):
+    if not line.strip():
+      continue
+    if path.endswith('.jsonl'):
+      try:
+        record = json.loads(line)
+      except ValueError as e:
+        raise UserError(f'{path}:{number}: not a JSON object ({e}).') from e
+      if not isinstance(record, dict) or not isinstance(record.get('inputs'), str):
+        raise UserError(f'{path}:{number}: expected an object with a string "inputs" '
+                        f'field, got {line[:80]!r}.')
+      example = {'inputs': record['inputs']}
+      if isinstance(record.get('targets'), str):
+        example['targets'] = record['targets']
+    else:
+      example = {'inputs': line}
+    ids = list(vocabulary.encode(example['inputs']))[:input_length - 1]
+    examples.append({**example, 'tokens': ids + [inference.EOS_ID]})
+  stem, extension = posixpath.splitext(posixpath.basename(path))
   return Source(f'{stem}-{extension.lstrip(".")}', examples, vocabulary)
 
 
@@ -106,42 +103,32 @@ class ChunkedOutput:
   """Results written as numbered chunk files, joined into one JSONL at the end."""
 
   def __init__(self, output_dir: str, name: str, settings: Mapping):
-    self.final_path = os.path.join(output_dir, f'{name}.jsonl')
+    self.final_path = fs.join(output_dir, f'{name}.jsonl')
     self.parts_dir = self.final_path + '.parts'
-    settings_file = os.path.join(self.parts_dir, 'settings.json')
-    if tf.io.gfile.exists(settings_file):
-      with tf.io.gfile.GFile(settings_file) as f:
-        previous = json.load(f)
+    settings_file = fs.join(self.parts_dir, 'settings.json')
+    if fs.exists(settings_file):
+      previous = json.loads(fs.read_text(settings_file))
       if previous != json.loads(json.dumps(settings)):
         raise UserError(f'{self.parts_dir} holds a partial run with other settings '
                         f'({previous}); delete it or choose another INFER_OUTPUT_DIR.')
     else:
-      tf.io.gfile.makedirs(self.parts_dir)
-      _write_atomically(settings_file, json.dumps(settings, sort_keys=True))
+      fs.write_text(settings_file, json.dumps(settings, sort_keys=True))
+
+  def _chunk(self, index: int) -> str:
+    return fs.join(self.parts_dir, f'chunk-{index:05d}.jsonl')
 
   def completed_chunks(self) -> int:
-    names = tf.io.gfile.glob(os.path.join(self.parts_dir, 'chunk-*.jsonl'))
-    done = sorted(int(os.path.basename(n)[6:11]) for n in names)
+    done = sorted(int(posixpath.basename(n)[6:11])
+                  for n in fs.glob(self.parts_dir, 'chunk-*.jsonl'))
     return next((i for i, n in enumerate(done) if i != n), len(done))
 
   def write_chunk(self, index: int, lines: Sequence[dict]) -> None:
-    _write_atomically(os.path.join(self.parts_dir, f'chunk-{index:05d}.jsonl'),
-                      ''.join(json.dumps(l) + '\n' for l in lines))
+    fs.write_text(self._chunk(index), ''.join(json.dumps(l) + '\n' for l in lines))
 
   def finish(self, num_chunks: int) -> None:
-    tmp = self.final_path + '.tmp'
-    with tf.io.gfile.GFile(tmp, 'w') as out:
-      for i in range(num_chunks):
-        with tf.io.gfile.GFile(os.path.join(self.parts_dir, f'chunk-{i:05d}.jsonl')) as f:
-          out.write(f.read())
-    tf.io.gfile.rename(tmp, self.final_path, overwrite=True)
-    shutil.rmtree(self.parts_dir, ignore_errors=True)
-
-
-def _write_atomically(path: str, text: str) -> None:
-  with tf.io.gfile.GFile(path + '.tmp', 'w') as f:
-    f.write(text)
-  tf.io.gfile.rename(path + '.tmp', path, overwrite=True)
+    fs.write_text(self.final_path,
+                  ''.join(fs.read_text(self._chunk(i)) for i in range(num_chunks)))
+    fs.remove(self.parts_dir)
 
 
 def _batches(examples: Sequence[Example], batch_size: int, input_length: int
@@ -178,7 +165,7 @@ def _until_eos(tokens) -> list[int]:
   return out
 
 
-@gin.configurable(module='infer')
+@gin.configurable(module='batch_inference')
 def infer(*,
           checkpoint_path: str = gin.REQUIRED,
           output_dir: str = gin.REQUIRED,
@@ -226,8 +213,8 @@ def infer(*,
               'batch_size': batch_size, 'chunk_batches': chunk_batches,
               'decode': dataclasses.asdict(decode), 'lengths': dict(lengths),
               'num_examples': len(source.examples)}
-  final_path = os.path.join(output_dir, f'{source.name}.jsonl')
-  if tf.io.gfile.exists(final_path):
+  final_path = fs.join(output_dir, f'{source.name}.jsonl')
+  if fs.exists(final_path):
     tqdm.tqdm.write(f'{final_path} is already complete; delete it to decode again.')
     return final_path
   output = ChunkedOutput(output_dir, source.name, settings)

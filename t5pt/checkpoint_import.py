@@ -14,7 +14,7 @@ each tensor, casts it and places it on its target sharding one at a time, so hos
 never holds the model twice.
 """
 
-import json
+import io
 import os
 import re
 from typing import Mapping, Optional
@@ -29,6 +29,7 @@ import tqdm
 from etils import epath
 
 from t5pt import checkpoints
+from t5pt import fs
 from t5pt import hf_format
 from t5pt import models
 from t5pt import network
@@ -143,10 +144,9 @@ class HFCheckpoint(BaseCheckpoint):
 
   def __init__(self, path: str):
     super().__init__(path)
-    config_file = os.path.join(path, 'config.json')
+    config_file = fs.join(path, 'config.json')
     try:
-      with open(config_file) as f:
-        self.hf_config = json.load(f)
+      self.hf_config = fs.read_json(config_file)
       self._architecture = hf_format.architecture_from_hf(self.hf_config, config_file)
     except (ValueError, KeyError) as e:
       raise UserError(f'{config_file} is not a usable T5 config.json ({e!r}).') from e
@@ -194,18 +194,17 @@ class _TorchTensors:
 
 def _pytorch_bin_files(folder: str) -> list[str]:
   """pytorch_model.bin, or the shards named by pytorch_model.bin.index.json."""
-  index = os.path.join(folder, 'pytorch_model.bin.index.json')
-  if os.path.exists(index):
-    with open(index) as f:
-      return [os.path.join(folder, name)
-              for name in sorted(set(json.load(f)['weight_map'].values()))]
-  single = os.path.join(folder, 'pytorch_model.bin')
-  return [single] if os.path.exists(single) else []
+  index = fs.join(folder, 'pytorch_model.bin.index.json')
+  if fs.exists(index):
+    return [fs.join(folder, name)
+            for name in sorted(set(fs.read_json(index)['weight_map'].values()))]
+  single = fs.join(folder, 'pytorch_model.bin')
+  return [single] if fs.exists(single) else []
 
 
 def _open_hf_tensors(folder: str) -> dict:
   """{HF key: reader with .shape(key) / .read(key)} for the folder's weight files."""
-  if any(os.path.exists(os.path.join(folder, f)) for f in
+  if any(fs.exists(fs.join(folder, f)) for f in
          (safetensors_io.SINGLE_FILE, safetensors_io.INDEX_FILE)):
     return safetensors_io.open_folder(folder)
   bin_files = _pytorch_bin_files(folder)
@@ -219,8 +218,12 @@ def _open_hf_tensors(folder: str) -> dict:
                       'T5ForConditionalGeneration.from_pretrained(d).save_pretrained(d2).'
                       ) from e
     tensors = {}
-    for bin_file in bin_files:  # mmap: a tensor's bytes are read when it is used.
-      reader = _TorchTensors(torch.load(bin_file, map_location='cpu', mmap=True,
+    for bin_file in bin_files:
+      # Local files are memory-mapped: a tensor's bytes are read when it is used. A
+      # remote file cannot be, so its tensors are read whole into host memory.
+      remote = fs.is_remote(bin_file)
+      source = io.BytesIO(fs.read_bytes(bin_file)) if remote else bin_file
+      reader = _TorchTensors(torch.load(source, map_location='cpu', mmap=not remote,
                                         weights_only=True))
       tensors.update({key: reader for key in reader.keys()})
     return tensors
@@ -297,7 +300,7 @@ def _newest_step_dir(path: epath.Path) -> Optional[epath.Path]:
 
 def open_checkpoint(path: str) -> BaseCheckpoint:
   """Detects the format of `path` (see module docstring) and opens it lazily."""
-  p = epath.Path(path)
+  p = fs.path(path)
   if not p.exists():
     raise UserError(f'INITIAL_CHECKPOINT_PATH={path!r} does not exist. Point it at an HF '
                     'folder (config.json + model.safetensors), a T5X checkpoint_<step> '

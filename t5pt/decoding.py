@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 State = Any
 StepFn = Callable[[jax.Array, jax.Array, State], tuple[jax.Array, State]]
-NEG_INF = -1.0e7
+NEG_INF = -1.0e10  # A logit no token can win with; also the attention mask (network).
 PAD_ID = 0
 
 

@@ -9,7 +9,6 @@ must learn to stand in for one. Both stages are ordinary `t5pt.train` runs of th
 files in gin/demo/ and gin/t5_1_1_tiny_prompt.gin; the demo only chains them.
 """
 
-import os
 import time
 
 import gin
@@ -17,8 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from t5pt import gin_utils
 from t5pt import batch_inference
+from t5pt import fs
+from t5pt import gin_utils
 from t5pt import inference
 from t5pt import models
 from t5pt import trained_model
@@ -53,7 +53,7 @@ def _accuracy_line(name: str, metrics: dict, decoded: dict) -> str:
 def _show_predictions(prompt_dir: str, count: int) -> None:
   """Greedy-decodes the first held-out validation examples with the trained prompt."""
   loaded = trained_model.load(prompt_dir)
-  lengths = loaded.run.meta['task_feature_lengths']
+  lengths = loaded.run.meta.task_feature_lengths
   input_length = lengths['inputs'] - loaded.config.prompt_length
   source = batch_inference.task_source(HELDOUT_TASK, 'validation', input_length)
   examples = source.examples[:count]
@@ -71,9 +71,9 @@ def _show_predictions(prompt_dir: str, count: int) -> None:
 
 
 def demo() -> None:
-  run_dir = os.path.abspath(_RUN_DIR.value or
-                            os.path.join('runs', time.strftime('demo-%Y%m%d-%H%M%S')))
-  base_dir, prompt_dir = os.path.join(run_dir, 'base'), os.path.join(run_dir, 'prompt')
+  run_dir = fs.absolute(_RUN_DIR.value or
+                        fs.join('runs', time.strftime('demo-%Y%m%d-%H%M%S')))
+  base_dir, prompt_dir = fs.join(run_dir, 'base'), fs.join(run_dir, 'prompt')
   print(f'[1/2] Training the tiny base model on the synthetic instruction mixture '
         f'-> {base_dir}', flush=True)
   base = _run_stage('gin/demo/base_tiny.gin',

@@ -4,25 +4,30 @@ Entry point: python -m t5pt.eval (t5pt/eval.py).
 
 Runs the task's predict metrics (accuracy, F1, exact match, ROUGE, BLEU: whatever the task
 declares in `metric_fns`) on decodes and its score metrics on target log-likelihoods, and
-writes `<task>-metrics.jsonl` and TensorBoard events to EVAL_OUTPUT_DIR through seqio's
-loggers. The trainer runs the same InferenceEvaluator every EVAL_PERIOD steps.
+writes `<task>-metrics.jsonl`, `<task>-<step>.jsonl` (each example's prediction) and
+TensorBoard events to EVAL_OUTPUT_DIR (local or gs://). During training, RunEvaluator runs
+the teacher-forced metrics and the same InferenceEvaluator every EVAL_PERIOD steps.
 """
 
 import functools
-from typing import Mapping, Optional, Sequence
+import json
+from typing import Any, Mapping, Optional, Sequence
 
 import gin
 import jax
+import jax.numpy as jnp
 import numpy as np
 import seqio
-import tensorflow as tf
 import tqdm
 
 from t5pt import data
 from t5pt import errors
+from t5pt import fs
 from t5pt import inference
+from t5pt import metrics_log
 from t5pt import models
 from t5pt import partitioning
+from t5pt import steps
 from t5pt import trained_model
 from t5pt.errors import UserError
 
@@ -34,9 +39,9 @@ class InferenceEvaluator:
                mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
                split: str = 'validation', use_cached: bool = False,
                decode: inference.DecodeConfig = inference.DecodeConfig(),
-               log_dir: Optional[str] = None,
-               loggers: Sequence[type] = (seqio.JSONLogger, seqio.TensorBoardLogger),
+               log_dir: Optional[str] = None, tensorboard: bool = True,
                num_examples: Optional[int] = None):
+    """Writes its results into `log_dir` when given (see OutputLogger)."""
     data.get_provider(mixture_or_task_name)  # A clear error for unknown names.
     self._evaluator = seqio.Evaluator(
         mixture_or_task_name=mixture_or_task_name,
@@ -44,8 +49,9 @@ class InferenceEvaluator:
         eval_split=split, use_cached=use_cached,
         sequence_length=data.converter_lengths(task_feature_lengths,
                                                model.config.prompt_length),
-        num_examples=num_examples, logger_cls=loggers if log_dir else (),
-        log_dir=log_dir)
+        num_examples=num_examples, log_dir=log_dir,
+        logger_cls=[functools.partial(OutputLogger, tensorboard=tensorboard)] if log_dir
+        else ())
     self._batch_size = batch_size
     self._sharding = partitioning.batch_sharding(mesh)
     # Compiled once here, then reused at every evaluation of a training run.
@@ -77,6 +83,99 @@ class InferenceEvaluator:
                                           predict_fn=predict_fn, score_fn=score_fn)
     return {task: {name: _scalar(value) for name, value in task_metrics.items()}
             for task, task_metrics in metrics.result().items()}
+
+
+class OutputLogger(seqio.Logger):
+  """seqio's results through t5pt.fs: `<task>-metrics.jsonl` (a line per evaluation),
+  `<task>-<step>.jsonl` (inputs, target and prediction per example) and TensorBoard
+  scalars in `<task>/` (unless `tensorboard` is off: training logs them itself)."""
+
+  def __init__(self, output_dir: str, tensorboard: bool = True):
+    super().__init__(output_dir)
+    self._tensorboard = tensorboard
+
+  def __call__(self, task_name: str, step: Optional[int],
+               metrics: Mapping[str, seqio.metrics.MetricValue], dataset,
+               inferences: Optional[Mapping[str, Sequence[Any]]],
+               targets: Optional[Sequence[Any]]) -> None:
+    if jax.process_index() != 0:
+      return
+    step = step or 0
+    scalars = {name: _scalar(value) for name, value in metrics.items()
+               if isinstance(value, (seqio.metrics.Scalar, int, float))}
+    metrics_log.JsonLines(fs.join(self.output_dir, f'{task_name}-metrics.jsonl')).append(
+        {'step': step, **scalars})
+    if self._tensorboard:
+      metrics_log.EventFile(fs.join(self.output_dir, task_name)).write(step, scalars)
+    if dataset is None or not inferences or not targets:
+      return
+    lines = []
+    for example, target, prediction in zip(dataset.as_numpy_iterator(), targets,
+                                           inferences.get('predictions', ())):
+      raw = example.get('inputs_pretokenized', b'')
+      lines.append(json.dumps({
+          'inputs': raw.decode() if isinstance(raw, bytes) else str(raw),
+          'target': _jsonable(target), 'prediction': _jsonable(prediction)}) + '\n')
+    fs.write_text(fs.join(self.output_dir, f'{task_name}-{step:06d}.jsonl'), ''.join(lines))
+
+
+def _jsonable(value):
+  if isinstance(value, bytes):
+    return value.decode()
+  if isinstance(value, np.ndarray):
+    return value.tolist()
+  return value if isinstance(value, (str, int, float, bool, list, dict)) else str(value)
+
+
+class RunEvaluator:
+  """A training run's evaluation on its eval split: teacher-forced loss and accuracies
+  and, when the task declares metric_fns, decoded metrics from InferenceEvaluator; both
+  logged to the run's metrics, the decodes to MODEL_DIR/inference_eval/ as t5x does."""
+
+  def __init__(self, setup, log: metrics_log.MetricsLog):
+    """`setup`: a run_setup.RunSetup."""
+    config = setup.config
+    self._setup, self._log = setup, log
+    self._eval_step = jax.jit(steps.build_eval_step(setup.model))
+    self._decoded = None
+    if config.infer_eval and config.eval_split:
+      decoded = InferenceEvaluator(
+          setup.model, setup.mesh, config.batch_size, config.mixture_or_task_name,
+          config.task_feature_lengths, config.eval_split, config.use_cached_tasks,
+          log_dir=fs.join(config.model_dir, 'inference_eval'), tensorboard=False)
+      self._decoded = decoded if decoded.has_metrics else None
+
+  def evaluate(self, step: int, params, suffix: str = '') -> dict:
+    """{'eval<suffix>': metrics, 'infer_eval<suffix>': {task: metrics}} for the trainable
+    `params` at `step`; empty without an eval split."""
+    setup = self._setup
+    if setup.eval_ds is None:
+      return {}
+    sums = None
+    for batch in data.iterate_batches(setup.eval_ds, setup.host_batch_size,
+                                      drop_remainder=False):
+      m = self._eval_step(params, setup.frozen_tree, setup.to_device(batch))
+      sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
+    teacher_forced = models.summarize(jax.device_get(sums))
+    self._log.write('eval', step, teacher_forced)
+    _say(f'eval @ step {step}: ' +
+         ', '.join(f'{k}={v:.4f}' for k, v in teacher_forced.items()))
+    results = {'eval' + suffix: teacher_forced}
+    if self._decoded:
+      decoded = self._decoded.evaluate(steps.combine(setup.frozen_tree, params), step)
+      flat = {(f'{task}/{name}' if len(decoded) > 1 else name): value
+              for task, values in decoded.items() for name, value in values.items()}
+      self._log.write('infer_eval', step, flat)
+      _say(f'decoded eval @ step {step}: ' +
+           ', '.join(f'{k}={v:.4f}' for k, v in flat.items()))
+      results['infer_eval' + suffix] = decoded
+    return results
+
+
+def _say(message: str) -> None:
+  """Prints above the progress bar (process 0 only)."""
+  if jax.process_index() == 0:
+    tqdm.tqdm.write(message)
 
 
 def _scalar(value) -> float:
@@ -136,7 +235,7 @@ def evaluate(*,
   if not evaluator.has_metrics:
     raise UserError(f'{task!r} declares no metric_fns, so there is nothing to evaluate; '
                     'use ./infer.sh to decode it.')
-  tf.io.gfile.makedirs(output_dir)
+  fs.makedirs(output_dir)
   step = loaded.run.step if loaded.run else 0
   results = evaluator.evaluate(loaded.params, step)
   for name, values in results.items():

@@ -23,24 +23,24 @@ r"""Exports a trained run for use outside t5pt.
 
 The base is the run's INITIAL_CHECKPOINT_PATH (recorded in each checkpoint) unless --base
 is given; it is read one tensor at a time, so exporting an 11B model needs host memory for
-one shard (--max_shard_size), not the model. Outputs appear atomically: a folder is built
-next to its destination and renamed into place once complete.
+one shard (--max_shard_size) and its serialised bytes, not the model. Every output may be
+local or a gs:// URI (t5pt.fs). Outputs appear atomically: on local disk a folder is built
+next to its destination and renamed into place once complete; on an object store it is
+complete once its marker, the file written last, exists (t5pt_export.json in --hf_dir,
+adapter_config.json in --peft_dir).
 """
 
 import collections
 import contextlib
-import json
-import os
-import shutil
-import tempfile
+import io
 from typing import Iterator, Mapping
 
 import numpy as np
 from absl import flags
-from safetensors.numpy import save_file
 
 from t5pt import adapters
 from t5pt import checkpoint_import
+from t5pt import fs
 from t5pt import gin_utils
 from t5pt import hf_format
 from t5pt import network
@@ -50,36 +50,44 @@ from t5pt.errors import UserError
 
 TOKENIZER_FILES = ('spiece.model', 'tokenizer.json', 'tokenizer_config.json',
                    'special_tokens_map.json')
+HF_MARKER = 't5pt_export.json'  # Written last into --hf_dir.
+PEFT_MARKER = 'adapter_config.json'  # Written last into --peft_dir.
 
+
+def _refuse_existing(path: str, overwrite: bool) -> None:
+  if fs.exists(path) and not overwrite:
+    raise UserError(f'{path} already exists; choose a new output path or pass --overwrite.')
 
 
 @contextlib.contextmanager
-def atomic_output_dir(path: str, overwrite: bool) -> Iterator[str]:
-  """Yields a scratch folder that becomes `path` only if the block completes."""
-  if os.path.exists(path) and not overwrite:
-    raise UserError(f'{path} already exists; choose a new output path or pass --overwrite.')
-  parent = os.path.dirname(os.path.abspath(path))
-  os.makedirs(parent, exist_ok=True)
-  scratch = tempfile.mkdtemp(prefix=f'.{os.path.basename(path)}.partial-', dir=parent)
-  try:
+def atomic_output_dir(path: str, overwrite: bool, marker: str) -> Iterator[str]:
+  """Yields a folder to write into that becomes `path` only if the block completes; the
+  block writes `marker` last (see fs.atomic_directory). An existing `path` is refused
+  unless `overwrite`, and then replaced."""
+  _refuse_existing(path, overwrite)
+  if fs.is_remote(path):
+    # Written in place there, so stale files (or the old marker) must not stay; locally
+    # the old folder stays until the new one replaces it.
+    fs.remove(path)
+  with fs.atomic_directory(path, marker=marker) as scratch:
     yield scratch
-  except BaseException:
-    shutil.rmtree(scratch, ignore_errors=True)
-    raise
-  if os.path.exists(path):
-    shutil.rmtree(path)
-  os.rename(scratch, path)
 
 
 def export_prompt(prompt: np.ndarray, path: str, overwrite: bool = False) -> None:
   """Saves the prompt [P, d_model] as float32 .npy, atomically."""
-  if os.path.exists(path) and not overwrite:
-    raise UserError(f'{path} already exists; choose a new output path or pass --overwrite.')
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f'{path}.partial'
-  with open(tmp, 'wb') as f:
-    np.save(f, np.asarray(prompt, np.float32))
-  os.replace(tmp, path)
+  _refuse_existing(path, overwrite)
+  buffer = io.BytesIO()
+  np.save(buffer, np.asarray(prompt, np.float32))
+  fs.write_bytes(path, buffer.getvalue())
+
+
+def _hf_sizes(base: checkpoint_import.BaseCheckpoint, config: network.T5Config,
+              trained: Mapping[str, np.ndarray]) -> dict[str, int]:
+  """{HF key: bytes} of what _hf_tensors yields, in its order, from shapes alone."""
+  shapes = base.shapes()
+  return {key: 4 * int(np.prod(trained[path].shape if path in trained else shapes[path],
+                               dtype=np.int64))
+          for path, key in hf_format.parameter_names(config).items()}
 
 
 def _hf_tensors(base: checkpoint_import.BaseCheckpoint, config: network.T5Config,
@@ -88,7 +96,8 @@ def _hf_tensors(base: checkpoint_import.BaseCheckpoint, config: network.T5Config
   adapters merged into their kernels."""
   for path, key in hf_format.parameter_names(config).items():
     value = trained[path] if path in trained else base.read(path)
-    value = _merge_adapters(path, np.asarray(value, np.float32), trained, config.adapters)
+    value = np.asarray(_merge_adapters(path, np.asarray(value, np.float32), trained,
+                                       config.adapters), np.float32)
     yield key, value.T if hf_format.needs_transpose(path) else value
 
 
@@ -117,20 +126,21 @@ def export_hf(run: trained_model.TrainedRun, out_dir: str, base_path: str,
   if unmergeable:
     raise UserError(f'{run.model_dir} trained {unmergeable}, which a transformers T5 has no '
                     'place for.')
-  with atomic_output_dir(out_dir, overwrite) as scratch:
-    files = safetensors_io.write_sharded(scratch, _hf_tensors(base, config, run.params),
-                                         max_shard_bytes)
-    _write_json(os.path.join(scratch, 'config.json'), hf_format.hf_config(config))
-    _write_json(os.path.join(scratch, 'generation_config.json'),
-                {'decoder_start_token_id': 0, 'eos_token_id': 1, 'pad_token_id': 0})
+  with atomic_output_dir(out_dir, overwrite, HF_MARKER) as scratch:
+    files = safetensors_io.write_sharded(
+        scratch, _hf_sizes(base, config, run.params),
+        _hf_tensors(base, config, run.params), max_shard_bytes)
+    fs.write_json(fs.join(scratch, 'config.json'), hf_format.hf_config(config))
+    fs.write_json(fs.join(scratch, 'generation_config.json'),
+                  {'decoder_start_token_id': 0, 'eos_token_id': 1, 'pad_token_id': 0})
     if isinstance(base, checkpoint_import.HFCheckpoint):
       for name in TOKENIZER_FILES:
-        if os.path.exists(os.path.join(base_path, name)):
-          shutil.copy(os.path.join(base_path, name), scratch)
+        if fs.exists(fs.join(base_path, name)):
+          fs.write_bytes(fs.join(scratch, name), fs.read_bytes(fs.join(base_path, name)))
     if run.prompt is not None:
-      export_prompt(run.prompt, os.path.join(scratch, 'prompt.npy'))
-    _write_json(os.path.join(scratch, 't5pt_export.json'), {
-        'model_dir': os.path.abspath(run.model_dir), 'step': run.step, 'base': base_path,
+      export_prompt(run.prompt, fs.join(scratch, 'prompt.npy'))
+    fs.write_json(fs.join(scratch, HF_MARKER), {
+        'model_dir': fs.absolute(run.model_dir), 'step': run.step, 'base': base_path,
         'merged': sorted(k for k in run.params if k in names or adapters.is_adapter(k)),
         'prompt_length': 0 if run.prompt is None else int(run.prompt.shape[0])})
   return files
@@ -193,13 +203,12 @@ def export_peft_lora(run: trained_model.TrainedRun, out_dir: str, base_name: str
       tensors[f'base_model.model.{name}.{peft_leaf}.weight'] = np.ascontiguousarray(
           np.asarray(run.params[prefix + leaf], np.float32).T)
     rules[name] = (rule.rank, _json_number(rule.alpha))
-  with atomic_output_dir(out_dir, overwrite) as scratch:
-    save_file(tensors, os.path.join(scratch, 'adapter_model.safetensors'),
-              metadata={'format': 'pt'})
-    _write_json(os.path.join(scratch, 'adapter_config.json'),
-                _lora_adapter_config(rules, config.lora_dropout, base_name))
+  with atomic_output_dir(out_dir, overwrite, PEFT_MARKER) as scratch:
+    safetensors_io.write_file(fs.join(scratch, 'adapter_model.safetensors'), tensors)
     if run.prompt is not None:
-      export_prompt(run.prompt, os.path.join(scratch, 'prompt.npy'))
+      export_prompt(run.prompt, fs.join(scratch, 'prompt.npy'))
+    fs.write_json(fs.join(scratch, PEFT_MARKER),
+                  _lora_adapter_config(rules, config.lora_dropout, base_name))
 
 
 def _lora_adapter_config(rules: Mapping[str, tuple[int, float]], dropout: float,
@@ -231,10 +240,10 @@ def export_peft_prompt(run: trained_model.TrainedRun, out_dir: str, base_name: s
     raise UserError(f'{run.model_dir} trained no soft prompt ({network.PROMPT_PATH}).')
   config = run.network_config()
   length, dim = run.prompt.shape
-  with atomic_output_dir(out_dir, overwrite) as scratch:
-    save_file({'prompt_embeddings': np.asarray(run.prompt, np.float32)},
-              os.path.join(scratch, 'adapter_model.safetensors'), metadata={'format': 'pt'})
-    _write_json(os.path.join(scratch, 'adapter_config.json'), {
+  with atomic_output_dir(out_dir, overwrite, PEFT_MARKER) as scratch:
+    safetensors_io.write_file(fs.join(scratch, 'adapter_model.safetensors'),
+                              {'prompt_embeddings': np.asarray(run.prompt, np.float32)})
+    fs.write_json(fs.join(scratch, PEFT_MARKER), {
         'peft_type': 'PROMPT_TUNING', 'task_type': 'SEQ_2_SEQ_LM',
         'num_virtual_tokens': int(length), 'token_dim': int(dim),
         'num_transformer_submodules': 1, 'num_attention_heads': config.num_heads,
@@ -251,11 +260,6 @@ def parse_size(text: str) -> int:
       except ValueError:
         break
   raise UserError(f'--max_shard_size={text!r}: expected a size such as 500MB or 2GB.')
-
-
-def _write_json(path: str, value) -> None:
-  with open(path, 'w') as f:
-    json.dump(value, f, indent=2, sort_keys=True)
 
 
 def _export_from_flags() -> None:

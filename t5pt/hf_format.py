@@ -13,7 +13,7 @@ from t5pt import network
 from t5pt.errors import UserError
 
 
-# HF activation name -> flax.linen activation used by network.MlpBlock. HF 'gelu' is the
+# HF activation name -> flax.linen activation used by layers.MlpBlock. HF 'gelu' is the
 # exact erf GELU, which T5 never used; 'gated-gelu' means the tanh approximation.
 _FROM_HF_ACTIVATION = {'gelu_new': 'gelu', 'gelu_pytorch_tanh': 'gelu', 'relu': 'relu',
                        'silu': 'silu', 'swish': 'silu'}

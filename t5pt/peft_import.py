@@ -20,22 +20,19 @@ optimizer state, and the trainer refuses a MODEL_DIR whose newest checkpoint is 
 
 import collections
 import dataclasses
-import json
+import io
 import math
-import os
 import re
 from typing import Mapping, Optional
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import flags
-from etils import epath
 
 from t5pt import adapters
 from t5pt import checkpoint_import
 from t5pt import checkpoints
-from t5pt import export
+from t5pt import fs
 from t5pt import gin_utils
 from t5pt import hf_format
 from t5pt import network
@@ -64,32 +61,32 @@ _WEIGHT_KEY = re.compile(r'base_model\.model\.(?P<module>.+)\.lora_(?P<side>[AB]
 
 def read_adapter(peft_dir: str) -> tuple[dict, dict[str, np.ndarray]]:
   """(adapter_config.json as a dict, {PEFT key: array}) of the adapter in `peft_dir`."""
-  config_file = os.path.join(peft_dir, CONFIG_FILE)
-  if not os.path.exists(config_file):
+  config_file = fs.join(peft_dir, CONFIG_FILE)
+  if not fs.exists(config_file):
     raise UserError(f'{config_file} does not exist: --peft_dir should be a folder written '
                     f"by peft's save_pretrained ({CONFIG_FILE} + {SAFETENSORS_FILE}).")
   try:
-    with open(config_file) as f:
-      config = json.load(f)
+    config = fs.read_json(config_file)
   except ValueError as e:
     raise UserError(f'{config_file} is not valid JSON ({e}).') from e
   return config, _read_weights(peft_dir)
 
 
 def _read_weights(peft_dir: str) -> dict[str, np.ndarray]:
-  safetensors_file = os.path.join(peft_dir, SAFETENSORS_FILE)
-  if os.path.exists(safetensors_file):
+  safetensors_file = fs.join(peft_dir, SAFETENSORS_FILE)
+  if fs.exists(safetensors_file):
     weights = safetensors_io.SafetensorsFile(safetensors_file)
     return {key: weights.read(key) for key in weights.keys()}
-  bin_file = os.path.join(peft_dir, BIN_FILE)
-  if os.path.exists(bin_file):
+  bin_file = fs.join(peft_dir, BIN_FILE)
+  if fs.exists(bin_file):
     try:
       import torch  # pylint: disable=import-outside-toplevel
     except ImportError as e:
       raise UserError(f'{bin_file} needs torch to read. Install the CPU build (pip install '
                       'torch), or save the adapter as safetensors (save_pretrained\'s '
                       'default).') from e
-    state = torch.load(bin_file, map_location='cpu', weights_only=True)
+    state = torch.load(io.BytesIO(fs.read_bytes(bin_file)), map_location='cpu',
+                       weights_only=True)
     return {key: value.float().numpy() for key, value in state.items()}
   raise UserError(f'{peft_dir} has {CONFIG_FILE} but no weights: expected '
                   f'{SAFETENSORS_FILE} (or {BIN_FILE}).')
@@ -186,10 +183,10 @@ def import_adapter(peft_dir: str, base_path: str, model_dir: str, overwrite: boo
                    ) -> network.T5Config:
   """Writes the PEFT LoRA adapter in `peft_dir` as a t5pt run at `model_dir` (see module
   docstring); returns the run's network config. Nothing is written unless it all fits."""
-  if not epath.Path(base_path).exists():
+  if not fs.exists(base_path):
     raise UserError(f'--base={base_path!r} does not exist; pass the T5 the adapter was '
                     'trained on (an HF folder, a T5X checkpoint or a t5pt MODEL_DIR).')
-  source = os.path.join(peft_dir, CONFIG_FILE)
+  source = fs.join(peft_dir, CONFIG_FILE)
   adapter_config, weights = read_adapter(peft_dir)
   check_config(adapter_config, source)
   pairs = lora_weights(weights, peft_dir)
@@ -199,31 +196,34 @@ def import_adapter(peft_dir: str, base_path: str, model_dir: str, overwrite: boo
                                   source)
   config = dataclasses.replace(architecture, lora_rules=rules,
                                lora_dropout=float(adapter_config.get('lora_dropout', 0.0)))
-  meta = {'step': IMPORT_STEP, 'batches_consumed': 0, 'trainable': sorted(params),
-          'initial_checkpoint_path': _absolute(base_path),
-          'network_config': dataclasses.asdict(config),
-          'imported_from': os.path.abspath(peft_dir)}
+  meta = checkpoints.RunMeta(
+      step=IMPORT_STEP, trainable=tuple(sorted(params)), network_config=config,
+      initial_checkpoint_path=fs.absolute(base_path), imported_from=fs.absolute(peft_dir))
   _write_run(model_dir, params, meta, overwrite)
   return config
 
 
-def _absolute(path: str) -> str:
-  return path if '://' in path else os.path.abspath(path)
-
-
-def _write_run(model_dir: str, params: Mapping[str, np.ndarray], meta: Mapping,
-               overwrite: bool) -> None:
-  """Saves checkpoint_0 (params and meta, as RunCheckpointer does; no optimizer state),
-  atomically."""
+def _write_run(model_dir: str, params: Mapping[str, np.ndarray],
+               meta: checkpoints.RunMeta, overwrite: bool) -> None:
+  """Saves checkpoint_0 (params and meta; no optimizer state) as a new run at
+  `model_dir`, replacing an existing one only if `overwrite`. Orbax makes the step
+  appear only once complete; if the save fails, `model_dir` is removed again."""
+  if fs.exists(model_dir):
+    if not overwrite:
+      raise UserError(f'{model_dir} already exists; choose a new output path or pass '
+                      '--overwrite.')
+    fs.remove(model_dir)
   tree = partitioning.unflatten({k: jax.device_put(v) for k, v in params.items()})
-  with export.atomic_output_dir(model_dir, overwrite) as scratch:
-    manager = ocp.CheckpointManager(
-        scratch, options=ocp.CheckpointManagerOptions(step_prefix=checkpoints.STEP_PREFIX,
-                                                      create=True))
-    manager.save(IMPORT_STEP, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(dict(meta))), force=True)
-    manager.wait_until_finished()
-    manager.close()
+  try:
+    checkpointer = checkpoints.RunCheckpointer(fs.absolute(model_dir), keep=None)
+    try:
+      checkpointer.save(tree, None, meta)
+      checkpointer.wait_until_finished()
+    finally:
+      checkpointer.close()
+  except BaseException:
+    fs.remove(model_dir)
+    raise
 
 
 def _import_from_flags() -> None:

@@ -9,7 +9,7 @@ Three small pieces, as in Lester et al.'s prompt-tuning code:
       init(rng, shape=(P, embed), embedding=[vocab, embed], vocabulary) -> [P, embed]
 """
 
-import os
+import io
 from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from t5pt import fs
 from t5pt.errors import UserError
 
 PromptInitializer = Callable[..., np.ndarray]
@@ -100,10 +101,10 @@ def class_labels(rng, shape, embedding, vocabulary, labels: Sequence[str] = (),
 def from_file(rng, shape, embedding=None, vocabulary=None, path: Optional[str] = None):
   """Loads a [P, embed] `.npy` array, e.g. one saved by google-research/prompt-tuning."""
   del rng, embedding, vocabulary
-  if not path or not os.path.exists(path):
+  if not path or not fs.exists(path):
     raise UserError(f'prompts.from_file.path={path!r} does not exist; point it at a '
                     '.npy file of shape [PROMPT_LENGTH, emb_dim].')
-  values = np.load(path)
+  values = np.load(io.BytesIO(fs.read_bytes(path)))
   if tuple(values.shape) != tuple(shape):
     raise UserError(f'prompts.from_file: {path} has shape {tuple(values.shape)} but the '
                     f'prompt is {tuple(shape)} (PROMPT_LENGTH, emb_dim); set '

@@ -1,22 +1,24 @@
 """Reading safetensors files one tensor at a time, and writing sharded HF weight folders.
 
 Reading parses the (documented, JSON-headed) safetensors layout directly rather than
-through `safetensors.safe_open`, for two reasons that matter for 11B models: its numpy
-backend cannot return bfloat16 (numpy has no such dtype; ml_dtypes does), and it memory-
-maps the file, so every tensor read stays resident in the process (RSS) until the file is
-closed, which doubles peak host memory while loading. `np.fromfile` at an offset reads
-exactly one tensor into fresh memory. Writing uses the `safetensors` library.
+through `safetensors.safe_open`, for three reasons that matter for 11B models: its numpy
+backend cannot return bfloat16 (numpy has no such dtype; ml_dtypes does), it memory-maps
+the file, so every tensor read stays resident in the process (RSS) until the file is
+closed, which doubles peak host memory while loading, and it reads local files only. Here
+each tensor is read from its offset (through t5pt.fs, so local or gs:// alike) straight
+into a freshly allocated array of its dtype, viewed as bytes, so one tensor is held once
+and nothing else stays resident. Writing serialises with the `safetensors` library.
 """
 
 import json
-import os
 import struct
 from typing import Iterable, Mapping
 
 import ml_dtypes
 import numpy as np
-from safetensors.numpy import save_file
+import safetensors.numpy
 
+from t5pt import fs
 from t5pt.errors import UserError
 
 _DTYPES = {'F64': np.float64, 'F32': np.float32, 'F16': np.float16,
@@ -24,6 +26,7 @@ _DTYPES = {'F64': np.float64, 'F32': np.float32, 'F16': np.float16,
            'I8': np.int8, 'U8': np.uint8, 'BOOL': np.bool_}
 INDEX_FILE = 'model.safetensors.index.json'
 SINGLE_FILE = 'model.safetensors'
+_READ_CHUNK = 64 << 20  # Bytes per read() for file objects without readinto.
 
 
 class SafetensorsFile:
@@ -32,7 +35,7 @@ class SafetensorsFile:
   def __init__(self, path: str):
     self.path = path
     try:
-      with open(path, 'rb') as f:
+      with fs.path(path).open('rb') as f:
         (header_size,) = struct.unpack('<Q', f.read(8))
         header = json.loads(f.read(header_size))
     except (OSError, struct.error, ValueError) as e:
@@ -61,61 +64,100 @@ class SafetensorsFile:
     if (end - start) != count * dtype.itemsize:
       raise UserError(f'{self.path}: tensor {key!r} is truncated or corrupt '
                       f'({end - start} bytes for shape {shape} {dtype}).')
-    array = np.fromfile(self.path, dtype=dtype, count=count, offset=self._data_start + start)
-    return array.reshape(shape)
+    array = np.empty(shape, dtype)
+    with fs.path(self.path).open('rb') as f:
+      f.seek(self._data_start + start)
+      if not _read_into(f, array.reshape(-1).view(np.uint8)):
+        raise UserError(f'{self.path}: tensor {key!r} is truncated (the file ends before '
+                        'its data does).')
+    return array
+
+
+def _read_into(f, out: np.ndarray) -> bool:
+  """Fills the uint8 array `out` from `f`; False if the file ends first.
+
+  Local and fsspec files read straight into `out` (readinto); TensorFlow's GFile has only
+  read(), so its bytes are copied in chunk by chunk.
+  """
+  readinto = getattr(f, 'readinto', None)
+  view, filled = memoryview(out), 0
+  while filled < out.size:
+    if readinto is not None:
+      n = readinto(view[filled:])
+    else:
+      chunk = f.read(min(_READ_CHUNK, out.size - filled))
+      n = len(chunk)
+      out[filled:filled + n] = np.frombuffer(chunk, np.uint8)
+    if not n:
+      return False
+    filled += n
+  return True
 
 
 def open_folder(folder: str) -> dict[str, SafetensorsFile]:
   """{tensor key: file holding it} for an HF folder (single file or sharded with index)."""
-  index = os.path.join(folder, INDEX_FILE)
-  if os.path.exists(index):
-    with open(index) as f:
-      weight_map = json.load(f)['weight_map']
-    files = {name: SafetensorsFile(os.path.join(folder, name))
+  index = fs.join(folder, INDEX_FILE)
+  if fs.exists(index):
+    weight_map = fs.read_json(index)['weight_map']
+    files = {name: SafetensorsFile(fs.join(folder, name))
              for name in sorted(set(weight_map.values()))}
     return {key: files[name] for key, name in weight_map.items()}
-  single = SafetensorsFile(os.path.join(folder, SINGLE_FILE))
+  single = SafetensorsFile(fs.join(folder, SINGLE_FILE))
   return {key: single for key in single.keys()}
 
 
-def write_sharded(folder: str, tensors: Iterable[tuple[str, np.ndarray]],
-                  max_shard_bytes: int) -> list[str]:
+def write_file(path: str, tensors: Mapping[str, np.ndarray]) -> None:
+  """Writes {key: array} as one .safetensors file (torch-format metadata, as HF writes)."""
+  fs.write_bytes(path, safetensors.numpy.save(
+      {k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata={'format': 'pt'}))
+
+
+def plan_shards(nbytes: Mapping[str, int], max_shard_bytes: int) -> list[list[str]]:
+  """The keys of each shard, in order: a new shard starts before a tensor that would take
+  the current one past `max_shard_bytes` (a larger tensor gets a shard of its own)."""
+  shards, current_bytes = [[]], 0
+  for key, size in nbytes.items():
+    if shards[-1] and current_bytes + size > max_shard_bytes:
+      shards.append([])
+      current_bytes = 0
+    shards[-1].append(key)
+    current_bytes += size
+  return shards
+
+
+def write_sharded(folder: str, nbytes: Mapping[str, int],
+                  tensors: Iterable[tuple[str, np.ndarray]], max_shard_bytes: int
+                  ) -> list[str]:
   """Writes (key, array) pairs into `folder` as HF does: one model.safetensors, or
   model-0000i-of-0000n.safetensors shards plus an index once `max_shard_bytes` is passed.
 
-  At most one shard is held in memory; the pairs are consumed lazily. Returns file names.
+  `nbytes` gives each key's size in bytes, in the order `tensors` yields them, so that
+  the shards are planned, and written under their final names, before any array is
+  produced. The pairs are consumed lazily and at most one shard is held in memory (with
+  its serialised bytes while it is written). Returns the file names written. The folder
+  is expected to be atomic as a whole (fs.atomic_directory), so shards are written in
+  place.
   """
-  shards, current, current_bytes, total = [], {}, 0, 0
-
-  def flush():
-    nonlocal current, current_bytes
-    name = f'shard-{len(shards):05d}.tmp.safetensors'
-    save_file(current, os.path.join(folder, name), metadata={'format': 'pt'})
-    shards.append((name, list(current)))
-    current, current_bytes = {}, 0
-
-  for key, array in tensors:
-    if current and current_bytes + array.nbytes > max_shard_bytes:
-      flush()
-    current[key] = np.ascontiguousarray(array)
-    current_bytes += array.nbytes
-    total += array.nbytes
-  if current or not shards:
-    flush()
+  shards = plan_shards(nbytes, max_shard_bytes)
+  names = ([SINGLE_FILE] if len(shards) == 1 else
+           [f'model-{i + 1:05d}-of-{len(shards):05d}.safetensors'
+            for i in range(len(shards))])
+  tensors = iter(tensors)
+  for name, keys in zip(names, shards):
+    current = {}
+    for expected in keys:
+      key, array = next(tensors, (None, None))
+      if key != expected or array.nbytes != nbytes[key]:
+        raise ValueError(f'write_sharded: got {key!r} ({getattr(array, "nbytes", None)} '
+                         f'bytes) where the plan has {expected!r} ({nbytes[expected]} '
+                         'bytes).')
+      current[key] = array
+    write_file(fs.join(folder, name), current)
+  if next(tensors, None) is not None:
+    raise ValueError('write_sharded: more tensors than `nbytes` lists.')
   if len(shards) == 1:
-    os.rename(os.path.join(folder, shards[0][0]), os.path.join(folder, SINGLE_FILE))
-    return [SINGLE_FILE]
-  weight_map, names = {}, []
-  for i, (tmp_name, keys) in enumerate(shards):
-    name = f'model-{i + 1:05d}-of-{len(shards):05d}.safetensors'
-    os.rename(os.path.join(folder, tmp_name), os.path.join(folder, name))
-    weight_map.update({k: name for k in keys})
-    names.append(name)
-  _write_json(os.path.join(folder, INDEX_FILE),
-              {'metadata': {'total_size': total}, 'weight_map': weight_map})
+    return names
+  fs.write_json(fs.join(folder, INDEX_FILE), {
+      'metadata': {'total_size': sum(nbytes.values())},
+      'weight_map': {key: name for name, keys in zip(names, shards) for key in keys}})
   return names + [INDEX_FILE]
-
-
-def _write_json(path: str, value: Mapping) -> None:
-  with open(path, 'w') as f:
-    json.dump(value, f, indent=2, sort_keys=True)

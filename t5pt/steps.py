@@ -12,7 +12,7 @@ from t5pt import models
 from t5pt import partitioning
 
 
-def merge(frozen_tree, params):
+def combine(frozen_tree, params):
   """The full parameter tree from its frozen and trainable parts (both nested dicts)."""
   return partitioning.unflatten({**partitioning.flatten(frozen_tree),
                                  **partitioning.flatten(params)})
@@ -26,7 +26,7 @@ def build_train_step(model: models.EncoderDecoderModel, tx, dropout_rng):
   """
   def train_step(params, opt_state, frozen_tree, batch, step):
     def loss_fn(p):
-      return model.loss_and_metrics(merge(frozen_tree, p), batch,
+      return model.loss_and_metrics(combine(frozen_tree, p), batch,
                                     jax.random.fold_in(dropout_rng, step))
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
@@ -37,4 +37,4 @@ def build_train_step(model: models.EncoderDecoderModel, tx, dropout_rng):
 def build_eval_step(model: models.EncoderDecoderModel):
   """(params, frozen, batch) -> metric sums, without dropout."""
   return lambda params, frozen_tree, batch: model.loss_and_metrics(
-      merge(frozen_tree, params), batch)[1]
+      combine(frozen_tree, params), batch)[1]

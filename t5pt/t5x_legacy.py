@@ -16,10 +16,10 @@ import os
 from typing import Any, Mapping
 
 import numpy as np
-import tensorflow as tf
 import tensorstore as ts
 from flax import serialization
 
+from t5pt import fs
 from t5pt.errors import UserError
 
 CHECKPOINT_FILE = 'checkpoint'
@@ -46,7 +46,7 @@ def kvstore_for(checkpoint_dir: str, spec: Mapping) -> dict:
   kvstore = spec.get('kvstore')
   path = kvstore['path'] if isinstance(kvstore, dict) else spec['path']
   if not (path.startswith('/') or '://' in path):
-    path = os.path.join(checkpoint_dir, path)
+    path = fs.join(checkpoint_dir, path)
   if path.startswith('gs://'):
     bucket, _, key = path[len('gs://'):].partition('/')
     return {'driver': 'gcs', 'bucket': bucket, 'path': key}
@@ -57,12 +57,10 @@ class LegacyCheckpoint:
   """The parameters (`optimizer/target`) of a legacy T5X checkpoint, read lazily."""
 
   def __init__(self, path: str):
-    checkpoint_file = path if not tf.io.gfile.isdir(path) else os.path.join(
-        path, CHECKPOINT_FILE)
+    checkpoint_file = fs.join(path, CHECKPOINT_FILE) if fs.isdir(path) else path
     self.directory = os.path.dirname(checkpoint_file)
     try:
-      with tf.io.gfile.GFile(checkpoint_file, 'rb') as f:
-        tree = serialization.msgpack_restore(f.read())
+      tree = serialization.msgpack_restore(fs.read_bytes(checkpoint_file))
     except Exception as e:  # msgpack raises several unrelated types on corrupt input.
       raise UserError(f'{checkpoint_file} is not a readable T5X msgpack checkpoint '
                       f'({type(e).__name__}: {e}).') from e

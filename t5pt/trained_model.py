@@ -8,7 +8,7 @@ a T5X checkpoint), it gives that model with no prompt.
 """
 
 import dataclasses
-import os
+import posixpath
 from typing import Optional
 
 import jax
@@ -17,13 +17,14 @@ import numpy as np
 from t5pt import checkpoint_import
 from t5pt import checkpoints
 from t5pt import data
+from t5pt import fs
 from t5pt import network
 from t5pt import partitioning
 from t5pt.errors import UserError
 
 
 class TrainedRun:
-  """The trainable parameters (host numpy) and meta of one checkpoint of a t5pt run."""
+  """The trainable parameters (host numpy) and record of one checkpoint of a t5pt run."""
 
   def __init__(self, path: str, step: Optional[int] = None):
     model_dir, named_step = _split_step_dir(path)
@@ -31,8 +32,8 @@ class TrainedRun:
     if latest is None:
       raise UserError(f'{path!r} holds no complete t5pt checkpoint.')
     self.step = step or named_step or latest
-    step_dir = os.path.join(model_dir, f'{checkpoints.STEP_PREFIX}_{self.step}')
-    if not os.path.isdir(step_dir):
+    step_dir = checkpoints.step_dir(model_dir, self.step)
+    if not fs.isdir(step_dir):
       raise UserError(f'{model_dir} has no checkpoint for step {self.step} (newest: '
                       f'{latest}).')
     self.model_dir = model_dir
@@ -44,12 +45,11 @@ class TrainedRun:
     return self.params.get(network.PROMPT_PATH)
 
   def network_config(self) -> network.T5Config:
-    if 'network_config' not in self.meta:
-      return network.T5Config()  # Older runs: the base checkpoint supplies the sizes.
-    return network.T5Config(**self.meta['network_config'])
+    # Older runs do not record it: the base checkpoint supplies the sizes.
+    return self.meta.network_config or network.T5Config()
 
   def base_path(self, override: Optional[str] = None) -> str:
-    path = override or self.meta.get('initial_checkpoint_path')
+    path = override or self.meta.initial_checkpoint_path
     if not path:
       raise UserError(f'{self.model_dir} does not record its base checkpoint; pass the '
                       'INITIAL_CHECKPOINT_PATH it was trained from.')
@@ -58,9 +58,10 @@ class TrainedRun:
 
 def _split_step_dir(path: str) -> tuple[str, Optional[int]]:
   """MODEL_DIR/checkpoint_<step> -> (MODEL_DIR, step); MODEL_DIR -> (MODEL_DIR, None)."""
-  match = checkpoint_import.STEP_DIR.match(os.path.basename(os.path.normpath(path)))
+  trimmed = path.rstrip('/')
+  match = checkpoint_import.STEP_DIR.match(posixpath.basename(trimmed))
   if match:
-    return os.path.dirname(os.path.normpath(path)), int(match.group(1))
+    return posixpath.dirname(trimmed), int(match.group(1))
   return path, None
 
 
@@ -68,8 +69,7 @@ def is_run(path: str) -> bool:
   """Whether `path` is a t5pt MODEL_DIR or one of its checkpoint_<step> directories."""
   model_dir, _ = _split_step_dir(path)
   step = checkpoints.latest_step(model_dir)
-  return step is not None and os.path.isdir(
-      os.path.join(model_dir, f'{checkpoints.STEP_PREFIX}_{step}', 'meta'))
+  return step is not None and fs.isdir(fs.join(checkpoints.step_dir(model_dir, step), 'meta'))
 
 
 @dataclasses.dataclass
@@ -91,7 +91,7 @@ def load(path: str, base_path: Optional[str] = None, dtype: str = 'float32',
     config, params = checkpoint_import.load_model(path, dtype=dtype, mesh=mesh)
     return LoadedModel(config, params, None, path)
   run = TrainedRun(path)
-  if not (base_path or run.meta.get('initial_checkpoint_path')):
+  if not (base_path or run.meta.initial_checkpoint_path):
     return _load_self_contained(run, mesh)
   base = run.base_path(base_path)
   config, params = checkpoint_import.load_model(base, run.network_config(), dtype, mesh)
@@ -121,7 +121,7 @@ def task_and_lengths(loaded: LoadedModel, mixture_or_task_name: Optional[str],
                      ) -> tuple[Optional[str], Optional[dict]]:
   """The task and feature lengths to use: as given, else as the run recorded them.
   Imports the task's module (given or recorded) so that the task is registered."""
-  meta = loaded.run.meta if loaded.run else {}
-  data.import_task_modules(mixture_or_task_module or meta.get('mixture_or_task_module'))
-  return (mixture_or_task_name or meta.get('mixture_or_task_name'),
-          task_feature_lengths or meta.get('task_feature_lengths'))
+  meta = loaded.run.meta if loaded.run else checkpoints.RunMeta(step=0, trainable=())
+  data.import_task_modules(mixture_or_task_module or meta.mixture_or_task_module)
+  return (mixture_or_task_name or meta.mixture_or_task_name,
+          task_feature_lengths or meta.task_feature_lengths)

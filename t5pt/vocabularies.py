@@ -6,13 +6,12 @@ ids: 32,100 usable ids in an embedding table padded to 32,128 rows. HF folders s
 gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model.
 """
 
-import os
 from typing import Optional
 
 import gin
 import seqio
-import tensorflow as tf
 
+from t5pt import fs
 from t5pt.errors import UserError
 
 T5_EXTRA_IDS = 100
@@ -25,15 +24,15 @@ def sentencepiece(path: str = gin.REQUIRED, extra_ids: int = T5_EXTRA_IDS
   """A seqio vocabulary from a SentencePiece model file, or from a folder holding one
   (an HF checkpoint's spiece.model), so gin can say
   `vocabularies.sentencepiece.path = %INITIAL_CHECKPOINT_PATH`. Fails now, not at first
-  use, if unreadable."""
-  if tf.io.gfile.isdir(path):
-    found = [os.path.join(path, f) for f in SPM_FILES
-             if tf.io.gfile.exists(os.path.join(path, f))]
+  use, if unreadable. The file is read by seqio itself (through tf.io.gfile, so local or
+  gs://); t5pt.fs only checks that it is there."""
+  if fs.isdir(path):
+    found = [fs.join(path, f) for f in SPM_FILES if fs.exists(fs.join(path, f))]
     if not found:
       raise UserError(f'{path} holds no SentencePiece model ({" or ".join(SPM_FILES)}). '
                       'Pass the .model file itself.')
     path = found[0]
-  if not tf.io.gfile.exists(path):
+  if not fs.exists(path):
     raise UserError(f'SentencePiece model {path!r} does not exist.')
   vocabulary = seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
   try:

@@ -30,6 +30,7 @@ import tensorflow as tf
 from absl import logging
 
 from tasks import metrics
+from t5pt import fs
 from t5pt import vocabularies
 from t5pt.errors import UserError
 
@@ -76,10 +77,10 @@ class _Reader:
     return {'inputs': values[0], 'targets': values[1]}
 
   def read(self) -> Records:
-    if not tf.io.gfile.exists(self.path):
+    if not fs.exists(self.path):
       raise UserError(f'Task file {self.path!r} does not exist.')
-    with tf.io.gfile.GFile(self.path) as f:
-      text = f.read()
+    # Decoded as is, without newline translation: a quoted CSV field keeps its \r\n.
+    text = fs.read_bytes(self.path).decode('utf-8')
     rows = getattr(self, f'_rows_{self.format}')(text)
     return [r for r in (self._record(line, row) for line, row in rows) if r]
 

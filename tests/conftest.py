@@ -7,6 +7,8 @@ import sys
 import gin
 import pytest
 
+pytest_plugins = ['tests.gcs_emulator']  # the `gcs_bucket` / `gcs_dir` fixtures
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INTEROP = os.path.join(os.path.dirname(REPO), 'shared', 'interop')
 
@@ -32,11 +34,12 @@ def train_in_process(gin_file: str, model_dir: str, bindings=(), **macros) -> di
     gin.clear_config()
 
 
-def run_module(module: str, *args: str, env: dict | None = None, timeout: int = 600
-               ) -> subprocess.CompletedProcess:
-  """Runs `python -m module args` from the repo root and returns the finished process."""
+def run_module(module: str, *args: str, env: dict | None = None, timeout: int = 600,
+               cwd: str = REPO) -> subprocess.CompletedProcess:
+  """Runs `python -m module args` (from the repo root unless `cwd` is given) and returns
+  the finished process."""
   full_env = {**os.environ, 'PYTHONPATH': REPO, **(env or {})}
-  return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, env=full_env,
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=cwd, env=full_env,
                         capture_output=True, text=True, timeout=timeout)
 
 

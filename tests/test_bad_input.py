@@ -6,6 +6,7 @@ import gin
 import pytest
 
 from t5pt import gin_utils
+from t5pt import partitioning
 from t5pt import trainer
 from t5pt.errors import UserError
 from tests.conftest import run_module
@@ -114,3 +115,25 @@ def test_command_line_exit_code_and_message(tmp_path):
 def test_prompt_initialiser_misconfigured(tmp_path):
   _expect_error(tmp_path, ['prompts.class_labels needs labels'],
                 bindings=['PROMPT_INIT = @prompts.class_labels'])
+
+
+def test_nothing_to_train_without_a_prompt_or_method(tmp_path):
+  _expect_error(tmp_path, ['Nothing to train', 'PROMPT_LENGTH', 'TRAINABLE'],
+                PROMPT_LENGTH=0)
+
+
+def test_adapters_left_out_of_an_overriding_trainable(tmp_path):
+  _expect_error(tmp_path, ['adapter parameter(s)', 'are not in TRAINABLE'],
+                bindings=['network.T5Config.lora_rules = %adapters.DEFAULT_LORA_RULES'],
+                TRAINABLE=['encoder/prompt/prompt'])
+
+
+def test_the_method_decides_what_trains(tmp_path):
+  """No TRAINABLE: the prompt and the LoRA factors train, and nothing else."""
+  summary = train_in_process(
+      PROMPT_GIN, str(tmp_path / 'run'), TRAIN_STEPS=1, EVAL_PERIOD=1000,
+      bindings=['network.T5Config.lora_rules = %adapters.DEFAULT_LORA_RULES'])
+  trained = set(partitioning.flatten(summary['params']))
+  assert 'encoder/prompt/prompt' in trained
+  lora = trained - {'encoder/prompt/prompt'}
+  assert lora and all(p.endswith(('/lora_a', '/lora_b')) for p in lora)

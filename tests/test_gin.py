@@ -9,6 +9,7 @@ import pytest
 from t5pt import gin_utils
 from t5pt import hf_format
 from t5pt import network
+from t5pt import run_setup
 from t5pt.errors import UserError
 from tests.conftest import REPO
 
@@ -41,7 +42,7 @@ def test_inference_configs_bind_the_t5x_macros(path, output_macro):
   gin_utils.parse([path], ["CHECKPOINT_PATH = '/runs/x'", f"{output_macro} = '/out'",
                            'BATCH_SIZE = 8', "MIXTURE_OR_TASK_NAME = 'task'",
                            "TASK_FEATURE_LENGTHS = {'inputs': 8, 'targets': 4}"])
-  configurable = 'infer.infer' if 'infer' in path else 'evaluation.evaluate'
+  configurable = 'batch_inference.infer' if 'infer' in path else 'evaluation.evaluate'
   assert str(gin.query_parameter(f'{configurable}.batch_size')) == '%BATCH_SIZE'
   assert str(gin.query_parameter(f'{configurable}.output_dir')) == f'%{output_macro}'
   assert gin.query_parameter('BATCH_SIZE/macro.value') == 8
@@ -98,17 +99,18 @@ def test_missing_gin_file_and_bad_syntax(tmp_path):
 
 
 @pytest.mark.parametrize('method, trainable, prompt_length', [
-    ('lora', ['.*/lora_[ab]'], 0),
-    ('prompt_lora', ['encoder/prompt/prompt', '.*/lora_[ab]'], 8),
-    ('deep_prompt', ['.*/prefix_(key|value)'], 0),
+    ('lora', ['.*/(lora_a|lora_b)'], 0),
+    ('prompt_lora', ['encoder/prompt/prompt', '.*/(lora_a|lora_b)'], 8),
+    ('deep_prompt', ['.*/(prefix_key|prefix_value)'], 0),
     ('ia3', ['.*/ia3_scale'], 0),
 ])
 def test_method_files_layer_over_a_top_level_config(method, trainable, prompt_length):
   gin_utils.parse(['gin/t5_1_1_tiny_prompt.gin', f'gin/methods/{method}.gin'],
                   ["MODEL_DIR = '/tmp/x'"])
-  assert gin.query_parameter('TRAINABLE/macro.value') == trainable
+  assert gin.query_parameter('TRAINABLE/macro.value') is None  # The method decides.
   assert gin.query_parameter('PROMPT_LENGTH/macro.value') == prompt_length
   config = gin.get_configurable(network.T5Config)()
+  assert list(run_setup.trainable_patterns(None, config)) == trainable
   assert bool(config.lora_rules) == ('lora' in method)
   assert bool(config.ia3_pattern) == (method == 'ia3')
   assert config.prefix_length == (32 if method == 'deep_prompt' else 0)

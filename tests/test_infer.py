@@ -74,7 +74,7 @@ def test_interrupted_run_resumes_without_duplicate_or_missing_lines(
       raise KeyboardInterrupt('simulated interruption')
     real_write(self, index, lines)
   monkeypatch.setattr(batch_inference.ChunkedOutput, 'write_chunk', write_two_then_die)
-  bindings = ['infer.infer.chunk_batches = 2']
+  bindings = ['batch_inference.infer.chunk_batches = 2']
   with pytest.raises(KeyboardInterrupt):
     infer_in_process(tmp_path, bindings, CHECKPOINT_PATH=prompt_run, BATCH_SIZE=16)
   assert not (tmp_path / OUTPUT_NAME).exists()  # Never half-written.

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from t5pt import layers
 from t5pt import network
 from t5pt import partitioning
 
@@ -73,11 +74,11 @@ def test_t5_1_0_variant_relu_and_tied_embeddings():
 
 def test_relative_position_buckets_match_t5_reference_values():
   rel = np.arange(-10, 11)[None, :]
-  bidir = network.relative_position_bucket(rel, True, 8, 16)[0]
+  bidir = layers.relative_position_bucket(rel, True, 8, 16)[0]
   # Bidirectional: 4 buckets per side, 2 exact; keys after the query use the upper half.
   assert bidir[10] == 0 and bidir[9] == 1 and bidir[11] == 5
   assert bidir[0] == 3 and bidir[20] == 7
-  causal = network.relative_position_bucket(rel, False, 8, 16)[0]
+  causal = layers.relative_position_bucket(rel, False, 8, 16)[0]
   assert (causal[10:] == 0).all() and causal[9] == 1 and causal[0] == 6
 
 
@@ -153,7 +154,7 @@ def test_bfloat16_activations_track_float32():
 
 
 def test_bfloat16_embedding_gradient_sums_repeated_tokens_in_float32():
-  embed = network.Embed(num_embeddings=4, features=8, dtype=jnp.bfloat16)
+  embed = layers.Embed(num_embeddings=4, features=8, dtype=jnp.bfloat16)
   params = nn.unbox(embed.init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32)))
   tokens = jnp.ones((1, 4096), jnp.int32)
   weights = jax.random.uniform(jax.random.PRNGKey(1), (1, 4096, 8)).astype(jnp.bfloat16)

@@ -205,8 +205,9 @@ def test_imported_adapter_gives_the_original_runs_logits(lora_run, lora_exports,
   assert sorted(os.listdir(tmp_path)) == ['imported']  # No partial leftovers.
   imported = trained_model.TrainedRun(str(tmp_path / 'imported'))
   assert imported.step == 0
-  assert imported.meta['initial_checkpoint_path'] == os.path.abspath(hf_base[0])
-  assert imported.meta['trainable'] == sorted(imported.params)
+  assert imported.meta.initial_checkpoint_path == os.path.abspath(hf_base[0])
+  assert imported.meta.imported_from == os.path.abspath(f'{lora_exports}/peft')
+  assert list(imported.meta.trainable) == sorted(imported.params)
   assert len(imported.params) == 24 and all(adapters.is_adapter(k) for k in imported.params)
   np.testing.assert_allclose(_t5pt_logits(str(tmp_path / 'imported')),
                              _t5pt_logits(lora_run), atol=1e-5)

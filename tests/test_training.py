@@ -43,7 +43,7 @@ def _train_steps(patterns, optimizer, num_steps=3):
   batch = _batch(np.random.default_rng(0))
   for step in range(num_steps):
     trainable, opt_state, _ = step_fn(trainable, opt_state, frozen, batch, step)
-  after = partitioning.flatten(steps.merge(frozen, trainable))
+  after = partitioning.flatten(steps.combine(frozen, trainable))
   return params, after, trainable_paths, opt_state
 
 

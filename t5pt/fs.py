@@ -1,0 +1,146 @@
+"""The one filesystem layer: every file t5pt reads or writes, local or `gs://` alike.
+
+Built on etils.epath because orbax writes checkpoints through it: a run's config, metrics,
+TensorBoard events, checkpoints, infer/eval outputs and exports then all reach storage
+through one path type and one backend, and tensorstore (orbax's array store) reads and
+writes gs:// itself. tf.io.gfile was the other candidate; it would tie the exporters and
+checkpoint code to TensorFlow, orbax would still go through epath, and its GCS endpoints
+are compiled in, so no emulator can stand in for GCS in tests.
+
+For gs:// epath would pick TensorFlow's GCS filesystem whenever TensorFlow is installed
+(it is, for seqio). t5pt makes it use gcsfs instead (EPATH_USE_TF=false, unless the user
+set it): one client for t5pt and orbax, and the one the tests run against a GCS emulator.
+Reading task data (seqio, TFDS) still goes through TensorFlow, which has its own GCS client.
+
+Object stores have no atomic rename, but an object appears only once its upload is
+complete; so `write_*` go straight to the object there, and through a temporary file and
+a rename on local disk. A directory is made atomic by writing its marker file last.
+"""
+
+import contextlib
+import json
+import os
+import uuid
+from typing import Iterator, Union
+
+from etils import epath
+
+# Read by etils at the first gs:// operation of the process, so importing t5pt.fs is early
+# enough.
+os.environ.setdefault('EPATH_USE_TF', 'false')
+
+PathLike = Union[str, os.PathLike]
+
+
+def path(p: PathLike) -> epath.Path:
+  return epath.Path(p)
+
+
+def is_remote(p: PathLike) -> bool:
+  return '://' in os.fspath(p)
+
+
+def absolute(p: PathLike) -> str:
+  """`p` as recorded in run metadata: URIs unchanged, local paths made absolute."""
+  p = os.fspath(p)
+  return p if is_remote(p) else os.path.abspath(p)
+
+
+def join(*parts: PathLike) -> str:
+  return os.fspath(epath.Path(*parts))
+
+
+def exists(p: PathLike) -> bool:
+  return path(p).exists()
+
+
+def isdir(p: PathLike) -> bool:
+  return path(p).is_dir()
+
+
+def makedirs(p: PathLike) -> None:
+  path(p).mkdir(parents=True, exist_ok=True)
+
+
+def read_text(p: PathLike) -> str:
+  return path(p).read_text()
+
+
+def read_bytes(p: PathLike) -> bytes:
+  return path(p).read_bytes()
+
+
+def read_json(p: PathLike):
+  return json.loads(read_text(p))
+
+
+def glob(directory: PathLike, pattern: str) -> list[str]:
+  """Sorted paths in `directory` matching `pattern` (empty if it does not exist)."""
+  d = path(directory)
+  return sorted(os.fspath(m) for m in d.glob(pattern)) if d.exists() else []
+
+
+def write_text(p: PathLike, text: str) -> None:
+  """Writes `text` to `p` so that a reader never sees a partial file."""
+  write_bytes(p, text.encode())
+
+
+def write_bytes(p: PathLike, data: bytes) -> None:
+  """Writes `data` to `p` so that a reader never sees a partial file."""
+  target = path(p)
+  target.parent.mkdir(parents=True, exist_ok=True)
+  if is_remote(p):
+    target.write_bytes(data)
+    return
+  tmp = target.parent / f'.{target.name}.{uuid.uuid4().hex[:8]}.tmp'
+  try:
+    tmp.write_bytes(data)
+    tmp.replace(target)
+  finally:
+    if tmp.exists():
+      tmp.unlink()
+
+
+def write_json(p: PathLike, value, indent: int = 2, sort_keys: bool = True) -> None:
+  """Writes `value` as JSON to `p`, atomically as `write_text`."""
+  write_text(p, json.dumps(value, indent=indent, sort_keys=sort_keys))
+
+
+def remove(p: PathLike) -> None:
+  """Deletes a file or a directory tree; nothing if `p` does not exist."""
+  target = path(p)
+  if target.is_dir():
+    target.rmtree()
+  elif target.exists():
+    target.unlink()
+
+
+@contextlib.contextmanager
+def atomic_directory(p: PathLike, marker: str) -> Iterator[str]:
+  """Yields a scratch directory that becomes `p` once the block completes.
+
+  Local: the scratch directory is renamed into place. Object stores cannot rename a
+  directory atomically, so there the files are written into `p` itself and the block must
+  write `marker` (a file name inside the directory) last: a reader treats the directory as
+  complete only once the marker exists. On failure everything written is removed.
+  """
+  target = path(p)
+  if is_remote(p):
+    try:
+      yield os.fspath(target)
+    except BaseException:
+      remove(target)
+      raise
+    if not (target / marker).exists():
+      raise RuntimeError(f'{target}: the block did not write its marker {marker}.')
+    return
+  target.parent.mkdir(parents=True, exist_ok=True)
+  scratch = target.parent / f'.{target.name}.partial-{uuid.uuid4().hex[:8]}'
+  scratch.mkdir()
+  try:
+    yield os.fspath(scratch)
+  except BaseException:
+    remove(scratch)
+    raise
+  remove(target)
+  scratch.rename(target)
