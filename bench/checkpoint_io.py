@@ -31,9 +31,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAN_SHAPES = {
-    'small': dict(d_model=512, d_ff=1024, d_kv=64, num_heads=6, num_layers=8),
-    'base': dict(d_model=768, d_ff=2048, d_kv=64, num_heads=12, num_layers=12),
-    'large': dict(d_model=1024, d_ff=2816, d_kv=64, num_heads=16, num_layers=24),
+  'small': dict(d_model=512, d_ff=1024, d_kv=64, num_heads=6, num_layers=8),
+  'base': dict(d_model=768, d_ff=2048, d_kv=64, num_heads=12, num_layers=12),
+  'large': dict(d_model=1024, d_ff=2816, d_kv=64, num_heads=16, num_layers=24),
 }
 WORKERS = ('t5pt-import-f32', 't5pt-import-bf16', 't5pt-export', 'hf-load', 'hf-load-touched')
 
@@ -50,23 +50,40 @@ def make_inputs(workdir: Path, size: str) -> None:
   import numpy as np  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
   import transformers  # pylint: disable=import-outside-toplevel
+
   sys.path.insert(0, str(ROOT))
   from t5pt import checkpoints  # pylint: disable=import-outside-toplevel
 
   torch.manual_seed(0)
-  config = transformers.T5Config(vocab_size=32128, feed_forward_proj='gated-gelu',
-                                 tie_word_embeddings=False, decoder_start_token_id=0,
-                                 **FLAN_SHAPES[size])
+  config = transformers.T5Config(
+    vocab_size=32128,
+    feed_forward_proj='gated-gelu',
+    tie_word_embeddings=False,
+    decoder_start_token_id=0,
+    **FLAN_SHAPES[size],
+  )
   model = transformers.T5ForConditionalGeneration(config)
   model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.shared.weight) * 0.03)
   model.save_pretrained(workdir / 'hf')
   d_model = FLAN_SHAPES[size]['d_model']
   saver = checkpoints.RunCheckpointer(str(workdir / 'run'))
-  prompt = {'encoder': {'prompt': {'prompt': np.random.default_rng(0).normal(
-      size=(100, d_model)).astype(np.float32)}}}
-  saver.save(1, prompt, {'count': np.zeros((), np.int32)}, {'step': 1, 'batches_consumed': 1, 'trainable': [
-      'encoder/prompt/prompt'], 'initial_checkpoint_path': str(workdir / 'hf'),
-      'network_config': {'prompt_length': 100}})
+  prompt = {
+    'encoder': {
+      'prompt': {'prompt': np.random.default_rng(0).normal(size=(100, d_model)).astype(np.float32)}
+    }
+  }
+  saver.save(
+    1,
+    prompt,
+    {'count': np.zeros((), np.int32)},
+    {
+      'step': 1,
+      'batches_consumed': 1,
+      'trainable': ['encoder/prompt/prompt'],
+      'initial_checkpoint_path': str(workdir / 'hf'),
+      'network_config': {'prompt_length': 100},
+    },
+  )
   saver.wait_until_finished()
   saver.close()
 
@@ -82,7 +99,8 @@ def run_worker(name: str, workdir: Path, shard_mib: int) -> dict:
   start = time.perf_counter()
   if name.startswith('t5pt-import'):
     _, params = checkpoint_import.load_model(
-        str(workdir / 'hf'), dtype='bfloat16' if name.endswith('bf16') else 'float32')
+      str(workdir / 'hf'), dtype='bfloat16' if name.endswith('bf16') else 'float32'
+    )
     jax.block_until_ready(params)
   elif name == 't5pt-export':
     out = workdir / 'exported'
@@ -94,14 +112,31 @@ def run_worker(name: str, workdir: Path, shard_mib: int) -> dict:
     if name == 'hf-load-touched':  # Page every weight in, as the first forward pass does.
       sum(float(p.detach().sum()) for p in model.parameters())
     del model
-  return {'worker': name, 'seconds': time.perf_counter() - start, 'base_mib': base_mib,
-          'peak_mib': rss_mib('VmHWM')}
+  return {
+    'worker': name,
+    'seconds': time.perf_counter() - start,
+    'base_mib': base_mib,
+    'peak_mib': rss_mib('VmHWM'),
+  }
 
 
 def spawn(name: str, workdir: Path, shard_mib: int) -> dict:
-  result = subprocess.run([sys.executable, __file__, '--worker', name,
-                           '--workdir', str(workdir), '--shard_mib', str(shard_mib)], capture_output=True, text=True,
-                          cwd=ROOT, check=False)
+  result = subprocess.run(
+    [
+      sys.executable,
+      __file__,
+      '--worker',
+      name,
+      '--workdir',
+      str(workdir),
+      '--shard_mib',
+      str(shard_mib),
+    ],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    check=False,
+  )
   lines = [l for l in result.stdout.splitlines() if l.startswith('{')]
   if result.returncode or not lines:
     raise RuntimeError(f'{name} failed:\n{result.stderr[-3000:]}')
@@ -112,8 +147,12 @@ def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--size', default='base', choices=sorted(FLAN_SHAPES))
   parser.add_argument('--workdir', default='/tmp/t5pt_checkpoint_io_bench')
-  parser.add_argument('--shard_mib', type=int, default=256,
-                      help='largest exported safetensors shard (export --max_shard_size)')
+  parser.add_argument(
+    '--shard_mib',
+    type=int,
+    default=256,
+    help='largest exported safetensors shard (export --max_shard_size)',
+  )
   parser.add_argument('--worker', choices=WORKERS, help=argparse.SUPPRESS)
   args = parser.parse_args()
   workdir = Path(args.workdir)
@@ -124,19 +163,28 @@ def main() -> int:
   workdir.mkdir(parents=True)
   make_inputs(workdir, args.size)
   disk_mib = sum(f.stat().st_size for f in (workdir / 'hf').glob('*.safetensors')) / 2**20
-  print(f'flan-t5-{args.size} shapes, float32 safetensors on disk: {disk_mib:.0f} MiB; '
-        f'export shards <= {args.shard_mib} MiB')
-  print('| operation | seconds | RSS after imports (MiB) | peak RSS (MiB) | peak - imports '
-        '(MiB) | / size on disk |')
+  print(
+    f'flan-t5-{args.size} shapes, float32 safetensors on disk: {disk_mib:.0f} MiB; '
+    f'export shards <= {args.shard_mib} MiB'
+  )
+  print(
+    '| operation | seconds | RSS after imports (MiB) | peak RSS (MiB) | peak - imports '
+    '(MiB) | / size on disk |'
+  )
   print('|---|---|---|---|---|---|')
   for name in WORKERS:
     r = spawn(name, workdir, args.shard_mib)
     grown = r['peak_mib'] - r['base_mib']
-    print(f"| {name} | {r['seconds']:.1f} | {r['base_mib']:.0f} | {r['peak_mib']:.0f} | "
-          f'{grown:.0f} | {grown / disk_mib:.2f} |', flush=True)
+    print(
+      f"| {name} | {r['seconds']:.1f} | {r['base_mib']:.0f} | {r['peak_mib']:.0f} | "
+      f'{grown:.0f} | {grown / disk_mib:.2f} |',
+      flush=True,
+    )
   exported = sum(f.stat().st_size for f in (workdir / 'exported').glob('*.safetensors'))
-  print(f'exported HF folder: {exported / 2**20:.0f} MiB in '
-        f"{len(list((workdir / 'exported').glob('*.safetensors')))} shard(s)")
+  print(
+    f'exported HF folder: {exported / 2**20:.0f} MiB in '
+    f"{len(list((workdir / 'exported').glob('*.safetensors')))} shard(s)"
+  )
   shutil.rmtree(workdir, ignore_errors=True)
   return 0
 

@@ -35,7 +35,9 @@ LORA_RANK_AXIS = 'lora_rank'
 
 # Query and value of every attention (encoder, decoder self- and cross-attention): the
 # LoRA paper's and HF PEFT's default for T5.
-ATTENTION = r'(encoder/layers_\d+/attention|decoder/layers_\d+/(self_attention|encoder_decoder_attention))'
+ATTENTION = (
+  r'(encoder/layers_\d+/attention|decoder/layers_\d+/(self_attention|encoder_decoder_attention))'
+)
 DEFAULT_LORA_RULES = ((ATTENTION + r'/(query|value)/kernel', 8, 16.0),)
 DEFAULT_IA3_PATTERN = ATTENTION + r'/(key|value)/kernel|.*/mlp/wo/kernel'
 IA3_INPUT_SIDE = re.compile(r'.*/mlp/wo/kernel')
@@ -58,6 +60,7 @@ class LoraRule:
 class AdapterConfig:
   """lora_rules: (kernel path regex, rank, alpha) triples, the first match wins;
   ia3_pattern: kernel path regex for IA3 scales (None: no IA3)."""
+
   lora_rules: tuple = ()
   lora_dropout: float = 0.0
   ia3_pattern: Optional[str] = None
@@ -65,8 +68,10 @@ class AdapterConfig:
   def __post_init__(self):
     for rule in self.lora_rules:
       if len(rule) != 3 or not isinstance(rule[1], int) or rule[1] < 1:
-        raise UserError(f'network.T5Config.lora_rules: {rule!r} should be (path regex, '
-                        'rank >= 1, alpha), e.g. (".*/attention/query/kernel", 8, 16).')
+        raise UserError(
+          f'network.T5Config.lora_rules: {rule!r} should be (path regex, '
+          'rank >= 1, alpha), e.g. (".*/attention/query/kernel", 8, 16).'
+        )
       _compile(rule[0], 'network.T5Config.lora_rules')
     if self.ia3_pattern:
       _compile(self.ia3_pattern, 'network.T5Config.ia3_pattern')
@@ -103,22 +108,25 @@ def check_rules_match(config: AdapterConfig, kernel_paths: Sequence[str]) -> Non
     patterns.append((config.ia3_pattern, 'network.T5Config.ia3_pattern'))
   for pattern, binding in patterns:
     if not any(_compile(pattern).fullmatch(p) for p in kernel_paths):
-      raise UserError(f'{binding}: {pattern!r} matches no kernel. Kernel paths look like '
-                      f'{kernel_paths[0]!r}.')
+      raise UserError(
+        f'{binding}: {pattern!r} matches no kernel. Kernel paths look like {kernel_paths[0]!r}.'
+      )
 
 
-def merge(flat_params: Mapping[str, np.ndarray], config: AdapterConfig
-          ) -> dict[str, np.ndarray]:
+def merge(flat_params: Mapping[str, np.ndarray], config: AdapterConfig) -> dict[str, np.ndarray]:
   """Folds LoRA and IA3 into their kernels: {path: array} without their leaves.
 
   W' = W + (alpha / rank) A B, then IA3 scales the kernel's output columns or, for
   `mlp/wo`, its input rows. Changed kernels are computed and returned in float32; int8
   kernels come back dequantised (float32), so the result is a float model.
   """
-  merged = {k: v for k, v in flat_params.items()
-            if k.rsplit('/', 1)[-1] not in MERGEABLE_LEAVES and not quantization.is_scale(k)}
+  merged = {
+    k: v
+    for k, v in flat_params.items()
+    if k.rsplit('/', 1)[-1] not in MERGEABLE_LEAVES and not quantization.is_scale(k)
+  }
   for path in [k for k in merged if k.endswith('/kernel')]:
-    module = path[:-len('kernel')]
+    module = path[: -len('kernel')]
     rule, side = config.lora(path), config.ia3_side(path)
     has_lora = bool(rule) and module + LORA_A in flat_params
     has_ia3 = bool(side) and module + IA3_SCALE in flat_params

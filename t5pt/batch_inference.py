@@ -41,6 +41,7 @@ Example = dict  # {'tokens': list[int], 'inputs': str, optional 'targets': str}
 @dataclasses.dataclass(frozen=True)
 class Source:
   """What to decode: a name for the output file, examples, and how to detokenize."""
+
   name: str
   examples: Sequence[Example]
   vocabulary: seqio.Vocabulary
@@ -50,13 +51,15 @@ def task_source(name: str, split: str, input_length: int) -> Source:
   """The split of a registered task or mixture, in its deterministic order."""
   provider = data.get_provider(name)
   if split not in provider.splits:
-    raise UserError(f'{name!r} has no split {split!r}; it has {sorted(provider.splits)}. '
-                    'Set SPLIT.')
-  ds = provider.get_dataset({'inputs': input_length, 'targets': 1 << 16}, split=split,
-                            shuffle=False, seed=0)
+    raise UserError(
+      f'{name!r} has no split {split!r}; it has {sorted(provider.splits)}. Set SPLIT.'
+    )
+  ds = provider.get_dataset(
+    {'inputs': input_length, 'targets': 1 << 16}, split=split, shuffle=False, seed=0
+  )
   examples = []
   for ex in ds.as_numpy_iterator():
-    tokens = list(ex['inputs'])[:input_length - 1] + [inference.EOS_ID]
+    tokens = list(ex['inputs'])[: input_length - 1] + [inference.EOS_ID]
     example = {'tokens': tokens, 'inputs': _text(ex, 'inputs', provider)}
     if 'targets' in ex:
       example['targets'] = _text(ex, 'targets', provider)
@@ -68,8 +71,7 @@ def _text(example, feature: str, provider) -> str:
   raw = example.get(f'{feature}_pretokenized')
   if raw is not None:
     return raw.decode() if isinstance(raw, bytes) else str(raw)
-  return provider.output_features[feature].vocabulary.decode(
-      [int(t) for t in example[feature]])
+  return provider.output_features[feature].vocabulary.decode([int(t) for t in example[feature]])
 
 
 def file_source(path: str, vocabulary: seqio.Vocabulary, input_length: int) -> Source:
@@ -86,14 +88,15 @@ def file_source(path: str, vocabulary: seqio.Vocabulary, input_length: int) -> S
       except ValueError as e:
         raise UserError(f'{path}:{number}: not a JSON object ({e}).') from e
       if not isinstance(record, dict) or not isinstance(record.get('inputs'), str):
-        raise UserError(f'{path}:{number}: expected an object with a string "inputs" '
-                        f'field, got {line[:80]!r}.')
+        raise UserError(
+          f'{path}:{number}: expected an object with a string "inputs" field, got {line[:80]!r}.'
+        )
       example = {'inputs': record['inputs']}
       if isinstance(record.get('targets'), str):
         example['targets'] = record['targets']
     else:
       example = {'inputs': line}
-    ids = list(vocabulary.encode(example['inputs']))[:input_length - 1]
+    ids = list(vocabulary.encode(example['inputs']))[: input_length - 1]
     examples.append({**example, 'tokens': ids + [inference.EOS_ID]})
   stem, extension = posixpath.splitext(posixpath.basename(path))
   return Source(f'{stem}-{extension.lstrip(".")}', examples, vocabulary)
@@ -109,8 +112,10 @@ class ChunkedOutput:
     if fs.exists(settings_file):
       previous = json.loads(fs.read_text(settings_file))
       if previous != json.loads(json.dumps(settings)):
-        raise UserError(f'{self.parts_dir} holds a partial run with other settings '
-                        f'({previous}); delete it or choose another INFER_OUTPUT_DIR.')
+        raise UserError(
+          f'{self.parts_dir} holds a partial run with other settings '
+          f'({previous}); delete it or choose another INFER_OUTPUT_DIR.'
+        )
     else:
       fs.write_text(settings_file, json.dumps(settings, sort_keys=True))
 
@@ -118,27 +123,28 @@ class ChunkedOutput:
     return fs.join(self.parts_dir, f'chunk-{index:05d}.jsonl')
 
   def completed_chunks(self) -> int:
-    done = sorted(int(posixpath.basename(n)[6:11])
-                  for n in fs.glob(self.parts_dir, 'chunk-*.jsonl'))
+    done = sorted(
+      int(posixpath.basename(n)[6:11]) for n in fs.glob(self.parts_dir, 'chunk-*.jsonl')
+    )
     return next((i for i, n in enumerate(done) if i != n), len(done))
 
   def write_chunk(self, index: int, lines: Sequence[dict]) -> None:
     fs.write_text(self._chunk(index), ''.join(json.dumps(l) + '\n' for l in lines))
 
   def finish(self, num_chunks: int) -> None:
-    fs.write_text(self.final_path,
-                  ''.join(fs.read_text(self._chunk(i)) for i in range(num_chunks)))
+    fs.write_text(self.final_path, ''.join(fs.read_text(self._chunk(i)) for i in range(num_chunks)))
     fs.remove(self.parts_dir)
 
 
-def _batches(examples: Sequence[Example], batch_size: int, input_length: int
-             ) -> Iterator[tuple[np.ndarray, int]]:
+def _batches(
+  examples: Sequence[Example], batch_size: int, input_length: int
+) -> Iterator[tuple[np.ndarray, int]]:
   """(tokens [batch_size, input_length] zero-padded, number of real rows)."""
   for start in range(0, len(examples), batch_size):
-    chunk = examples[start:start + batch_size]
+    chunk = examples[start : start + batch_size]
     tokens = np.zeros((batch_size, input_length), np.int32)
     for i, ex in enumerate(chunk):
-      tokens[i, :len(ex['tokens'])] = ex['tokens']
+      tokens[i, : len(ex['tokens'])] = ex['tokens']
     yield tokens, len(chunk)
 
 
@@ -146,8 +152,7 @@ def _lines(examples, tokens, scores, vocabulary) -> list[dict]:
   lines = []
   for ex, decodes, decode_scores in zip(examples, tokens, scores):
     texts = [vocabulary.decode(_until_eos(d)) for d in decodes]
-    line = {'inputs': ex['inputs'], 'prediction': texts[0],
-            'score': float(decode_scores[0])}
+    line = {'inputs': ex['inputs'], 'prediction': texts[0], 'score': float(decode_scores[0])}
     if len(texts) > 1:
       line.update(predictions=texts, scores=[float(s) for s in decode_scores])
     if 'targets' in ex:
@@ -166,22 +171,24 @@ def _until_eos(tokens) -> list[int]:
 
 
 @gin.configurable(module='batch_inference')
-def infer(*,
-          checkpoint_path: str = gin.REQUIRED,
-          output_dir: str = gin.REQUIRED,
-          mixture_or_task_name: Optional[str] = None,
-          mixture_or_task_module: Optional[str] = None,
-          task_feature_lengths: Optional[Mapping[str, int]] = None,
-          split: str = 'validation',
-          input_file: Optional[str] = None,
-          vocabulary_path: Optional[str] = None,
-          batch_size: int = 32,
-          chunk_batches: int = 10,
-          base_checkpoint_path: Optional[str] = None,
-          frozen_dtype: str = 'float32',
-          decode: inference.DecodeConfig = inference.DecodeConfig(),
-          partition: partitioning.PartitionConfig = partitioning.PartitionConfig(),
-          progress_bar: bool = True) -> str:
+def infer(
+  *,
+  checkpoint_path: str = gin.REQUIRED,
+  output_dir: str = gin.REQUIRED,
+  mixture_or_task_name: Optional[str] = None,
+  mixture_or_task_module: Optional[str] = None,
+  task_feature_lengths: Optional[Mapping[str, int]] = None,
+  split: str = 'validation',
+  input_file: Optional[str] = None,
+  vocabulary_path: Optional[str] = None,
+  batch_size: int = 32,
+  chunk_batches: int = 10,
+  base_checkpoint_path: Optional[str] = None,
+  frozen_dtype: str = 'float32',
+  decode: inference.DecodeConfig = inference.DecodeConfig(),
+  partition: partitioning.PartitionConfig = partitioning.PartitionConfig(),
+  progress_bar: bool = True,
+) -> str:
   """Decodes a task split or an input file with a trained run (or a base checkpoint);
   returns the path of the finished JSONL file."""
   errors.require_macros(CHECKPOINT_PATH=checkpoint_path, INFER_OUTPUT_DIR=output_dir)
@@ -189,54 +196,74 @@ def infer(*,
   partitioning.host_batch_size(batch_size, mesh)
   model_info = trained_model.load(checkpoint_path, base_checkpoint_path, frozen_dtype, mesh)
   task, lengths = trained_model.task_and_lengths(
-      model_info, mixture_or_task_name, mixture_or_task_module, task_feature_lengths)
+    model_info, mixture_or_task_name, mixture_or_task_module, task_feature_lengths
+  )
   if input_file and not mixture_or_task_name:
     task = None  # A file is tokenized with the checkpoint's vocabulary, not the run's task.
   if not lengths:
-    raise UserError('TASK_FEATURE_LENGTHS is not set and the checkpoint does not record '
-                    "one; pass e.g. --gin.TASK_FEATURE_LENGTHS=\"{'inputs': 512, "
-                    "'targets': 128}\".")
+    raise UserError(
+      'TASK_FEATURE_LENGTHS is not set and the checkpoint does not record '
+      "one; pass e.g. --gin.TASK_FEATURE_LENGTHS=\"{'inputs': 512, "
+      "'targets': 128}\"."
+    )
   config = model_info.config
   input_length = data.converter_lengths(lengths, config.prompt_length)['inputs']
   if input_file:
-    vocabulary = (data.vocabulary(task) if task else vocabularies.sentencepiece(
-        vocabulary_path or model_info.base_path))
+    vocabulary = (
+      data.vocabulary(task)
+      if task
+      else vocabularies.sentencepiece(vocabulary_path or model_info.base_path)
+    )
     source = file_source(input_file, vocabulary, input_length)
   elif task:
     source = task_source(task, split, input_length)
   else:
-    raise UserError('Nothing to decode: set MIXTURE_OR_TASK_NAME or INPUT_FILE (the '
-                    'checkpoint records no task).')
+    raise UserError(
+      'Nothing to decode: set MIXTURE_OR_TASK_NAME or INPUT_FILE (the checkpoint records no task).'
+    )
   vocabularies.check_fits(source.vocabulary, config.vocab_size, source.name)
 
-  settings = {'checkpoint_path': checkpoint_path, 'split': split, 'input_file': input_file,
-              'batch_size': batch_size, 'chunk_batches': chunk_batches,
-              'decode': dataclasses.asdict(decode), 'lengths': dict(lengths),
-              'num_examples': len(source.examples)}
+  settings = {
+    'checkpoint_path': checkpoint_path,
+    'split': split,
+    'input_file': input_file,
+    'batch_size': batch_size,
+    'chunk_batches': chunk_batches,
+    'decode': dataclasses.asdict(decode),
+    'lengths': dict(lengths),
+    'num_examples': len(source.examples),
+  }
   final_path = fs.join(output_dir, f'{source.name}.jsonl')
   if fs.exists(final_path):
     tqdm.tqdm.write(f'{final_path} is already complete; delete it to decode again.')
     return final_path
   output = ChunkedOutput(output_dir, source.name, settings)
   model = models.EncoderDecoderModel(config)
-  predict = jax.jit(functools.partial(inference.predict_batch, model,
-                                      max_length=lengths['targets'], config=decode))
+  predict = jax.jit(
+    functools.partial(inference.predict_batch, model, max_length=lengths['targets'], config=decode)
+  )
   batch_sharding = partitioning.batch_sharding(mesh)
   chunk_size = batch_size * chunk_batches
   num_chunks = -(-len(source.examples) // chunk_size)
   start_chunk = output.completed_chunks()
-  bar = tqdm.tqdm(total=len(source.examples), initial=min(start_chunk * chunk_size,
-                                                           len(source.examples)),
-                  unit='ex', desc=f'infer {source.name}', disable=not progress_bar,
-                  dynamic_ncols=True)
+  bar = tqdm.tqdm(
+    total=len(source.examples),
+    initial=min(start_chunk * chunk_size, len(source.examples)),
+    unit='ex',
+    desc=f'infer {source.name}',
+    disable=not progress_bar,
+    dynamic_ncols=True,
+  )
   for chunk in range(start_chunk, num_chunks):
-    examples = source.examples[chunk * chunk_size:(chunk + 1) * chunk_size]
+    examples = source.examples[chunk * chunk_size : (chunk + 1) * chunk_size]
     lines = []
     for tokens, real in _batches(examples, batch_size, input_length):
-      out, scores = jax.device_get(predict(model_info.params,
-                                           jax.device_put(tokens, batch_sharding)))
-      lines += _lines(examples[len(lines):len(lines) + real], out[:real], scores[:real],
-                      source.vocabulary)
+      out, scores = jax.device_get(
+        predict(model_info.params, jax.device_put(tokens, batch_sharding))
+      )
+      lines += _lines(
+        examples[len(lines) : len(lines) + real], out[:real], scores[:real], source.vocabulary
+      )
       bar.update(real)
     output.write_chunk(chunk, lines)
   bar.close()

@@ -44,6 +44,7 @@ STEP_DIR = re.compile(r'^checkpoint_(\d+)$')
 
 class BaseCheckpoint:
   """A checkpoint read lazily by t5x parameter path."""
+
   format = 'unknown'
 
   def __init__(self, path: str):
@@ -80,26 +81,33 @@ class BaseCheckpoint:
     shapes = self.shapes()
     missing = [k for k in targets if k not in shapes]
     if missing:
-      raise UserError(f'{self.description} lacks {len(missing)} parameter(s) the model '
-                      f'needs, e.g. {missing[:3]}. Is it a checkpoint of the same '
-                      'architecture (network.T5Config)?')
+      raise UserError(
+        f'{self.description} lacks {len(missing)} parameter(s) the model '
+        f'needs, e.g. {missing[:3]}. Is it a checkpoint of the same '
+        'architecture (network.T5Config)?'
+      )
     for name, target in targets.items():
       if tuple(shapes[name]) != tuple(target.shape):
-        raise UserError(f'Parameter {name!r} has shape {tuple(shapes[name])} in '
-                        f'{self.description} but the model expects {tuple(target.shape)}. '
-                        'The gin network.T5Config sizes must match the checkpoint.')
+        raise UserError(
+          f'Parameter {name!r} has shape {tuple(shapes[name])} in '
+          f'{self.description} but the model expects {tuple(target.shape)}. '
+          'The gin network.T5Config sizes must match the checkpoint.'
+        )
 
-  def load(self, targets: Mapping[str, jax.ShapeDtypeStruct], progress: bool = False
-           ) -> dict[str, jax.Array]:
+  def load(
+    self, targets: Mapping[str, jax.ShapeDtypeStruct], progress: bool = False
+  ) -> dict[str, jax.Array]:
     """Reads the listed parameters, each cast and sharded as its target says. An int8
     kernel target is quantised on the host as it is read, filling its `kernel_scale`."""
     stored = {k: v for k, v in targets.items() if not quantization.is_scale(k)}
     self.check(stored)
     loaded = {}
-    for name in tqdm.tqdm(list(stored), desc='load base', unit='tensor',
-                          disable=not progress, leave=False):
-      for key, array in quantization.stored_tensors(name, self.read(name),
-                                                    stored[name].dtype).items():
+    for name in tqdm.tqdm(
+      list(stored), desc='load base', unit='tensor', disable=not progress, leave=False
+    ):
+      for key, array in quantization.stored_tensors(
+        name, self.read(name), stored[name].dtype
+      ).items():
         loaded[key] = place(array, targets[key])
     return loaded
 
@@ -108,8 +116,8 @@ def place(array: np.ndarray, target: jax.ShapeDtypeStruct) -> jax.Array:
   """Puts one host array onto `target.sharding` in `target.dtype`; each device receives
   only its own slice, cast on the way."""
   return jax.make_array_from_callback(
-      target.shape, target.sharding,
-      lambda index: np.asarray(array[index], dtype=target.dtype))
+    target.shape, target.sharding, lambda index: np.asarray(array[index], dtype=target.dtype)
+  )
 
 
 def _architecture_from_shapes(shapes: Mapping[str, tuple]) -> tuple[dict, dict]:
@@ -125,8 +133,7 @@ def _architecture_from_shapes(shapes: Mapping[str, tuple]) -> tuple[dict, dict]:
     if query:
       facts['head_dim'] = query[1] // relpos[0]
   for side in ('encoder', 'decoder'):
-    layers = {int(m.group(1)) for k in shapes
-              for m in [re.match(rf'{side}/layers_(\d+)/', k)] if m}
+    layers = {int(m.group(1)) for k in shapes for m in [re.match(rf'{side}/layers_(\d+)/', k)] if m}
     if layers:
       facts[f'num_{side}_layers'] = max(layers) + 1
   gated = 'encoder/layers_0/mlp/wi_0/kernel' in shapes
@@ -140,6 +147,7 @@ def _architecture_from_shapes(shapes: Mapping[str, tuple]) -> tuple[dict, dict]:
 
 class HFCheckpoint(BaseCheckpoint):
   """A transformers T5 folder: config.json and safetensors (or pytorch_model.bin)."""
+
   format = 'Hugging Face'
 
   def __init__(self, path: str):
@@ -186,6 +194,7 @@ class _TorchTensors:
 
   def read(self, key):
     import torch  # pylint: disable=import-outside-toplevel
+
     tensor = self._state[key]
     if tensor.dtype == torch.bfloat16:
       return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16).copy()
@@ -196,40 +205,46 @@ def _pytorch_bin_files(folder: str) -> list[str]:
   """pytorch_model.bin, or the shards named by pytorch_model.bin.index.json."""
   index = fs.join(folder, 'pytorch_model.bin.index.json')
   if fs.exists(index):
-    return [fs.join(folder, name)
-            for name in sorted(set(fs.read_json(index)['weight_map'].values()))]
+    return [
+      fs.join(folder, name) for name in sorted(set(fs.read_json(index)['weight_map'].values()))
+    ]
   single = fs.join(folder, 'pytorch_model.bin')
   return [single] if fs.exists(single) else []
 
 
 def _open_hf_tensors(folder: str) -> dict:
   """{HF key: reader with .shape(key) / .read(key)} for the folder's weight files."""
-  if any(fs.exists(fs.join(folder, f)) for f in
-         (safetensors_io.SINGLE_FILE, safetensors_io.INDEX_FILE)):
+  if any(
+    fs.exists(fs.join(folder, f)) for f in (safetensors_io.SINGLE_FILE, safetensors_io.INDEX_FILE)
+  ):
     return safetensors_io.open_folder(folder)
   bin_files = _pytorch_bin_files(folder)
   if bin_files:
     try:
       import torch  # pylint: disable=import-outside-toplevel
     except ImportError as e:
-      raise UserError(f'{folder} holds only pytorch_model*.bin, which needs torch to read. '
-                      'Install the CPU build (pip install torch) or convert the folder to '
-                      'safetensors once with transformers: '
-                      'T5ForConditionalGeneration.from_pretrained(d).save_pretrained(d2).'
-                      ) from e
+      raise UserError(
+        f'{folder} holds only pytorch_model*.bin, which needs torch to read. '
+        'Install the CPU build (pip install torch) or convert the folder to '
+        'safetensors once with transformers: '
+        'T5ForConditionalGeneration.from_pretrained(d).save_pretrained(d2).'
+      ) from e
     tensors = {}
     for bin_file in bin_files:
       # Local files are memory-mapped: a tensor's bytes are read when it is used. A
       # remote file cannot be, so its tensors are read whole into host memory.
       remote = fs.is_remote(bin_file)
       source = io.BytesIO(fs.read_bytes(bin_file)) if remote else bin_file
-      reader = _TorchTensors(torch.load(source, map_location='cpu', mmap=not remote,
-                                        weights_only=True))
+      reader = _TorchTensors(
+        torch.load(source, map_location='cpu', mmap=not remote, weights_only=True)
+      )
       tensors.update({key: reader for key in reader.keys()})
     return tensors
-  raise UserError(f'{folder} has config.json but no weights: expected '
-                  f'{safetensors_io.SINGLE_FILE}, {safetensors_io.INDEX_FILE} with its '
-                  'shards, or pytorch_model.bin (or its shards with an index).')
+  raise UserError(
+    f'{folder} has config.json but no weights: expected '
+    f'{safetensors_io.SINGLE_FILE}, {safetensors_io.INDEX_FILE} with its '
+    'shards, or pytorch_model.bin (or its shards with an index).'
+  )
 
 
 class T5XLegacyCheckpoint(BaseCheckpoint):
@@ -248,6 +263,7 @@ class T5XLegacyCheckpoint(BaseCheckpoint):
 
 class OrbaxCheckpoint(BaseCheckpoint):
   """An orbax PyTree of parameters: a t5pt run checkpoint or a T5X orbax checkpoint."""
+
   format = 'orbax'
   _PARAM_PREFIXES = ('optimizer/target/', 'target/', 'params/')
 
@@ -258,10 +274,12 @@ class OrbaxCheckpoint(BaseCheckpoint):
     with checkpoints.quiet_orbax_reads():
       tree = self._checkpointer.metadata(params_dir).item_metadata.tree
     stored = partitioning.flatten(tree)
-    self._prefix = next((p for p in self._PARAM_PREFIXES
-                         if any(k.startswith(p) for k in stored)), '')
-    self._stored = {k[len(self._prefix):]: v for k, v in stored.items()
-                    if k.startswith(self._prefix)}
+    self._prefix = next(
+      (p for p in self._PARAM_PREFIXES if any(k.startswith(p) for k in stored)), ''
+    )
+    self._stored = {
+      k[len(self._prefix) :]: v for k, v in stored.items() if k.startswith(self._prefix)
+    }
 
   def _read_shapes(self) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in self._stored.items()}
@@ -269,10 +287,14 @@ class OrbaxCheckpoint(BaseCheckpoint):
   def _restore(self, item: Mapping[str, object], restore_args: Mapping[str, object]) -> dict:
     nest = lambda flat: partitioning.unflatten({self._prefix + k: v for k, v in flat.items()})
     with checkpoints.quiet_orbax_reads():
-      restored = self._checkpointer.restore(self._dir, args=ocp.args.PyTreeRestore(
-          item=nest(item), restore_args=nest(restore_args), partial_restore=True))
+      restored = self._checkpointer.restore(
+        self._dir,
+        args=ocp.args.PyTreeRestore(
+          item=nest(item), restore_args=nest(restore_args), partial_restore=True
+        ),
+      )
     flat = partitioning.flatten(restored)
-    return {k[len(self._prefix):]: v for k, v in flat.items()}
+    return {k[len(self._prefix) :]: v for k, v in flat.items()}
 
   def read(self, name: str) -> np.ndarray:
     return self.read_many([name])[name]
@@ -288,13 +310,16 @@ class OrbaxCheckpoint(BaseCheckpoint):
     if any(t.dtype == jnp.int8 for t in targets.values()):
       return super().load(targets, progress)
     self.check(targets)
-    return self._restore(dict(targets), ocp.checkpoint_utils.construct_restore_args(
-        dict(targets)))
+    return self._restore(dict(targets), ocp.checkpoint_utils.construct_restore_args(dict(targets)))
 
 
 def _newest_step_dir(path: epath.Path) -> Optional[epath.Path]:
-  steps = sorted((int(m.group(1)), c) for c in path.iterdir()
-                 for m in [STEP_DIR.match(c.name)] if m and c.is_dir())
+  steps = sorted(
+    (int(m.group(1)), c)
+    for c in path.iterdir()
+    for m in [STEP_DIR.match(c.name)]
+    if m and c.is_dir()
+  )
   return steps[-1][1] if steps else None
 
 
@@ -302,14 +327,18 @@ def open_checkpoint(path: str) -> BaseCheckpoint:
   """Detects the format of `path` (see module docstring) and opens it lazily."""
   p = fs.path(path)
   if not p.exists():
-    raise UserError(f'INITIAL_CHECKPOINT_PATH={path!r} does not exist. Point it at an HF '
-                    'folder (config.json + model.safetensors), a T5X checkpoint_<step> '
-                    'directory, or a t5pt MODEL_DIR.')
+    raise UserError(
+      f'INITIAL_CHECKPOINT_PATH={path!r} does not exist. Point it at an HF '
+      'folder (config.json + model.safetensors), a T5X checkpoint_<step> '
+      'directory, or a t5pt MODEL_DIR.'
+    )
   if p.is_dir() and (p / 'config.json').exists():
     return HFCheckpoint(path)
   if (p.name == t5x_legacy.CHECKPOINT_FILE and not p.is_dir()) or (
-      p.is_dir() and (p / t5x_legacy.CHECKPOINT_FILE).exists()
-      and not (p / t5x_legacy.CHECKPOINT_FILE).is_dir()):
+    p.is_dir()
+    and (p / t5x_legacy.CHECKPOINT_FILE).exists()
+    and not (p / t5x_legacy.CHECKPOINT_FILE).is_dir()
+  ):
     return T5XLegacyCheckpoint(path)
   if p.is_dir():
     for candidate in (p / 'params', p):
@@ -318,28 +347,40 @@ def open_checkpoint(path: str) -> BaseCheckpoint:
     newest = _newest_step_dir(p)
     if newest is not None:
       return open_checkpoint(os.fspath(newest))
-  raise UserError(f'INITIAL_CHECKPOINT_PATH={path!r} is not a checkpoint t5pt recognises: '
-                  'expected an HF folder with config.json, a T5X checkpoint (a msgpack '
-                  '`checkpoint` file, or orbax _METADATA), a t5pt MODEL_DIR, or a directory '
-                  'of checkpoint_<step> subdirectories.')
+  raise UserError(
+    f'INITIAL_CHECKPOINT_PATH={path!r} is not a checkpoint t5pt recognises: '
+    'expected an HF folder with config.json, a T5X checkpoint (a msgpack '
+    '`checkpoint` file, or orbax _METADATA), a t5pt MODEL_DIR, or a directory '
+    'of checkpoint_<step> subdirectories.'
+  )
 
 
-def model_targets(config: network.T5Config, dtype: str, mesh: jax.sharding.Mesh,
-                  rules: partitioning.LogicalRules = partitioning.STANDARD_LOGICAL_AXIS_RULES
-                  ) -> dict[str, jax.ShapeDtypeStruct]:
+def model_targets(
+  config: network.T5Config,
+  dtype: str,
+  mesh: jax.sharding.Mesh,
+  rules: partitioning.LogicalRules = partitioning.STANDARD_LOGICAL_AXIS_RULES,
+) -> dict[str, jax.ShapeDtypeStruct]:
   """{path: shape, `dtype` and sharding over `mesh`} for every parameter of `config`."""
-  boxed = jax.eval_shape(lambda rng: models.EncoderDecoderModel(config).init(rng, 1, 1),
-                         jax.random.PRNGKey(0))
+  boxed = jax.eval_shape(
+    lambda rng: models.EncoderDecoderModel(config).init(rng, 1, 1), jax.random.PRNGKey(0)
+  )
   shardings = partitioning.param_shardings(boxed, mesh, rules)
-  return {k: jax.ShapeDtypeStruct(v.shape, quantization.storage_dtype(k, v.dtype, dtype),
-                                  sharding=shardings[k])
-          for k, v in partitioning.flatten(nn.unbox(boxed)).items()}
+  return {
+    k: jax.ShapeDtypeStruct(
+      v.shape, quantization.storage_dtype(k, v.dtype, dtype), sharding=shardings[k]
+    )
+    for k, v in partitioning.flatten(nn.unbox(boxed)).items()
+  }
 
 
-def load_model(path: str, config: network.T5Config = network.T5Config(),
-               dtype: str = 'float32', mesh: Optional[jax.sharding.Mesh] = None,
-               rules: partitioning.LogicalRules = partitioning.STANDARD_LOGICAL_AXIS_RULES
-               ) -> tuple[network.T5Config, dict]:
+def load_model(
+  path: str,
+  config: network.T5Config = network.T5Config(),
+  dtype: str = 'float32',
+  mesh: Optional[jax.sharding.Mesh] = None,
+  rules: partitioning.LogicalRules = partitioning.STANDARD_LOGICAL_AXIS_RULES,
+) -> tuple[network.T5Config, dict]:
   """(completed config, nested params) of the model a checkpoint holds, sharded over
   `mesh` (default: PartitionConfig's, one replica per device) by the logical rules.
 
@@ -348,11 +389,9 @@ def load_model(path: str, config: network.T5Config = network.T5Config(),
   """
   checkpoint = open_checkpoint(path)
   config = checkpoint.reconcile(config).require_complete()
-  targets = model_targets(config, dtype, mesh or partitioning.PartitionConfig().make_mesh(),
-                          rules)
+  targets = model_targets(config, dtype, mesh or partitioning.PartitionConfig().make_mesh(), rules)
   stored = checkpoint.shapes()
-  targets = {k: v for k, v in targets.items()
-             if k in stored or not network.is_added_by_tuning(k)}
+  targets = {k: v for k, v in targets.items() if k in stored or not network.is_added_by_tuning(k)}
   return config, partitioning.unflatten(checkpoint.load(targets))
 
 

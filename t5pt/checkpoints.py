@@ -32,12 +32,13 @@ class RunMeta:
   `version` key; older ones lack `network_config` or the task fields too): it reads
   unchanged, missing fields taking the defaults below.
   """
+
   step: int
   trainable: tuple[str, ...]
-  batches_consumed: int = 0            # batches the data iterator has yielded
+  batches_consumed: int = 0  # batches the data iterator has yielded
   seed: int = 0
   network_config: Optional[network.T5Config] = None  # None: older runs; the base knows
-  initial_checkpoint_path: Optional[str] = None      # the frozen base (absolute or URI)
+  initial_checkpoint_path: Optional[str] = None  # the frozen base (absolute or URI)
   mixture_or_task_name: Optional[str] = None
   mixture_or_task_module: Union[str, Sequence[str], None] = None
   task_feature_lengths: Optional[Mapping[str, int]] = None
@@ -55,13 +56,17 @@ class RunMeta:
     record = dict(record)
     version = record.setdefault('version', 0)
     if version > RUN_META_VERSION:
-      raise UserError(f'{source} was written by a newer t5pt (run record version '
-                      f'{version}; this one reads up to {RUN_META_VERSION}); upgrade t5pt.')
+      raise UserError(
+        f'{source} was written by a newer t5pt (run record version '
+        f'{version}; this one reads up to {RUN_META_VERSION}); upgrade t5pt.'
+      )
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(record) - known)
     if unknown:
-      raise UserError(f'{source}: unknown run record field(s) {unknown}; the checkpoint '
-                      'is damaged or from another program.')
+      raise UserError(
+        f'{source}: unknown run record field(s) {unknown}; the checkpoint '
+        'is damaged or from another program.'
+      )
     config = record.get('network_config')
     if config is not None:
       record['network_config'] = network.T5Config(**config)
@@ -75,16 +80,16 @@ class RunCheckpointer:
 
   def __init__(self, model_dir: str, keep: Optional[int] = 3):
     self._manager = ocp.CheckpointManager(
-        fs.path(model_dir),
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, step_prefix=STEP_PREFIX, create=True,
-            cleanup_tmp_directories=True))
+      fs.path(model_dir),
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=keep, step_prefix=STEP_PREFIX, create=True, cleanup_tmp_directories=True
+      ),
+    )
 
   def save(self, params, opt_state, meta: RunMeta) -> None:
     """Starts an asynchronous save of checkpoint `meta.step`; its directory only
     appears once complete. `opt_state` None saves none (an imported adapter)."""
-    items = {'params': ocp.args.StandardSave(params),
-             'meta': ocp.args.JsonSave(meta.to_json())}
+    items = {'params': ocp.args.StandardSave(params), 'meta': ocp.args.JsonSave(meta.to_json())}
     if opt_state is not None:
       items['opt_state'] = ocp.args.StandardSave(opt_state)
     self._manager.save(meta.step, args=ocp.args.Composite(**items), force=True)
@@ -119,8 +124,9 @@ def quiet_orbax_reads():
 def _read_only_manager(model_dir: str):
   with quiet_orbax_reads():
     manager = ocp.CheckpointManager(
-        fs.path(model_dir),
-        options=ocp.CheckpointManagerOptions(step_prefix=STEP_PREFIX, read_only=True))
+      fs.path(model_dir),
+      options=ocp.CheckpointManagerOptions(step_prefix=STEP_PREFIX, read_only=True),
+    )
     try:
       yield manager
     finally:
@@ -142,15 +148,18 @@ def latest_step(model_dir: str) -> Optional[int]:
 def read_meta(model_dir: str, step: int) -> RunMeta:
   """The record of checkpoint `step` of a run, without opening it for writing."""
   with _read_only_manager(model_dir) as manager:
-    record = manager.restore(step, args=ocp.args.Composite(
-        meta=ocp.args.JsonRestore()))['meta']
+    record = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
   return RunMeta.from_json(record, step_dir(model_dir, step))
 
 
 def restore(model_dir: str, step: int, abstract_params, abstract_opt_state):
   """(params, opt_state) of checkpoint `step`, placed as the abstract targets ask."""
   with _read_only_manager(model_dir) as manager:
-    restored = manager.restore(step, args=ocp.args.Composite(
+    restored = manager.restore(
+      step,
+      args=ocp.args.Composite(
         params=ocp.args.StandardRestore(abstract_params),
-        opt_state=ocp.args.StandardRestore(abstract_opt_state)))
+        opt_state=ocp.args.StandardRestore(abstract_opt_state),
+      ),
+    )
   return restored['params'], restored['opt_state']

@@ -26,9 +26,11 @@ def import_task_modules(modules: Union[None, str, Sequence[str]]) -> None:
     try:
       importlib.import_module(name)
     except ImportError as e:
-      raise UserError(f'MIXTURE_OR_TASK_MODULE={name!r} cannot be imported ({e}). Give a '
-                      'module path importable from the working directory, e.g. '
-                      "'tasks.synthetic'.") from e
+      raise UserError(
+        f'MIXTURE_OR_TASK_MODULE={name!r} cannot be imported ({e}). Give a '
+        'module path importable from the working directory, e.g. '
+        "'tasks.synthetic'."
+      ) from e
 
 
 def get_provider(name: str) -> seqio.DatasetProviderBase:
@@ -37,55 +39,80 @@ def get_provider(name: str) -> seqio.DatasetProviderBase:
   if name not in known:
     close = difflib.get_close_matches(name, known, n=3)
     hint = f' Did you mean {close}?' if close else ''
-    raise UserError(f'MIXTURE_OR_TASK_NAME={name!r} is not a registered task or mixture.'
-                    f'{hint} Set MIXTURE_OR_TASK_MODULE to the module that registers it '
-                    f'({len(known)} names are registered now).')
+    raise UserError(
+      f'MIXTURE_OR_TASK_NAME={name!r} is not a registered task or mixture.'
+      f'{hint} Set MIXTURE_OR_TASK_MODULE to the module that registers it '
+      f'({len(known)} names are registered now).'
+    )
   return seqio.get_mixture_or_task(name)
 
 
-def converter_lengths(task_feature_lengths: Mapping[str, int], prompt_length: int
-                      ) -> dict[str, int]:
+def converter_lengths(
+  task_feature_lengths: Mapping[str, int], prompt_length: int
+) -> dict[str, int]:
   """Token budget for the converter once the prompt has taken its encoder positions."""
   for key in ('inputs', 'targets'):
     if key not in task_feature_lengths:
-      raise UserError(f"TASK_FEATURE_LENGTHS needs an {key!r} length, got "
-                      f'{dict(task_feature_lengths)}.')
+      raise UserError(
+        f"TASK_FEATURE_LENGTHS needs an {key!r} length, got {dict(task_feature_lengths)}."
+      )
   inputs = task_feature_lengths['inputs']
   if inputs <= prompt_length:
-    raise UserError(f"TASK_FEATURE_LENGTHS['inputs']={inputs} leaves no room for input "
-                    f'tokens after the PROMPT_LENGTH={prompt_length} prompt positions; the '
-                    "prompt counts in the encoder budget, so set TASK_FEATURE_LENGTHS['inputs'] "
-                    f'to at least {prompt_length + 1} (prompt + longest input).')
+    raise UserError(
+      f"TASK_FEATURE_LENGTHS['inputs']={inputs} leaves no room for input "
+      f'tokens after the PROMPT_LENGTH={prompt_length} prompt positions; the '
+      "prompt counts in the encoder budget, so set TASK_FEATURE_LENGTHS['inputs'] "
+      f'to at least {prompt_length + 1} (prompt + longest input).'
+    )
   return {'inputs': inputs - prompt_length, 'targets': task_feature_lengths['targets']}
 
 
-def get_dataset(name: str, task_feature_lengths: Mapping[str, int], split: str, *,
-                prompt_length: int = 0, shuffle: bool = True, seed: Optional[int] = 0,
-                repeat: bool = True, pack: bool = False, use_cached: bool = False,
-                shard_index: int = 0, num_shards: int = 1) -> tf.data.Dataset:
+def get_dataset(
+  name: str,
+  task_feature_lengths: Mapping[str, int],
+  split: str,
+  *,
+  prompt_length: int = 0,
+  shuffle: bool = True,
+  seed: Optional[int] = 0,
+  repeat: bool = True,
+  pack: bool = False,
+  use_cached: bool = False,
+  shard_index: int = 0,
+  num_shards: int = 1,
+) -> tf.data.Dataset:
   """Unbatched converted examples (this host's shard) of a task or mixture split."""
   provider = get_provider(name)
   lengths = converter_lengths(task_feature_lengths, prompt_length)
   if split not in provider.splits:
     raise UserError(f'{name!r} has no split {split!r}; it has {list(provider.splits)}.')
   ds = provider.get_dataset(
-      lengths, split=split, use_cached=use_cached, shuffle=shuffle, seed=seed,
-      # No ShardInfo for one host: seqio would list the source's files for nothing.
-      shard_info=seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None,
-      num_epochs=None if repeat else 1, trim_output_features=True)
+    lengths,
+    split=split,
+    use_cached=use_cached,
+    shuffle=shuffle,
+    seed=seed,
+    # No ShardInfo for one host: seqio would list the source's files for nothing.
+    shard_info=seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None,
+    num_epochs=None if repeat else 1,
+    trim_output_features=True,
+  )
   return seqio.EncDecFeatureConverter(pack=pack)(ds, lengths)
 
 
-def iterate_batches(ds: tf.data.Dataset, batch_size: int, *, drop_remainder: bool,
-                    skip_batches: int = 0) -> Iterator[Batch]:
+def iterate_batches(
+  ds: tf.data.Dataset, batch_size: int, *, drop_remainder: bool, skip_batches: int = 0
+) -> Iterator[Batch]:
   """Yields numpy batches [batch_size, ...]; a short final batch is padded with empty
   (all-zero, zero-weight) rows so every batch has one shape and compiles once."""
   batches = ds.batch(batch_size, drop_remainder=drop_remainder).skip(skip_batches)
   for batch in batches.prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
     rows = next(iter(batch.values())).shape[0]
     if rows < batch_size:
-      batch = {k: np.concatenate([v, np.zeros((batch_size - rows,) + v.shape[1:], v.dtype)])
-               for k, v in batch.items()}
+      batch = {
+        k: np.concatenate([v, np.zeros((batch_size - rows,) + v.shape[1:], v.dtype)])
+        for k, v in batch.items()
+      }
     yield batch
 
 

@@ -42,14 +42,23 @@ def filter_logits(logits: jax.Array, top_k: int = 0, top_p: float = 1.0) -> jax.
   return logits
 
 
-def sample(step_fn: StepFn, state: State, rows: int, max_length: int, rng: jax.Array,
-           eos_id: int = 1, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0
-           ) -> tuple[jax.Array, jax.Array]:
+def sample(
+  step_fn: StepFn,
+  state: State,
+  rows: int,
+  max_length: int,
+  rng: jax.Array,
+  eos_id: int = 1,
+  temperature: float = 0.0,
+  top_k: int = 0,
+  top_p: float = 1.0,
+) -> tuple[jax.Array, jax.Array]:
   """Greedy (temperature 0) or temperature sampling with optional top-k / top-p.
 
   Returns tokens [rows, max_length] and scores [rows]. Stops early once every row has
   produced EOS.
   """
+
   def cond(carry):
     index, _, _, ended, _, _, _ = carry
     return (index < max_length) & ~ended.all()
@@ -63,16 +72,24 @@ def sample(step_fn: StepFn, state: State, rows: int, max_length: int, rng: jax.A
       chosen = jnp.argmax(logits, axis=-1)
     else:
       chosen = jax.random.categorical(
-          key, filter_logits(logits.astype(jnp.float32) / temperature, top_k, top_p))
+        key, filter_logits(logits.astype(jnp.float32) / temperature, top_k, top_p)
+      )
     chosen = jnp.where(ended, PAD_ID, chosen).astype(jnp.int32)
     scores = scores + jnp.where(
-        ended, 0.0, jnp.take_along_axis(log_probs, chosen[:, None], axis=-1)[:, 0])
+      ended, 0.0, jnp.take_along_axis(log_probs, chosen[:, None], axis=-1)[:, 0]
+    )
     tokens = jax.lax.dynamic_update_slice_in_dim(tokens, chosen[:, None], index, axis=1)
     return index + 1, tokens, chosen, ended | (chosen == eos_id), scores, state, rng
 
-  carry = (jnp.zeros((), jnp.int32), jnp.zeros((rows, max_length), jnp.int32),
-           jnp.full((rows,), PAD_ID, jnp.int32), jnp.zeros((rows,), bool),
-           jnp.zeros((rows,), jnp.float32), state, rng)
+  carry = (
+    jnp.zeros((), jnp.int32),
+    jnp.zeros((rows, max_length), jnp.int32),
+    jnp.full((rows,), PAD_ID, jnp.int32),
+    jnp.zeros((rows,), bool),
+    jnp.zeros((rows,), jnp.float32),
+    state,
+    rng,
+  )
   _, tokens, _, _, scores, _, _ = jax.lax.while_loop(cond, body, carry)
   return tokens, scores
 
@@ -84,13 +101,18 @@ def brevity_penalty(alpha: float, length) -> jax.Array:
 
 def _reorder(state: State, rows: jax.Array, num_rows: int) -> State:
   """Gathers every per-row leaf of `state` by `rows` [num_rows]."""
-  return jax.tree.map(
-      lambda x: x[rows] if x.ndim and x.shape[0] == num_rows else x, state)
+  return jax.tree.map(lambda x: x[rows] if x.ndim and x.shape[0] == num_rows else x, state)
 
 
-def beam_search(step_fn: StepFn, state: State, batch_size: int, beam_size: int,
-                max_length: int, eos_id: int = 1, alpha: float = 0.6
-                ) -> tuple[jax.Array, jax.Array]:
+def beam_search(
+  step_fn: StepFn,
+  state: State,
+  batch_size: int,
+  beam_size: int,
+  max_length: int,
+  eos_id: int = 1,
+  alpha: float = 0.6,
+) -> tuple[jax.Array, jax.Array]:
   """Beam search with t5x's brevity penalty: keeps `beam_size` live and `beam_size`
   finished hypotheses per example; stops when no live one can beat the worst finished.
 
@@ -109,8 +131,9 @@ def beam_search(step_fn: StepFn, state: State, batch_size: int, beam_size: int,
 
   def body(carry):
     index, alive, alive_scores, finished_seqs, finished_scores, finished, state = carry
-    previous = jax.lax.dynamic_index_in_dim(alive, jnp.maximum(index - 1, 0), axis=2,
-                                            keepdims=False)
+    previous = jax.lax.dynamic_index_in_dim(
+      alive, jnp.maximum(index - 1, 0), axis=2, keepdims=False
+    )
     current = jnp.where(index == 0, PAD_ID, previous).reshape(n)
     logits, state = step_fn(current, index, state)
     vocab = logits.shape[-1]
@@ -119,33 +142,36 @@ def beam_search(step_fn: StepFn, state: State, batch_size: int, beam_size: int,
     top_scores, top_index = jax.lax.top_k(candidates, 2 * k)
     source_beam, token = top_index // vocab, (top_index % vocab).astype(jnp.int32)
     top_seqs = jnp.take_along_axis(alive, source_beam[:, :, None], axis=1)
-    top_seqs = jax.lax.dynamic_update_slice_in_dim(top_seqs, token[:, :, None], index,
-                                                   axis=2)
+    top_seqs = jax.lax.dynamic_update_slice_in_dim(top_seqs, token[:, :, None], index, axis=2)
     is_eos = token == eos_id
 
     alive_scores, keep = jax.lax.top_k(jnp.where(is_eos, NEG_INF, top_scores), k)
     alive = jnp.take_along_axis(top_seqs, keep[:, :, None], axis=1)
-    rows = (jnp.arange(b)[:, None] * k +
-            jnp.take_along_axis(source_beam, keep, axis=1)).reshape(n)
+    rows = (jnp.arange(b)[:, None] * k + jnp.take_along_axis(source_beam, keep, axis=1)).reshape(n)
     state = _reorder(state, rows, n)
 
     # As in HF's beam scorer, a hypothesis ends only if its EOS ranks among the top k
     # candidates (so beam size 1 is exactly greedy); at max_length every candidate ends.
     ranked_in_beam = jnp.arange(2 * k)[None, :] < k
     ends_here = (is_eos & ranked_in_beam) | (index == max_length - 1)
-    new_scores = jnp.where(ends_here, top_scores / brevity_penalty(alpha, index + 1),
-                           NEG_INF)
+    new_scores = jnp.where(ends_here, top_scores / brevity_penalty(alpha, index + 1), NEG_INF)
     pooled_scores = jnp.concatenate([finished_scores, new_scores], axis=1)
     finished_scores, pick = jax.lax.top_k(pooled_scores, k)
     finished_seqs = jnp.take_along_axis(
-        jnp.concatenate([finished_seqs, top_seqs], axis=1), pick[:, :, None], axis=1)
-    finished = jnp.take_along_axis(jnp.concatenate([finished, ends_here], axis=1), pick,
-                                   axis=1)
+      jnp.concatenate([finished_seqs, top_seqs], axis=1), pick[:, :, None], axis=1
+    )
+    finished = jnp.take_along_axis(jnp.concatenate([finished, ends_here], axis=1), pick, axis=1)
     return index + 1, alive, alive_scores, finished_seqs, finished_scores, finished, state
 
   first_beam_only = jnp.tile(jnp.array([0.0] + [NEG_INF] * (k - 1), jnp.float32), (b, 1))
-  carry = (jnp.zeros((), jnp.int32), jnp.zeros((b, k, max_length), jnp.int32),
-           first_beam_only, jnp.zeros((b, k, max_length), jnp.int32),
-           jnp.full((b, k), NEG_INF, jnp.float32), jnp.zeros((b, k), bool), state)
+  carry = (
+    jnp.zeros((), jnp.int32),
+    jnp.zeros((b, k, max_length), jnp.int32),
+    first_beam_only,
+    jnp.zeros((b, k, max_length), jnp.int32),
+    jnp.full((b, k), NEG_INF, jnp.float32),
+    jnp.zeros((b, k), bool),
+    state,
+  )
   _, _, _, finished_seqs, finished_scores, _, _ = jax.lax.while_loop(cond, body, carry)
   return finished_seqs, finished_scores

@@ -26,12 +26,15 @@ from t5pt import trainer
 
 HELDOUT_TASK = 'synthetic_heldout_max'
 
-_RUN_DIR = flags.DEFINE_string('run_dir', None,
-                               'Where both runs go (default: runs/demo-<timestamp>).')
-_BASE_STEPS = flags.DEFINE_integer('base_train_steps', None,
-                                   'Override TRAIN_STEPS of stage 1 (gin/demo/base_tiny.gin).')
+_RUN_DIR = flags.DEFINE_string(
+  'run_dir', None, 'Where both runs go (default: runs/demo-<timestamp>).'
+)
+_BASE_STEPS = flags.DEFINE_integer(
+  'base_train_steps', None, 'Override TRAIN_STEPS of stage 1 (gin/demo/base_tiny.gin).'
+)
 _PROMPT_STEPS = flags.DEFINE_integer(
-    'prompt_train_steps', None, 'Override TRAIN_STEPS of stage 2 (t5_1_1_tiny_prompt.gin).')
+  'prompt_train_steps', None, 'Override TRAIN_STEPS of stage 2 (t5_1_1_tiny_prompt.gin).'
+)
 
 
 def _steps_binding(steps) -> list[str]:
@@ -45,9 +48,11 @@ def _run_stage(gin_file: str, bindings: list[str]) -> dict:
 
 
 def _accuracy_line(name: str, metrics: dict, decoded: dict) -> str:
-  return (f'  {name:<28} decoded exact match {decoded["sequence_accuracy"]:5.1f}%   '
-          f'token accuracy {100 * metrics["token_accuracy"]:5.1f}%   '
-          f'loss {metrics["loss"]:.3f}')
+  return (
+    f'  {name:<28} decoded exact match {decoded["sequence_accuracy"]:5.1f}%   '
+    f'token accuracy {100 * metrics["token_accuracy"]:5.1f}%   '
+    f'loss {metrics["loss"]:.3f}'
+  )
 
 
 def _show_predictions(prompt_dir: str, count: int) -> None:
@@ -59,10 +64,13 @@ def _show_predictions(prompt_dir: str, count: int) -> None:
   examples = source.examples[:count]
   tokens = np.zeros((count, input_length), np.int32)
   for i, ex in enumerate(examples):
-    tokens[i, :len(ex['tokens'])] = ex['tokens']
-  decoded, _ = inference.predict_batch(models.EncoderDecoderModel(loaded.config),
-                                       loaded.params, jnp.asarray(tokens),
-                                       lengths['targets'])
+    tokens[i, : len(ex['tokens'])] = ex['tokens']
+  decoded, _ = inference.predict_batch(
+    models.EncoderDecoderModel(loaded.config),
+    loaded.params,
+    jnp.asarray(tokens),
+    lengths['targets'],
+  )
   print(f'\nGreedy decodes of the first {count} held-out examples (base + prompt):')
   for ex, row in zip(examples, np.asarray(decoded)[:, 0]):
     prediction = source.vocabulary.decode([int(t) for t in row])
@@ -71,29 +79,42 @@ def _show_predictions(prompt_dir: str, count: int) -> None:
 
 
 def demo() -> None:
-  run_dir = fs.absolute(_RUN_DIR.value or
-                        fs.join('runs', time.strftime('demo-%Y%m%d-%H%M%S')))
+  run_dir = fs.absolute(_RUN_DIR.value or fs.join('runs', time.strftime('demo-%Y%m%d-%H%M%S')))
   base_dir, prompt_dir = fs.join(run_dir, 'base'), fs.join(run_dir, 'prompt')
-  print(f'[1/2] Training the tiny base model on the synthetic instruction mixture '
-        f'-> {base_dir}', flush=True)
-  base = _run_stage('gin/demo/base_tiny.gin',
-                    [f'MODEL_DIR = {base_dir!r}', *_steps_binding(_BASE_STEPS.value)])
-  print(f'[2/2] Freezing it and prompt-tuning the held-out task -> {prompt_dir}',
-        flush=True)
-  tuned = _run_stage('gin/t5_1_1_tiny_prompt.gin',
-                     [f'MODEL_DIR = {prompt_dir!r}',
-                      f'INITIAL_CHECKPOINT_PATH = {base_dir!r}',
-                      *_steps_binding(_PROMPT_STEPS.value)])
-  print(f'\nHeld-out task "{HELDOUT_TASK}" (validation split; exact match of greedy '
-        'decodes, token accuracy and loss teacher-forced):')
-  print(_accuracy_line('base, before prompt tuning', tuned['eval_at_start'],
-                       tuned['infer_eval_at_start'][HELDOUT_TASK]))
-  print(_accuracy_line('base + trained prompt', tuned['eval'],
-                       tuned['infer_eval'][HELDOUT_TASK]))
+  print(
+    f'[1/2] Training the tiny base model on the synthetic instruction mixture -> {base_dir}',
+    flush=True,
+  )
+  base = _run_stage(
+    'gin/demo/base_tiny.gin', [f'MODEL_DIR = {base_dir!r}', *_steps_binding(_BASE_STEPS.value)]
+  )
+  print(f'[2/2] Freezing it and prompt-tuning the held-out task -> {prompt_dir}', flush=True)
+  tuned = _run_stage(
+    'gin/t5_1_1_tiny_prompt.gin',
+    [
+      f'MODEL_DIR = {prompt_dir!r}',
+      f'INITIAL_CHECKPOINT_PATH = {base_dir!r}',
+      *_steps_binding(_PROMPT_STEPS.value),
+    ],
+  )
+  print(
+    f'\nHeld-out task "{HELDOUT_TASK}" (validation split; exact match of greedy '
+    'decodes, token accuracy and loss teacher-forced):'
+  )
+  print(
+    _accuracy_line(
+      'base, before prompt tuning',
+      tuned['eval_at_start'],
+      tuned['infer_eval_at_start'][HELDOUT_TASK],
+    )
+  )
+  print(_accuracy_line('base + trained prompt', tuned['eval'], tuned['infer_eval'][HELDOUT_TASK]))
   _show_predictions(prompt_dir, count=6)
-  print(f'\nTrained {tuned["trainable_parameters"]} prompt parameters; the frozen base '
-        f'was trained on the instruction mixture (eval: '
-        f'{100 * base["eval"]["sequence_accuracy"]:.1f}% sequence accuracy).')
+  print(
+    f'\nTrained {tuned["trainable_parameters"]} prompt parameters; the frozen base '
+    f'was trained on the instruction mixture (eval: '
+    f'{100 * base["eval"]["sequence_accuracy"]:.1f}% sequence accuracy).'
+  )
   print(f'Run directory: {run_dir}  (tensorboard --logdir {run_dir})')
 
 

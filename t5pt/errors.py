@@ -12,5 +12,7 @@ def require_macros(**values) -> None:
   """Raises a UserError naming the first gin macro (keyword) whose value is unset."""
   for macro, value in values.items():
     if not value:
-      raise UserError(f'{macro} is not set; pass e.g. --gin.{macro}="\'...\'" '
-                      '(note the inner quotes: gin strings are Python literals).')
+      raise UserError(
+        f'{macro} is not set; pass e.g. --gin.{macro}="\'...\'" '
+        '(note the inner quotes: gin strings are Python literals).'
+      )

@@ -35,38 +35,51 @@ from t5pt.errors import UserError
 class InferenceEvaluator:
   """seqio.Evaluator over one task or mixture, fed by t5pt's decoding and scoring."""
 
-  def __init__(self, model: models.EncoderDecoderModel, mesh, batch_size: int,
-               mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
-               split: str = 'validation', use_cached: bool = False,
-               decode: inference.DecodeConfig = inference.DecodeConfig(),
-               log_dir: Optional[str] = None, tensorboard: bool = True,
-               num_examples: Optional[int] = None):
+  def __init__(
+    self,
+    model: models.EncoderDecoderModel,
+    mesh,
+    batch_size: int,
+    mixture_or_task_name: str,
+    task_feature_lengths: Mapping[str, int],
+    split: str = 'validation',
+    use_cached: bool = False,
+    decode: inference.DecodeConfig = inference.DecodeConfig(),
+    log_dir: Optional[str] = None,
+    tensorboard: bool = True,
+    num_examples: Optional[int] = None,
+  ):
     """Writes its results into `log_dir` when given (see OutputLogger)."""
     data.get_provider(mixture_or_task_name)  # A clear error for unknown names.
     self._evaluator = seqio.Evaluator(
-        mixture_or_task_name=mixture_or_task_name,
-        feature_converter=seqio.EncDecFeatureConverter(pack=False),
-        eval_split=split, use_cached=use_cached,
-        sequence_length=data.converter_lengths(task_feature_lengths,
-                                               model.config.prompt_length),
-        num_examples=num_examples, log_dir=log_dir,
-        logger_cls=[functools.partial(OutputLogger, tensorboard=tensorboard)] if log_dir
-        else ())
+      mixture_or_task_name=mixture_or_task_name,
+      feature_converter=seqio.EncDecFeatureConverter(pack=False),
+      eval_split=split,
+      use_cached=use_cached,
+      sequence_length=data.converter_lengths(task_feature_lengths, model.config.prompt_length),
+      num_examples=num_examples,
+      log_dir=log_dir,
+      logger_cls=[functools.partial(OutputLogger, tensorboard=tensorboard)] if log_dir else (),
+    )
     self._batch_size = batch_size
     self._sharding = partitioning.batch_sharding(mesh)
     # Compiled once here, then reused at every evaluation of a training run.
-    self._predict = jax.jit(functools.partial(
-        inference.predict_batch, model, max_length=task_feature_lengths['targets'],
-        config=decode))
+    self._predict = jax.jit(
+      functools.partial(
+        inference.predict_batch, model, max_length=task_feature_lengths['targets'], config=decode
+      )
+    )
     self._score = jax.jit(functools.partial(inference.score_batch, model))
 
   @property
   def has_metrics(self) -> bool:
-    return any(task.predict_metric_fns or task.score_metric_fns
-               for task in self._evaluator.eval_tasks)
+    return any(
+      task.predict_metric_fns or task.score_metric_fns for task in self._evaluator.eval_tasks
+    )
 
   def evaluate(self, params, step: Optional[int] = None) -> dict[str, dict[str, float]]:
     """{task name: {metric: value}} for the full (merged) parameter tree `params`."""
+
     def run(ds, fn):
       results = []
       for indices, batch in _batches(ds, self._batch_size):
@@ -75,14 +88,18 @@ class InferenceEvaluator:
         results += [(int(i), output[row]) for row, i in enumerate(indices)]
       return results
 
-    predict_fn = lambda ds: [(i, tokens[0].tolist()) for i, tokens in run(
-        ds, lambda b: self._predict(params, b['encoder_input_tokens'])[0])]
-    score_fn = lambda ds: [(i, float(s)) for i, s in run(
-        ds, lambda b: self._score(params, b))]
-    metrics, _ = self._evaluator.evaluate(compute_metrics=True, step=step,
-                                          predict_fn=predict_fn, score_fn=score_fn)
-    return {task: {name: _scalar(value) for name, value in task_metrics.items()}
-            for task, task_metrics in metrics.result().items()}
+    predict_fn = lambda ds: [
+      (i, tokens[0].tolist())
+      for i, tokens in run(ds, lambda b: self._predict(params, b['encoder_input_tokens'])[0])
+    ]
+    score_fn = lambda ds: [(i, float(s)) for i, s in run(ds, lambda b: self._score(params, b))]
+    metrics, _ = self._evaluator.evaluate(
+      compute_metrics=True, step=step, predict_fn=predict_fn, score_fn=score_fn
+    )
+    return {
+      task: {name: _scalar(value) for name, value in task_metrics.items()}
+      for task, task_metrics in metrics.result().items()
+    }
 
 
 class OutputLogger(seqio.Logger):
@@ -94,28 +111,45 @@ class OutputLogger(seqio.Logger):
     super().__init__(output_dir)
     self._tensorboard = tensorboard
 
-  def __call__(self, task_name: str, step: Optional[int],
-               metrics: Mapping[str, seqio.metrics.MetricValue], dataset,
-               inferences: Optional[Mapping[str, Sequence[Any]]],
-               targets: Optional[Sequence[Any]]) -> None:
+  def __call__(
+    self,
+    task_name: str,
+    step: Optional[int],
+    metrics: Mapping[str, seqio.metrics.MetricValue],
+    dataset,
+    inferences: Optional[Mapping[str, Sequence[Any]]],
+    targets: Optional[Sequence[Any]],
+  ) -> None:
     if jax.process_index() != 0:
       return
     step = step or 0
-    scalars = {name: _scalar(value) for name, value in metrics.items()
-               if isinstance(value, (seqio.metrics.Scalar, int, float))}
+    scalars = {
+      name: _scalar(value)
+      for name, value in metrics.items()
+      if isinstance(value, (seqio.metrics.Scalar, int, float))
+    }
     metrics_log.JsonLines(fs.join(self.output_dir, f'{task_name}-metrics.jsonl')).append(
-        {'step': step, **scalars})
+      {'step': step, **scalars}
+    )
     if self._tensorboard:
       metrics_log.EventFile(fs.join(self.output_dir, task_name)).write(step, scalars)
     if dataset is None or not inferences or not targets:
       return
     lines = []
-    for example, target, prediction in zip(dataset.as_numpy_iterator(), targets,
-                                           inferences.get('predictions', ())):
+    for example, target, prediction in zip(
+      dataset.as_numpy_iterator(), targets, inferences.get('predictions', ())
+    ):
       raw = example.get('inputs_pretokenized', b'')
-      lines.append(json.dumps({
-          'inputs': raw.decode() if isinstance(raw, bytes) else str(raw),
-          'target': _jsonable(target), 'prediction': _jsonable(prediction)}) + '\n')
+      lines.append(
+        json.dumps(
+          {
+            'inputs': raw.decode() if isinstance(raw, bytes) else str(raw),
+            'target': _jsonable(target),
+            'prediction': _jsonable(prediction),
+          }
+        )
+        + '\n'
+      )
     fs.write_text(fs.join(self.output_dir, f'{task_name}-{step:06d}.jsonl'), ''.join(lines))
 
 
@@ -140,9 +174,16 @@ class RunEvaluator:
     self._decoded = None
     if config.infer_eval and config.eval_split:
       decoded = InferenceEvaluator(
-          setup.model, setup.mesh, config.batch_size, config.mixture_or_task_name,
-          config.task_feature_lengths, config.eval_split, config.use_cached_tasks,
-          log_dir=fs.join(config.model_dir, 'inference_eval'), tensorboard=False)
+        setup.model,
+        setup.mesh,
+        config.batch_size,
+        config.mixture_or_task_name,
+        config.task_feature_lengths,
+        config.eval_split,
+        config.use_cached_tasks,
+        log_dir=fs.join(config.model_dir, 'inference_eval'),
+        tensorboard=False,
+      )
       self._decoded = decoded if decoded.has_metrics else None
 
   def evaluate(self, step: int, params, suffix: str = '') -> dict:
@@ -152,22 +193,22 @@ class RunEvaluator:
     if setup.eval_ds is None:
       return {}
     sums = None
-    for batch in data.iterate_batches(setup.eval_ds, setup.host_batch_size,
-                                      drop_remainder=False):
+    for batch in data.iterate_batches(setup.eval_ds, setup.host_batch_size, drop_remainder=False):
       m = self._eval_step(params, setup.frozen_tree, setup.to_device(batch))
       sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
     teacher_forced = models.summarize(jax.device_get(sums))
     self._log.write('eval', step, teacher_forced)
-    _say(f'eval @ step {step}: ' +
-         ', '.join(f'{k}={v:.4f}' for k, v in teacher_forced.items()))
+    _say(f'eval @ step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in teacher_forced.items()))
     results = {'eval' + suffix: teacher_forced}
     if self._decoded:
       decoded = self._decoded.evaluate(steps.combine(setup.frozen_tree, params), step)
-      flat = {(f'{task}/{name}' if len(decoded) > 1 else name): value
-              for task, values in decoded.items() for name, value in values.items()}
+      flat = {
+        (f'{task}/{name}' if len(decoded) > 1 else name): value
+        for task, values in decoded.items()
+        for name, value in values.items()
+      }
       self._log.write('infer_eval', step, flat)
-      _say(f'decoded eval @ step {step}: ' +
-           ', '.join(f'{k}={v:.4f}' for k, v in flat.items()))
+      _say(f'decoded eval @ step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in flat.items()))
       results['infer_eval' + suffix] = decoded
     return results
 
@@ -205,41 +246,55 @@ def _stack(rows, batch_size: int) -> dict[str, np.ndarray]:
 
 
 @gin.configurable(module='evaluation')
-def evaluate(*,
-             checkpoint_path: str = gin.REQUIRED,
-             output_dir: str = gin.REQUIRED,
-             mixture_or_task_name: Optional[str] = None,
-             mixture_or_task_module: Optional[str] = None,
-             task_feature_lengths: Optional[Mapping[str, int]] = None,
-             split: str = 'validation',
-             batch_size: int = 32,
-             base_checkpoint_path: Optional[str] = None,
-             frozen_dtype: str = 'float32',
-             use_cached_tasks: bool = False,
-             decode: inference.DecodeConfig = inference.DecodeConfig(),
-             partition: partitioning.PartitionConfig = partitioning.PartitionConfig()
-             ) -> dict[str, dict[str, float]]:
+def evaluate(
+  *,
+  checkpoint_path: str = gin.REQUIRED,
+  output_dir: str = gin.REQUIRED,
+  mixture_or_task_name: Optional[str] = None,
+  mixture_or_task_module: Optional[str] = None,
+  task_feature_lengths: Optional[Mapping[str, int]] = None,
+  split: str = 'validation',
+  batch_size: int = 32,
+  base_checkpoint_path: Optional[str] = None,
+  frozen_dtype: str = 'float32',
+  use_cached_tasks: bool = False,
+  decode: inference.DecodeConfig = inference.DecodeConfig(),
+  partition: partitioning.PartitionConfig = partitioning.PartitionConfig(),
+) -> dict[str, dict[str, float]]:
   """Evaluates a trained run (or a base checkpoint) on a task split; returns the metrics."""
   errors.require_macros(CHECKPOINT_PATH=checkpoint_path, EVAL_OUTPUT_DIR=output_dir)
   mesh = partition.make_mesh()
   partitioning.host_batch_size(batch_size, mesh)
   loaded = trained_model.load(checkpoint_path, base_checkpoint_path, frozen_dtype, mesh)
   task, lengths = trained_model.task_and_lengths(
-      loaded, mixture_or_task_name, mixture_or_task_module, task_feature_lengths)
+    loaded, mixture_or_task_name, mixture_or_task_module, task_feature_lengths
+  )
   if not task or not lengths:
-    raise UserError('Set MIXTURE_OR_TASK_NAME and TASK_FEATURE_LENGTHS (the checkpoint '
-                    'does not record them).')
-  evaluator = InferenceEvaluator(models.EncoderDecoderModel(loaded.config), mesh,
-                                 batch_size, task, lengths, split, use_cached_tasks,
-                                 decode, log_dir=output_dir)
+    raise UserError(
+      'Set MIXTURE_OR_TASK_NAME and TASK_FEATURE_LENGTHS (the checkpoint does not record them).'
+    )
+  evaluator = InferenceEvaluator(
+    models.EncoderDecoderModel(loaded.config),
+    mesh,
+    batch_size,
+    task,
+    lengths,
+    split,
+    use_cached_tasks,
+    decode,
+    log_dir=output_dir,
+  )
   if not evaluator.has_metrics:
-    raise UserError(f'{task!r} declares no metric_fns, so there is nothing to evaluate; '
-                    'use ./infer.sh to decode it.')
+    raise UserError(
+      f'{task!r} declares no metric_fns, so there is nothing to evaluate; '
+      'use ./infer.sh to decode it.'
+    )
   fs.makedirs(output_dir)
   step = loaded.run.step if loaded.run else 0
   results = evaluator.evaluate(loaded.params, step)
   for name, values in results.items():
-    tqdm.tqdm.write(f'{name} @ step {step}: ' +
-                    ', '.join(f'{k}={v:.4f}' for k, v in sorted(values.items())))
+    tqdm.tqdm.write(
+      f'{name} @ step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in sorted(values.items()))
+    )
   tqdm.tqdm.write(f'metrics -> {output_dir}')
   return results

@@ -48,8 +48,12 @@ from t5pt import safetensors_io
 from t5pt import trained_model
 from t5pt.errors import UserError
 
-TOKENIZER_FILES = ('spiece.model', 'tokenizer.json', 'tokenizer_config.json',
-                   'special_tokens_map.json')
+TOKENIZER_FILES = (
+  'spiece.model',
+  'tokenizer.json',
+  'tokenizer_config.json',
+  'special_tokens_map.json',
+)
 HF_MARKER = 't5pt_export.json'  # Written last into --hf_dir.
 PEFT_MARKER = 'adapter_config.json'  # Written last into --peft_dir.
 
@@ -81,68 +85,105 @@ def export_prompt(prompt: np.ndarray, path: str, overwrite: bool = False) -> Non
   fs.write_bytes(path, buffer.getvalue())
 
 
-def _hf_sizes(base: checkpoint_import.BaseCheckpoint, config: network.T5Config,
-              trained: Mapping[str, np.ndarray]) -> dict[str, int]:
+def _hf_sizes(
+  base: checkpoint_import.BaseCheckpoint,
+  config: network.T5Config,
+  trained: Mapping[str, np.ndarray],
+) -> dict[str, int]:
   """{HF key: bytes} of what _hf_tensors yields, in its order, from shapes alone."""
   shapes = base.shapes()
-  return {key: 4 * int(np.prod(trained[path].shape if path in trained else shapes[path],
-                               dtype=np.int64))
-          for path, key in hf_format.parameter_names(config).items()}
+  return {
+    key: 4 * int(np.prod(trained[path].shape if path in trained else shapes[path], dtype=np.int64))
+    for path, key in hf_format.parameter_names(config).items()
+  }
 
 
-def _hf_tensors(base: checkpoint_import.BaseCheckpoint, config: network.T5Config,
-                trained: Mapping[str, np.ndarray]) -> Iterator[tuple[str, np.ndarray]]:
+def _hf_tensors(
+  base: checkpoint_import.BaseCheckpoint,
+  config: network.T5Config,
+  trained: Mapping[str, np.ndarray],
+) -> Iterator[tuple[str, np.ndarray]]:
   """(HF key, float32 array in torch layout), one at a time: trained values preferred,
   adapters merged into their kernels."""
   for path, key in hf_format.parameter_names(config).items():
     value = trained[path] if path in trained else base.read(path)
-    value = np.asarray(_merge_adapters(path, np.asarray(value, np.float32), trained,
-                                       config.adapters), np.float32)
+    value = np.asarray(
+      _merge_adapters(path, np.asarray(value, np.float32), trained, config.adapters), np.float32
+    )
     yield key, value.T if hf_format.needs_transpose(path) else value
 
 
-def _merge_adapters(path: str, value: np.ndarray, trained: Mapping[str, np.ndarray],
-                    adapter_config: adapters.AdapterConfig) -> np.ndarray:
+def _merge_adapters(
+  path: str,
+  value: np.ndarray,
+  trained: Mapping[str, np.ndarray],
+  adapter_config: adapters.AdapterConfig,
+) -> np.ndarray:
   """`value` of the parameter at `path` with the run's LoRA / IA3 for it folded in."""
   if not path.endswith('/kernel'):
     return value
-  module = path[:-len('kernel')]
-  leaves = {module + leaf: trained[module + leaf] for leaf in adapters.ADAPTER_LEAVES
-            if module + leaf in trained}
+  module = path[: -len('kernel')]
+  leaves = {
+    module + leaf: trained[module + leaf]
+    for leaf in adapters.ADAPTER_LEAVES
+    if module + leaf in trained
+  }
   if not leaves:
     return value
   return adapters.merge({path: value, **leaves}, adapter_config)[path]
 
 
-def export_hf(run: trained_model.TrainedRun, out_dir: str, base_path: str,
-              max_shard_bytes: int, overwrite: bool = False) -> list[str]:
+def export_hf(
+  run: trained_model.TrainedRun,
+  out_dir: str,
+  base_path: str,
+  max_shard_bytes: int,
+  overwrite: bool = False,
+) -> list[str]:
   """Writes the base with the run's trained base parameters and adapters merged in as an
   HF folder."""
   base = checkpoint_import.open_checkpoint(base_path)
   config = base.reconcile(run.network_config()).require_complete()
   names = hf_format.parameter_names(config)
-  unmergeable = sorted(k for k in run.params if k not in names and k != network.PROMPT_PATH
-                       and k.rsplit('/', 1)[-1] not in adapters.MERGEABLE_LEAVES)
+  unmergeable = sorted(
+    k
+    for k in run.params
+    if k not in names
+    and k != network.PROMPT_PATH
+    and k.rsplit('/', 1)[-1] not in adapters.MERGEABLE_LEAVES
+  )
   if unmergeable:
-    raise UserError(f'{run.model_dir} trained {unmergeable}, which a transformers T5 has no '
-                    'place for.')
+    raise UserError(
+      f'{run.model_dir} trained {unmergeable}, which a transformers T5 has no place for.'
+    )
   with atomic_output_dir(out_dir, overwrite, HF_MARKER) as scratch:
     files = safetensors_io.write_sharded(
-        scratch, _hf_sizes(base, config, run.params),
-        _hf_tensors(base, config, run.params), max_shard_bytes)
+      scratch,
+      _hf_sizes(base, config, run.params),
+      _hf_tensors(base, config, run.params),
+      max_shard_bytes,
+    )
     fs.write_json(fs.join(scratch, 'config.json'), hf_format.hf_config(config))
-    fs.write_json(fs.join(scratch, 'generation_config.json'),
-                  {'decoder_start_token_id': 0, 'eos_token_id': 1, 'pad_token_id': 0})
+    fs.write_json(
+      fs.join(scratch, 'generation_config.json'),
+      {'decoder_start_token_id': 0, 'eos_token_id': 1, 'pad_token_id': 0},
+    )
     if isinstance(base, checkpoint_import.HFCheckpoint):
       for name in TOKENIZER_FILES:
         if fs.exists(fs.join(base_path, name)):
           fs.write_bytes(fs.join(scratch, name), fs.read_bytes(fs.join(base_path, name)))
     if run.prompt is not None:
       export_prompt(run.prompt, fs.join(scratch, 'prompt.npy'))
-    fs.write_json(fs.join(scratch, HF_MARKER), {
-        'model_dir': fs.absolute(run.model_dir), 'step': run.step, 'base': base_path,
+    fs.write_json(
+      fs.join(scratch, HF_MARKER),
+      {
+        'model_dir': fs.absolute(run.model_dir),
+        'step': run.step,
+        'base': base_path,
         'merged': sorted(k for k in run.params if k in names or adapters.is_adapter(k)),
-        'prompt_length': 0 if run.prompt is None else int(run.prompt.shape[0])})
+        'prompt_length': 0 if run.prompt is None else int(run.prompt.shape[0]),
+      },
+    )
   return files
 
 
@@ -151,39 +192,50 @@ def peft_type(run: trained_model.TrainedRun) -> str:
 
   Raises a UserError, before anything is written, for runs no PEFT adapter reproduces.
   """
-  prefixes = sorted(k for k in run.params
-                    if k.rsplit('/', 1)[-1] in (adapters.PREFIX_KEY, adapters.PREFIX_VALUE))
+  prefixes = sorted(
+    k for k in run.params if k.rsplit('/', 1)[-1] in (adapters.PREFIX_KEY, adapters.PREFIX_VALUE)
+  )
   if prefixes:
-    raise UserError(f'{run.model_dir} trained deep-prompt prefixes (e.g. {prefixes[0]}), '
-                    'which neither a PEFT adapter t5pt writes nor a transformers T5 can '
-                    'hold; use the run with t5pt (infer.sh, t5pt.eval).')
+    raise UserError(
+      f'{run.model_dir} trained deep-prompt prefixes (e.g. {prefixes[0]}), '
+      'which neither a PEFT adapter t5pt writes nor a transformers T5 can '
+      'hold; use the run with t5pt (infer.sh, t5pt.eval).'
+    )
   if _trained_kernels(run.params, adapters.IA3_SCALE):
-    raise UserError(f'{run.model_dir} trained IA3 scales ({adapters.IA3_SCALE}), which '
-                    '--peft_dir does not export. Use --hf_dir: it merges them into the '
-                    'kernels of a transformers T5.')
+    raise UserError(
+      f'{run.model_dir} trained IA3 scales ({adapters.IA3_SCALE}), which '
+      '--peft_dir does not export. Use --hf_dir: it merges them into the '
+      'kernels of a transformers T5.'
+    )
   if not _trained_kernels(run.params, adapters.LORA_A):
     if run.prompt is None:
-      raise UserError(f'{run.model_dir} trained neither a soft prompt '
-                      f'({network.PROMPT_PATH}) nor LoRA, so there is no adapter to export; '
-                      'use --hf_dir.')
+      raise UserError(
+        f'{run.model_dir} trained neither a soft prompt '
+        f'({network.PROMPT_PATH}) nor LoRA, so there is no adapter to export; '
+        'use --hf_dir.'
+      )
     return 'PROMPT_TUNING'
-  base_trained = sorted(k for k in run.params
-                        if k != network.PROMPT_PATH and not adapters.is_adapter(k))
+  base_trained = sorted(
+    k for k in run.params if k != network.PROMPT_PATH and not adapters.is_adapter(k)
+  )
   if base_trained:
-    raise UserError(f'{run.model_dir} trained base parameters {base_trained[:3]} next to '
-                    'LoRA; a PEFT LoRA adapter applies to an unchanged base, so it cannot '
-                    'hold them. Use --hf_dir, which merges everything.')
+    raise UserError(
+      f'{run.model_dir} trained base parameters {base_trained[:3]} next to '
+      'LoRA; a PEFT LoRA adapter applies to an unchanged base, so it cannot '
+      'hold them. Use --hf_dir, which merges everything.'
+    )
   return 'LORA'
 
 
 def _trained_kernels(params: Mapping[str, np.ndarray], leaf: str) -> list[str]:
   """Sorted kernel paths that have the adapter leaf `leaf` (e.g. lora_a) in `params`."""
   suffix = '/' + leaf
-  return sorted(k[:-len(leaf)] + 'kernel' for k in params if k.endswith(suffix))
+  return sorted(k[: -len(leaf)] + 'kernel' for k in params if k.endswith(suffix))
 
 
-def export_peft_lora(run: trained_model.TrainedRun, out_dir: str, base_name: str,
-                     overwrite: bool = False) -> None:
+def export_peft_lora(
+  run: trained_model.TrainedRun, out_dir: str, base_name: str, overwrite: bool = False
+) -> None:
   """Writes the run's LoRA as a PEFT LORA adapter for the base `base_name`, plus
   prompt.npy when the run also trained a soft prompt.
 
@@ -197,34 +249,46 @@ def export_peft_lora(run: trained_model.TrainedRun, out_dir: str, base_name: str
   modules = hf_format.kernel_modules(config)
   tensors, rules = {}, {}
   for kernel in _trained_kernels(run.params, adapters.LORA_A):
-    prefix, name = kernel[:-len('kernel')], modules[kernel]
+    prefix, name = kernel[: -len('kernel')], modules[kernel]
     rule = config.adapters.lora(kernel)
     for leaf, peft_leaf in ((adapters.LORA_A, 'lora_A'), (adapters.LORA_B, 'lora_B')):
       tensors[f'base_model.model.{name}.{peft_leaf}.weight'] = np.ascontiguousarray(
-          np.asarray(run.params[prefix + leaf], np.float32).T)
+        np.asarray(run.params[prefix + leaf], np.float32).T
+      )
     rules[name] = (rule.rank, _json_number(rule.alpha))
   with atomic_output_dir(out_dir, overwrite, PEFT_MARKER) as scratch:
     safetensors_io.write_file(fs.join(scratch, 'adapter_model.safetensors'), tensors)
     if run.prompt is not None:
       export_prompt(run.prompt, fs.join(scratch, 'prompt.npy'))
-    fs.write_json(fs.join(scratch, PEFT_MARKER),
-                  _lora_adapter_config(rules, config.lora_dropout, base_name))
+    fs.write_json(
+      fs.join(scratch, PEFT_MARKER), _lora_adapter_config(rules, config.lora_dropout, base_name)
+    )
 
 
-def _lora_adapter_config(rules: Mapping[str, tuple[int, float]], dropout: float,
-                         base_name: str) -> dict:
+def _lora_adapter_config(
+  rules: Mapping[str, tuple[int, float]], dropout: float, base_name: str
+) -> dict:
   """A PEFT LoraConfig for {HF module name: (rank, alpha)}: the most common pair as r and
   lora_alpha, the other modules in rank_pattern / alpha_pattern under their full names
   (PEFT matches a pattern key against the end of a module name)."""
   (rank, alpha), _ = collections.Counter(rules.values()).most_common(1)[0]
   return {
-      'peft_type': 'LORA', 'task_type': 'SEQ_2_SEQ_LM', 'r': rank, 'lora_alpha': alpha,
-      'target_modules': sorted(rules),
-      'rank_pattern': {m: r for m, (r, _) in sorted(rules.items()) if r != rank},
-      'alpha_pattern': {m: a for m, (_, a) in sorted(rules.items()) if a != alpha},
-      'lora_dropout': dropout, 'bias': 'none', 'fan_in_fan_out': False,
-      'use_rslora': False, 'use_dora': False, 'init_lora_weights': True,
-      'base_model_name_or_path': base_name, 'inference_mode': True}
+    'peft_type': 'LORA',
+    'task_type': 'SEQ_2_SEQ_LM',
+    'r': rank,
+    'lora_alpha': alpha,
+    'target_modules': sorted(rules),
+    'rank_pattern': {m: r for m, (r, _) in sorted(rules.items()) if r != rank},
+    'alpha_pattern': {m: a for m, (_, a) in sorted(rules.items()) if a != alpha},
+    'lora_dropout': dropout,
+    'bias': 'none',
+    'fan_in_fan_out': False,
+    'use_rslora': False,
+    'use_dora': False,
+    'init_lora_weights': True,
+    'base_model_name_or_path': base_name,
+    'inference_mode': True,
+  }
 
 
 def _json_number(value: float) -> float | int:
@@ -232,8 +296,9 @@ def _json_number(value: float) -> float | int:
   return int(value) if float(value).is_integer() else value
 
 
-def export_peft_prompt(run: trained_model.TrainedRun, out_dir: str, base_name: str,
-                       overwrite: bool = False) -> None:
+def export_peft_prompt(
+  run: trained_model.TrainedRun, out_dir: str, base_name: str, overwrite: bool = False
+) -> None:
   """Writes the prompt as a PEFT PROMPT_TUNING adapter that prepends it to the encoder
   only (num_transformer_submodules=1), exactly as t5pt does."""
   if run.prompt is None:
@@ -241,14 +306,25 @@ def export_peft_prompt(run: trained_model.TrainedRun, out_dir: str, base_name: s
   config = run.network_config()
   length, dim = run.prompt.shape
   with atomic_output_dir(out_dir, overwrite, PEFT_MARKER) as scratch:
-    safetensors_io.write_file(fs.join(scratch, 'adapter_model.safetensors'),
-                              {'prompt_embeddings': np.asarray(run.prompt, np.float32)})
-    fs.write_json(fs.join(scratch, PEFT_MARKER), {
-        'peft_type': 'PROMPT_TUNING', 'task_type': 'SEQ_2_SEQ_LM',
-        'num_virtual_tokens': int(length), 'token_dim': int(dim),
-        'num_transformer_submodules': 1, 'num_attention_heads': config.num_heads,
-        'num_layers': config.num_encoder_layers, 'prompt_tuning_init': 'RANDOM',
-        'base_model_name_or_path': base_name, 'inference_mode': True})
+    safetensors_io.write_file(
+      fs.join(scratch, 'adapter_model.safetensors'),
+      {'prompt_embeddings': np.asarray(run.prompt, np.float32)},
+    )
+    fs.write_json(
+      fs.join(scratch, PEFT_MARKER),
+      {
+        'peft_type': 'PROMPT_TUNING',
+        'task_type': 'SEQ_2_SEQ_LM',
+        'num_virtual_tokens': int(length),
+        'token_dim': int(dim),
+        'num_transformer_submodules': 1,
+        'num_attention_heads': config.num_heads,
+        'num_layers': config.num_encoder_layers,
+        'prompt_tuning_init': 'RANDOM',
+        'base_model_name_or_path': base_name,
+        'inference_mode': True,
+      },
+    )
 
 
 def parse_size(text: str) -> int:
@@ -256,7 +332,7 @@ def parse_size(text: str) -> int:
   for unit, factor in units.items():
     if text.upper().endswith(unit):
       try:
-        return int(float(text[:-len(unit)]) * factor)
+        return int(float(text[: -len(unit)]) * factor)
       except ValueError:
         break
   raise UserError(f'--max_shard_size={text!r}: expected a size such as 500MB or 2GB.')
@@ -265,8 +341,7 @@ def parse_size(text: str) -> int:
 def _export_from_flags() -> None:
   f = flags.FLAGS
   if not f.model_dir or not (f.prompt_npy or f.hf_dir or f.peft_dir):
-    raise UserError('Pass --model_dir and at least one of --prompt_npy, --hf_dir, '
-                    '--peft_dir.')
+    raise UserError('Pass --model_dir and at least one of --prompt_npy, --hf_dir, --peft_dir.')
   run = trained_model.TrainedRun(f.model_dir, f.step)
   adapter_type = peft_type(run) if f.peft_dir else None
   if f.prompt_npy:
@@ -275,13 +350,13 @@ def _export_from_flags() -> None:
     export_prompt(run.prompt, f.prompt_npy, f.overwrite)
     print(f'prompt {run.prompt.shape} -> {f.prompt_npy}')
   if f.hf_dir:
-    files = export_hf(run, f.hf_dir, run.base_path(f.base), parse_size(f.max_shard_size),
-                      f.overwrite)
+    files = export_hf(
+      run, f.hf_dir, run.base_path(f.base), parse_size(f.max_shard_size), f.overwrite
+    )
     print(f'HF model ({len(files)} weight file(s)) -> {f.hf_dir}')
   if adapter_type == 'LORA':
     export_peft_lora(run, f.peft_dir, run.base_path(f.base), f.overwrite)
-    print(f'PEFT LoRA adapter{" and prompt.npy" if run.prompt is not None else ""} -> '
-          f'{f.peft_dir}')
+    print(f'PEFT LoRA adapter{" and prompt.npy" if run.prompt is not None else ""} -> {f.peft_dir}')
   elif adapter_type == 'PROMPT_TUNING':
     export_peft_prompt(run, f.peft_dir, f.hf_dir or run.base_path(f.base), f.overwrite)
     print(f'PEFT prompt-tuning adapter -> {f.peft_dir}')
@@ -293,10 +368,8 @@ def _define_flags() -> None:
   flags.DEFINE_integer('step', None, 'Checkpoint step to export (default: the newest).')
   flags.DEFINE_string('prompt_npy', None, 'Write the soft prompt to this .npy file.')
   flags.DEFINE_string('hf_dir', None, 'Write a transformers T5 folder here.')
-  flags.DEFINE_string('peft_dir', None, 'Write an HF PEFT adapter (LoRA or prompt tuning) '
-                      'here.')
-  flags.DEFINE_string('base', None, "Base checkpoint (default: the run's "
-                      'INITIAL_CHECKPOINT_PATH).')
+  flags.DEFINE_string('peft_dir', None, 'Write an HF PEFT adapter (LoRA or prompt tuning) here.')
+  flags.DEFINE_string('base', None, "Base checkpoint (default: the run's INITIAL_CHECKPOINT_PATH).")
   flags.DEFINE_string('max_shard_size', '2GB', 'Largest safetensors shard for --hf_dir.')
   flags.DEFINE_bool('overwrite', False, 'Replace existing outputs.')
 

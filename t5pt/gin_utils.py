@@ -34,10 +34,12 @@ def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
   out = []
   for arg in argv:
     if arg.startswith('--gin.'):
-      name, sep, value = arg[len('--gin.'):].partition('=')
+      name, sep, value = arg[len('--gin.') :].partition('=')
       if not sep:
-        raise UserError(f'{arg!r} has no value; write --gin.{name}=VALUE (strings need '
-                        "inner quotes: --gin.MODEL_DIR=\"'/runs/x'\").")
+        raise UserError(
+          f'{arg!r} has no value; write --gin.{name}=VALUE (strings need '
+          "inner quotes: --gin.MODEL_DIR=\"'/runs/x'\")."
+        )
       out.append(f'--gin_bindings={name} = {value}')
     else:
       out.append(arg)
@@ -60,12 +62,14 @@ def _resolve(path: str, search_paths: Sequence[str]) -> str:
     candidate = os.path.join(base, path)
     if os.path.exists(candidate):
       return candidate
-  raise UserError(f'--gin_file={path!r} not found (searched the working directory and '
-                  f'{list(search_paths)}).')
+  raise UserError(
+    f'--gin_file={path!r} not found (searched the working directory and {list(search_paths)}).'
+  )
 
 
-def parse(gin_files: Sequence[str], bindings: Sequence[str],
-          search_paths: Sequence[str] = ()) -> None:
+def parse(
+  gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = ()
+) -> None:
   """Parses files then bindings into gin's global config, with user-facing errors."""
   search_paths = [*search_paths, REPO_ROOT, GIN_DIR]
   for path in search_paths:
@@ -76,7 +80,8 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str],
   logging_std.getLogger().addFilter(quiet)
   try:
     gin.parse_config_files_and_bindings(
-        [_resolve(f, search_paths) for f in gin_files], None, finalize_config=False)
+      [_resolve(f, search_paths) for f in gin_files], None, finalize_config=False
+    )
   except (ValueError, IOError, SyntaxError) as e:
     raise UserError(f'Invalid gin config: {e}') from e
   finally:
@@ -88,16 +93,17 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str],
       name = match.group(1)
       close = difflib.get_close_matches(name, sorted(known), n=3)
       hint = f' Did you mean {close}?' if close else ''
-      raise UserError(f'Binding {binding!r} sets macro {name}, which no gin file '
-                      f'defines, so it would have no effect.{hint}')
+      raise UserError(
+        f'Binding {binding!r} sets macro {name}, which no gin file '
+        f'defines, so it would have no effect.{hint}'
+      )
     try:
       gin.parse_config(binding)
     except (ValueError, SyntaxError) as e:
       raise UserError(f'Invalid gin binding {binding!r}: {e}') from e
 
 
-def run(main_fn, parse_gin_flags: bool = True,
-        default_gin_files: Sequence[str] = ()) -> None:
+def run(main_fn, parse_gin_flags: bool = True, default_gin_files: Sequence[str] = ()) -> None:
   """Parses the gin flags absl has read (unless told not to; `default_gin_files` when no
   --gin_file was given), calls main_fn(), and exits with status 2 and a one-paragraph
   message on a UserError."""
@@ -105,8 +111,11 @@ def run(main_fn, parse_gin_flags: bool = True,
     logging.set_verbosity(logging.WARNING)  # Keep the progress bar readable.
   try:
     if parse_gin_flags:
-      parse(flags.FLAGS.gin_file or list(default_gin_files), flags.FLAGS.gin_bindings,
-            flags.FLAGS.gin_search_paths)
+      parse(
+        flags.FLAGS.gin_file or list(default_gin_files),
+        flags.FLAGS.gin_bindings,
+        flags.FLAGS.gin_search_paths,
+      )
     main_fn()
   except UserError as e:
     _exit_with(e)

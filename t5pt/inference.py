@@ -34,6 +34,7 @@ EOS_ID = 1
 class DecodeConfig:
   """How to decode. method: 'greedy', 'sample' (temperature, top_k, top_p) or 'beam'
   (num_decodes beams, brevity penalty alpha as in t5x)."""
+
   method: str = 'greedy'
   num_decodes: int = 1
   temperature: float = 1.0
@@ -45,48 +46,82 @@ class DecodeConfig:
 
   def __post_init__(self):
     if self.method not in ('greedy', 'sample', 'beam'):
-      raise UserError(f"inference.DecodeConfig.method={self.method!r}: use 'greedy', "
-                      "'sample' or 'beam'.")
+      raise UserError(
+        f"inference.DecodeConfig.method={self.method!r}: use 'greedy', 'sample' or 'beam'."
+      )
     if self.method == 'greedy' and self.num_decodes != 1:
-      raise UserError('Greedy decoding gives one decode per example; use '
-                      "method='sample' or 'beam' for num_decodes > 1.")
+      raise UserError(
+        'Greedy decoding gives one decode per example; use '
+        "method='sample' or 'beam' for num_decodes > 1."
+      )
 
 
-def _step_functions(model: models.EncoderDecoderModel, params, encoded: Array,
-                    encoder_tokens: Array, prompt_mask: Optional[Array], max_length: int,
-                    use_cache: bool):
+def _step_functions(
+  model: models.EncoderDecoderModel,
+  params,
+  encoded: Array,
+  encoder_tokens: Array,
+  prompt_mask: Optional[Array],
+  max_length: int,
+  use_cache: bool,
+):
   """(initial state, step_fn) for decoding.py over `encoded` [rows, enc_len, embed]."""
   rows = encoded.shape[0]
-  apply = functools.partial(model.module.apply, method=model.module.decode,
-                            enable_dropout=False, encoder_prompt_mask=prompt_mask)
+  apply = functools.partial(
+    model.module.apply,
+    method=model.module.decode,
+    enable_dropout=False,
+    encoder_prompt_mask=prompt_mask,
+  )
   full = jnp.ones((rows, max_length), jnp.int32)
   if use_cache:
     # The first decode=True call (full length) creates the cache; its logits are unused.
-    _, variables = apply({'params': params}, encoded, encoder_tokens, full, full,
-                         decode=True, max_decode_length=max_length, mutable=['cache'])
+    _, variables = apply(
+      {'params': params},
+      encoded,
+      encoder_tokens,
+      full,
+      full,
+      decode=True,
+      max_decode_length=max_length,
+      mutable=['cache'],
+    )
 
     def step_with_cache(tokens, index, cache):
       del index  # The cache keeps its own position.
-      logits, variables = apply({'params': params, 'cache': cache}, encoded, encoder_tokens,
-                                tokens[:, None], jnp.ones((rows, 1), jnp.int32),
-                                decode=True, max_decode_length=max_length,
-                                mutable=['cache'])
+      logits, variables = apply(
+        {'params': params, 'cache': cache},
+        encoded,
+        encoder_tokens,
+        tokens[:, None],
+        jnp.ones((rows, 1), jnp.int32),
+        decode=True,
+        max_decode_length=max_length,
+        mutable=['cache'],
+      )
       return logits[:, 0], variables['cache']
+
     return variables['cache'], step_with_cache
 
   def step_without_cache(tokens, index, decoder_inputs):
-    decoder_inputs = jax.lax.dynamic_update_slice_in_dim(decoder_inputs, tokens[:, None],
-                                                         index, axis=1)
+    decoder_inputs = jax.lax.dynamic_update_slice_in_dim(
+      decoder_inputs, tokens[:, None], index, axis=1
+    )
     logits = apply({'params': params}, encoded, encoder_tokens, decoder_inputs, full)
-    return jax.lax.dynamic_index_in_dim(logits, index, axis=1, keepdims=False), \
-        decoder_inputs
+    return jax.lax.dynamic_index_in_dim(logits, index, axis=1, keepdims=False), decoder_inputs
+
   return jnp.zeros((rows, max_length), jnp.int32), step_without_cache
 
 
-def predict_batch(model: models.EncoderDecoderModel, params, encoder_tokens: Array,
-                  max_length: int, config: DecodeConfig = DecodeConfig(),
-                  prompt: Optional[Array] = None, prompt_mask: Optional[Array] = None
-                  ) -> tuple[Array, Array]:
+def predict_batch(
+  model: models.EncoderDecoderModel,
+  params,
+  encoder_tokens: Array,
+  max_length: int,
+  config: DecodeConfig = DecodeConfig(),
+  prompt: Optional[Array] = None,
+  prompt_mask: Optional[Array] = None,
+) -> tuple[Array, Array]:
   """Decodes encoder_tokens [batch, in_len] (prompt positions are added by the network).
 
   `prompt` [batch, P, embed] / `prompt_mask` [batch, P] give each example its own prompt
@@ -94,23 +129,35 @@ def predict_batch(model: models.EncoderDecoderModel, params, encoder_tokens: Arr
   [batch, num_decodes], best first.
   """
   batch = encoder_tokens.shape[0]
-  encoded = model.module.apply({'params': params}, encoder_tokens, None, False, prompt,
-                               prompt_mask, method=model.module.encode)
+  encoded = model.module.apply(
+    {'params': params}, encoder_tokens, None, False, prompt, prompt_mask, method=model.module.encode
+  )
   n = config.num_decodes
   repeat = lambda x: None if x is None else jnp.repeat(x, n, axis=0)
   encoded, tokens_in, mask = repeat(encoded), repeat(encoder_tokens), repeat(prompt_mask)
-  state, step_fn = _step_functions(model, params, encoded, tokens_in, mask, max_length,
-                                   config.use_cache)
+  state, step_fn = _step_functions(
+    model, params, encoded, tokens_in, mask, max_length, config.use_cache
+  )
   if config.method == 'beam':
     return decoding.beam_search(step_fn, state, batch, n, max_length, EOS_ID, config.alpha)
   temperature = 0.0 if config.method == 'greedy' else config.temperature
-  tokens, scores = decoding.sample(step_fn, state, batch * n, max_length,
-                                   jax.random.PRNGKey(config.seed), EOS_ID, temperature,
-                                   config.top_k, config.top_p)
+  tokens, scores = decoding.sample(
+    step_fn,
+    state,
+    batch * n,
+    max_length,
+    jax.random.PRNGKey(config.seed),
+    EOS_ID,
+    temperature,
+    config.top_k,
+    config.top_p,
+  )
   tokens, scores = tokens.reshape(batch, n, max_length), scores.reshape(batch, n)
   order = jnp.argsort(-scores, axis=1)
-  return (jnp.take_along_axis(tokens, order[:, :, None], axis=1),
-          jnp.take_along_axis(scores, order, axis=1))
+  return (
+    jnp.take_along_axis(tokens, order[:, :, None], axis=1),
+    jnp.take_along_axis(scores, order, axis=1),
+  )
 
 
 def score_batch(model: models.EncoderDecoderModel, params, batch) -> Array:
@@ -126,16 +173,24 @@ def _pad(rows: Sequence[Sequence[int]], length: int, what: str) -> np.ndarray:
   out = np.zeros((len(rows), length), np.int32)
   for i, row in enumerate(rows):
     if len(row) > length:
-      raise UserError(f'{what} {i} has {len(row)} tokens but only {length} fit; raise '
-                      'TASK_FEATURE_LENGTHS or shorten it.')
-    out[i, :len(row)] = row
+      raise UserError(
+        f'{what} {i} has {len(row)} tokens but only {length} fit; raise '
+        'TASK_FEATURE_LENGTHS or shorten it.'
+      )
+    out[i, : len(row)] = row
   return out
 
 
-def rank_classify(model: models.EncoderDecoderModel, params, vocabulary,
-                  inputs: Sequence[str], options: Sequence[str], input_length: int,
-                  target_length: int, batch_size: int = 64
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def rank_classify(
+  model: models.EncoderDecoderModel,
+  params,
+  vocabulary,
+  inputs: Sequence[str],
+  options: Sequence[str],
+  input_length: int,
+  target_length: int,
+  batch_size: int = 64,
+) -> tuple[np.ndarray, np.ndarray]:
   """Scores every (input, option) pair; returns (best option index [n_inputs],
   log-likelihoods [n_inputs, n_options]). `input_length` excludes the prompt."""
   encode = lambda text: list(vocabulary.encode(text)) + [EOS_ID]
@@ -145,17 +200,19 @@ def rank_classify(model: models.EncoderDecoderModel, params, vocabulary,
   scorer = jax.jit(functools.partial(score_batch, model))
   scores = np.zeros(len(pairs), np.float32)
   for start in range(0, len(pairs), batch_size):
-    chunk = pairs[start:start + batch_size]
+    chunk = pairs[start : start + batch_size]
     chunk = chunk + [chunk[-1]] * (batch_size - len(chunk))  # One compiled shape.
     targets = _pad([option_ids[o] for _, o in chunk], target_length, 'Option')
-    batch = {'encoder_input_tokens': _pad([input_ids[i] for i, _ in chunk], input_length,
-                                          'Input'),
-             'decoder_target_tokens': targets,
-             'decoder_input_tokens': np.concatenate(
-                 [np.zeros((len(chunk), 1), np.int32), targets[:, :-1]], axis=1)}
+    batch = {
+      'encoder_input_tokens': _pad([input_ids[i] for i, _ in chunk], input_length, 'Input'),
+      'decoder_target_tokens': targets,
+      'decoder_input_tokens': np.concatenate(
+        [np.zeros((len(chunk), 1), np.int32), targets[:, :-1]], axis=1
+      ),
+    }
     result = np.asarray(scorer(params, batch))
     end = min(start + batch_size, len(pairs))
-    scores[start:end] = result[:end - start]
+    scores[start:end] = result[: end - start]
   scores = scores.reshape(len(inputs), len(options))
   return scores.argmax(axis=1), scores
 
@@ -177,6 +234,6 @@ def stack_prompts(prompts: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray
   stacked = np.zeros((len(prompts), longest, widths.pop()), np.float32)
   mask = np.zeros((len(prompts), longest), bool)
   for i, p in enumerate(prompts):
-    stacked[i, longest - p.shape[0]:] = p
-    mask[i, longest - p.shape[0]:] = True
+    stacked[i, longest - p.shape[0] :] = p
+    mask[i, longest - p.shape[0] :] = True
   return stacked, mask

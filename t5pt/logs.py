@@ -58,7 +58,7 @@ def verbose(argv: Optional[Sequence[str]] = None) -> bool:
   absl's --verbosity (-v) on the command line."""
   if os.environ.get(VERBOSE_ENV, '').strip().lower() not in ('', '0', 'false', 'no', 'off'):
     return True
-  for arg in (sys.argv[1:] if argv is None else argv):
+  for arg in sys.argv[1:] if argv is None else argv:
     if arg == '--':
       break
     if arg.split('=', 1)[0] in _VERBOSITY_FLAGS:
@@ -71,14 +71,20 @@ def started_as_program() -> bool:
   imports the package with sys.argv[0] == '-m' while it locates X), a `t5pt-*` console
   script, or a file of this package run directly."""
   program = sys.argv[0] if sys.argv else ''
-  return (program == '-m' or os.path.basename(program).startswith('t5pt-')
-          or os.path.abspath(program).startswith(_PACKAGE_DIR + os.sep))
+  return (
+    program == '-m'
+    or os.path.basename(program).startswith('t5pt-')
+    or os.path.abspath(program).startswith(_PACKAGE_DIR + os.sep)
+  )
 
 
 def _library_dirs() -> tuple[str, ...]:
   paths = sysconfig.get_paths()
-  return tuple(os.path.abspath(paths[key]) + os.sep
-               for key in ('stdlib', 'platstdlib', 'purelib', 'platlib') if key in paths)
+  return tuple(
+    os.path.abspath(paths[key]) + os.sep
+    for key in ('stdlib', 'platstdlib', 'purelib', 'platlib')
+    if key in paths
+  )
 
 
 _LIBRARY_DIRS = _library_dirs()
@@ -90,8 +96,12 @@ def is_own_code(path: str) -> bool:
   path = os.path.abspath(path)
   if any(path.startswith(d + os.sep) for d in OWN_DIRS):
     return True
-  return not (path.startswith(_LIBRARY_DIRS) or 'site-packages' in path
-              or 'dist-packages' in path or path.startswith('<'))
+  return not (
+    path.startswith(_LIBRARY_DIRS)
+    or 'site-packages' in path
+    or 'dist-packages' in path
+    or path.startswith('<')
+  )
 
 
 class OwnRecordsOnly(logging.Filter):

@@ -39,19 +39,25 @@ class EventFile:
 
   def __init__(self, directory: str):
     started = time.time()
-    self.path = fs.join(directory,
-                        f'events.out.tfevents.{int(started)}.{socket.gethostname()}.t5pt')
+    self.path = fs.join(
+      directory, f'events.out.tfevents.{int(started)}.{socket.gethostname()}.t5pt'
+    )
     self._sink = _ByteSink()
     self._records = record_writer.RecordWriter(self._sink)
-    self._records.write(event_pb2.Event(wall_time=started,
-                                        file_version='brain.Event:2').SerializeToString())
+    self._records.write(
+      event_pb2.Event(wall_time=started, file_version='brain.Event:2').SerializeToString()
+    )
 
   def write(self, step: int, values: Mapping[str, float]) -> None:
-    summary = summary_pb2.Summary(value=[
+    summary = summary_pb2.Summary(
+      value=[
         summary_pb2.Summary.Value(tag=name, simple_value=float(value))
-        for name, value in values.items()])
-    self._records.write(event_pb2.Event(wall_time=time.time(), step=step,
-                                        summary=summary).SerializeToString())
+        for name, value in values.items()
+      ]
+    )
+    self._records.write(
+      event_pb2.Event(wall_time=time.time(), step=step, summary=summary).SerializeToString()
+    )
     fs.write_bytes(self.path, b''.join(self._sink.chunks))
 
 
@@ -63,8 +69,11 @@ class JsonLines:
     self.path = path
     self._lines = []
     if fs.exists(path):
-      self._lines = [line + '\n' for line in fs.read_text(path).splitlines()
-                     if line.strip() and keep(json.loads(line))]
+      self._lines = [
+        line + '\n'
+        for line in fs.read_text(path).splitlines()
+        if line.strip() and keep(json.loads(line))
+      ]
 
   def append(self, record: Mapping) -> None:
     self._lines.append(json.dumps(record) + '\n')
@@ -83,9 +92,10 @@ class MetricsLog:
     self._writes = jax.process_index() == 0
     self._jsonl = None
     if self._writes:
-      self._jsonl = JsonLines(fs.join(model_dir, 'metrics.jsonl'),
-                              keep=lambda r: resume_step is not None
-                              and r.get('step', 0) <= resume_step)
+      self._jsonl = JsonLines(
+        fs.join(model_dir, 'metrics.jsonl'),
+        keep=lambda r: resume_step is not None and r.get('step', 0) <= resume_step,
+      )
     self._events = {}
 
   def write(self, split: str, step: int, values: Mapping[str, float]) -> None:

@@ -21,13 +21,15 @@ class LossConfig:
     'AVERAGE_PER_SEQUENCE' (mean over tokens of each sequence, then over sequences) or a
     number the summed loss is divided by (t5x's constant normaliser).
   """
+
   z_loss: float = 1e-4
   label_smoothing: float = 0.0
   loss_normalizing_factor: Union[str, float] = 'NUM_REAL_TARGET_TOKENS'
 
 
-def cross_entropy(logits: jax.Array, targets: jax.Array, z_loss: float,
-                  label_smoothing: float) -> tuple[jax.Array, jax.Array]:
+def cross_entropy(
+  logits: jax.Array, targets: jax.Array, z_loss: float, label_smoothing: float
+) -> tuple[jax.Array, jax.Array]:
   """Per-token loss and z-loss, both [batch, length], for logits [batch, length, vocab]."""
   vocab = logits.shape[-1]
   log_z = jax.nn.logsumexp(logits, axis=-1)
@@ -35,17 +37,27 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, z_loss: float,
   confidence = 1.0 - label_smoothing
   low = label_smoothing / (vocab - 1)
   # Subtracting the entropy of the smoothed targets makes a perfect prediction cost 0.
-  normalizer = -(confidence * jnp.log(confidence) +
-                 (vocab - 1) * low * jnp.log(low + 1e-20)) if label_smoothing else 0.0
+  normalizer = (
+    -(confidence * jnp.log(confidence) + (vocab - 1) * low * jnp.log(low + 1e-20))
+    if label_smoothing
+    else 0.0
+  )
   target_log_prob = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
-  loss = -(confidence * target_log_prob + low * (log_probs.sum(-1) - target_log_prob)
-           if label_smoothing else target_log_prob) - normalizer
+  loss = (
+    -(
+      confidence * target_log_prob + low * (log_probs.sum(-1) - target_log_prob)
+      if label_smoothing
+      else target_log_prob
+    )
+    - normalizer
+  )
   z = z_loss * jnp.square(log_z)
   return loss + z, z
 
 
-def _sequence_correct(correct_or_ignored: jax.Array, segments: jax.Array
-                      ) -> tuple[jax.Array, jax.Array]:
+def _sequence_correct(
+  correct_or_ignored: jax.Array, segments: jax.Array
+) -> tuple[jax.Array, jax.Array]:
   """Counts sequences (segments, when packed) whose every target token is right."""
   length = segments.shape[1]
   one_hot = jax.nn.one_hot(segments, length + 1, dtype=jnp.int32)[..., 1:]  # [b, len, seg]
@@ -72,9 +84,15 @@ class EncoderDecoderModel:
     """[batch, target_length, vocab] float32 logits, teacher-forced."""
     rngs = {'dropout': dropout_rng} if dropout_rng is not None else None
     return self.module.apply(
-        {'params': params}, batch['encoder_input_tokens'], batch['decoder_input_tokens'],
-        batch['decoder_target_tokens'], batch.get('encoder_segment_ids'),
-        batch.get('decoder_segment_ids'), enable_dropout=dropout_rng is not None, rngs=rngs)
+      {'params': params},
+      batch['encoder_input_tokens'],
+      batch['decoder_input_tokens'],
+      batch['decoder_target_tokens'],
+      batch.get('encoder_segment_ids'),
+      batch.get('decoder_segment_ids'),
+      enable_dropout=dropout_rng is not None,
+      rngs=rngs,
+    )
 
   def loss_and_metrics(self, params, batch: Batch, dropout_rng=None):
     """Returns (scalar loss to minimise, dict of metric sums for aggregation)."""
@@ -97,12 +115,12 @@ class EncoderDecoderModel:
     segments = batch.get('decoder_segment_ids', (weights > 0).astype(jnp.int32))
     seq_correct, seq_total = _sequence_correct(correct, segments)
     metrics = {
-        'loss_sum': loss_sum,
-        'z_loss_sum': (token_z * weights).sum(),
-        'weight_sum': weights.sum(),
-        'correct_tokens': (correct * weights).sum(),
-        'correct_sequences': seq_correct,
-        'num_sequences': seq_total,
+      'loss_sum': loss_sum,
+      'z_loss_sum': (token_z * weights).sum(),
+      'weight_sum': weights.sum(),
+      'correct_tokens': (correct * weights).sum(),
+      'correct_sequences': seq_correct,
+      'num_sequences': seq_total,
     }
     return loss, metrics
 
@@ -111,9 +129,10 @@ def summarize(metric_sums: Mapping[str, float]) -> dict[str, float]:
   """Turns summed metrics into per-token loss and accuracies (0-1)."""
   tokens = max(float(metric_sums['weight_sum']), 1.0)
   return {
-      'loss': float(metric_sums['loss_sum']) / tokens,
-      'z_loss': float(metric_sums['z_loss_sum']) / tokens,
-      'token_accuracy': float(metric_sums['correct_tokens']) / tokens,
-      'sequence_accuracy': (float(metric_sums['correct_sequences']) /
-                            max(float(metric_sums['num_sequences']), 1.0)),
+    'loss': float(metric_sums['loss_sum']) / tokens,
+    'z_loss': float(metric_sums['z_loss_sum']) / tokens,
+    'token_accuracy': float(metric_sums['correct_tokens']) / tokens,
+    'sequence_accuracy': (
+      float(metric_sums['correct_sequences']) / max(float(metric_sums['num_sequences']), 1.0)
+    ),
   }

@@ -61,9 +61,18 @@ def is_added_by_tuning(path: str) -> bool:
 
 
 ARCHITECTURE_FIELDS = (
-    'vocab_size', 'emb_dim', 'num_heads', 'num_encoder_layers', 'num_decoder_layers',
-    'head_dim', 'mlp_dim', 'mlp_activations', 'logits_via_embedding',
-    'relative_attention_num_buckets', 'relative_attention_max_distance')
+  'vocab_size',
+  'emb_dim',
+  'num_heads',
+  'num_encoder_layers',
+  'num_decoder_layers',
+  'head_dim',
+  'mlp_dim',
+  'mlp_activations',
+  'logits_via_embedding',
+  'relative_attention_num_buckets',
+  'relative_attention_max_distance',
+)
 
 
 @gin.configurable(module='network')
@@ -74,6 +83,7 @@ class T5Config:
   Architecture fields left as None are taken from the base checkpoint, which knows them
   (HF config.json, or the tensor shapes of a T5X checkpoint); see `reconcile`.
   """
+
   vocab_size: Optional[int] = None
   dtype: str = 'float32'
   emb_dim: Optional[int] = None
@@ -88,12 +98,12 @@ class T5Config:
   relative_attention_num_buckets: Optional[int] = None
   relative_attention_max_distance: Optional[int] = None
   prompt_length: int = 0
-  lora_rules: Sequence = ()          # (kernel path regex, rank, alpha); see adapters.py
+  lora_rules: Sequence = ()  # (kernel path regex, rank, alpha); see adapters.py
   lora_dropout: float = 0.0
   ia3_pattern: Optional[str] = None  # kernel path regex for IA3 scales
-  prefix_length: int = 0             # deep prompts: per-layer key/value prefixes, encoder
-  decoder_prefix_length: int = 0     # ... and decoder self- and cross-attention
-  int8_kernels: bool = False         # dense kernels int8 + kernel_scale; see quantization.py
+  prefix_length: int = 0  # deep prompts: per-layer key/value prefixes, encoder
+  decoder_prefix_length: int = 0  # ... and decoder self- and cross-attention
+  int8_kernels: bool = False  # dense kernels int8 + kernel_scale; see quantization.py
 
   def __post_init__(self):
     # gin and JSON give lists; the config must stay hashable.
@@ -132,14 +142,16 @@ class T5Config:
     unset = [f for f in ARCHITECTURE_FIELDS if getattr(self, f) is None]
     if unset:
       raise UserError(
-          f'network.T5Config.{unset[0]} is not set ({len(unset)} size field(s) unset: '
-          f'{unset}). Include a model file such as gin/models/t5_1_1_small.gin, or set '
-          'INITIAL_CHECKPOINT_PATH to a checkpoint that carries its sizes (an HF folder '
-          'with config.json, or a T5X checkpoint).')
+        f'network.T5Config.{unset[0]} is not set ({len(unset)} size field(s) unset: '
+        f'{unset}). Include a model file such as gin/models/t5_1_1_small.gin, or set '
+        'INITIAL_CHECKPOINT_PATH to a checkpoint that carries its sizes (an HF folder '
+        'with config.json, or a T5X checkpoint).'
+      )
     return self
 
-  def reconcile(self, facts: Mapping[str, object], source: str,
-                defaults: Mapping[str, object] = ()) -> 'T5Config':
+  def reconcile(
+    self, facts: Mapping[str, object], source: str, defaults: Mapping[str, object] = ()
+  ) -> 'T5Config':
     """Fills unset fields from a checkpoint and checks the set ones against it.
 
     `facts` are what the checkpoint states (a mismatch with gin is an error naming both
@@ -152,13 +164,17 @@ class T5Config:
       if mine is None:
         updates[name] = value
       elif _normalise(mine) != _normalise(value):
-        conflicts.append(f'network.T5Config.{name} = {mine!r} in gin, but {value!r} in the '
-                         'checkpoint')
+        conflicts.append(
+          f'network.T5Config.{name} = {mine!r} in gin, but {value!r} in the checkpoint'
+        )
     if conflicts:
-      raise UserError(f'The gin model sizes disagree with {source}:\n  ' +
-                      '\n  '.join(conflicts) + '\nUse the model gin file that matches the '
-                      'checkpoint (gin/models/*.gin), or drop the size bindings and let the '
-                      'checkpoint supply them.')
+      raise UserError(
+        f'The gin model sizes disagree with {source}:\n  '
+        + '\n  '.join(conflicts)
+        + '\nUse the model gin file that matches the '
+        'checkpoint (gin/models/*.gin), or drop the size bindings and let the '
+        'checkpoint supply them.'
+      )
     for name, value in dict(defaults).items():
       if getattr(self, name) is None and name not in updates:
         updates[name] = value
@@ -178,13 +194,27 @@ class EncoderLayer(nn.Module):
     dtype = cfg.activation_dtype
     dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     y = layers.RMSNorm(dtype, name='pre_attention_layer_norm')(x)
-    y = layers.MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype,
-                           cfg.adapters, cfg.prefix_length, cfg.int8_kernels,
-                           name='attention')(y, y, mask, bias, deterministic)
+    y = layers.MultiHeadAttention(
+      cfg.num_heads,
+      cfg.head_dim,
+      cfg.dropout_rate,
+      dtype,
+      cfg.adapters,
+      cfg.prefix_length,
+      cfg.int8_kernels,
+      name='attention',
+    )(y, y, mask, bias, deterministic)
     x = x + dropout(y, deterministic=deterministic)
     y = layers.RMSNorm(dtype, name='pre_mlp_layer_norm')(x)
-    y = layers.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype, cfg.adapters,
-                 cfg.int8_kernels, name='mlp')(y, deterministic)
+    y = layers.MlpBlock(
+      cfg.mlp_dim,
+      cfg.mlp_activations,
+      cfg.dropout_rate,
+      dtype,
+      cfg.adapters,
+      cfg.int8_kernels,
+      name='mlp',
+    )(y, deterministic)
     return x + dropout(y, deterministic=deterministic)
 
 
@@ -192,37 +222,65 @@ class DecoderLayer(nn.Module):
   config: T5Config
 
   @nn.compact
-  def __call__(self, x: Array, encoded: Array, self_mask: Array, cross_mask: Array,
-               bias: Array, deterministic: bool, decode: bool = False) -> Array:
+  def __call__(
+    self,
+    x: Array,
+    encoded: Array,
+    self_mask: Array,
+    cross_mask: Array,
+    bias: Array,
+    deterministic: bool,
+    decode: bool = False,
+  ) -> Array:
     cfg = self.config
     dtype = cfg.activation_dtype
     dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
-    attention = functools.partial(layers.MultiHeadAttention, cfg.num_heads, cfg.head_dim,
-                                  cfg.dropout_rate, dtype, cfg.adapters,
-                                  cfg.decoder_prefix_length, cfg.int8_kernels)
+    attention = functools.partial(
+      layers.MultiHeadAttention,
+      cfg.num_heads,
+      cfg.head_dim,
+      cfg.dropout_rate,
+      dtype,
+      cfg.adapters,
+      cfg.decoder_prefix_length,
+      cfg.int8_kernels,
+    )
     y = layers.RMSNorm(dtype, name='pre_self_attention_layer_norm')(x)
-    y = attention(name='self_attention')(y, y, self_mask, bias, deterministic,
-                                         'self' if decode else None)
+    y = attention(name='self_attention')(
+      y, y, self_mask, bias, deterministic, 'self' if decode else None
+    )
     x = x + dropout(y, deterministic=deterministic)
     y = layers.RMSNorm(dtype, name='pre_cross_attention_layer_norm')(x)
-    y = attention(name='encoder_decoder_attention')(y, encoded, cross_mask, None,
-                                                    deterministic,
-                                                    'cross' if decode else None)
+    y = attention(name='encoder_decoder_attention')(
+      y, encoded, cross_mask, None, deterministic, 'cross' if decode else None
+    )
     x = x + dropout(y, deterministic=deterministic)
     y = layers.RMSNorm(dtype, name='pre_mlp_layer_norm')(x)
-    y = layers.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype, cfg.adapters,
-                 cfg.int8_kernels, name='mlp')(y, deterministic)
+    y = layers.MlpBlock(
+      cfg.mlp_dim,
+      cfg.mlp_activations,
+      cfg.dropout_rate,
+      dtype,
+      cfg.adapters,
+      cfg.int8_kernels,
+      name='mlp',
+    )(y, deterministic)
     return x + dropout(y, deterministic=deterministic)
 
 
 def _relpos(cfg: T5Config, name: str) -> layers.RelativePositionBiases:
-  return layers.RelativePositionBiases(cfg.relative_attention_num_buckets,
-                                cfg.relative_attention_max_distance, cfg.num_heads,
-                                cfg.activation_dtype, name=name)
+  return layers.RelativePositionBiases(
+    cfg.relative_attention_num_buckets,
+    cfg.relative_attention_max_distance,
+    cfg.num_heads,
+    cfg.activation_dtype,
+    name=name,
+  )
 
 
-def encoder_key_mask(encoder_input_tokens: Array, prompt_length: int,
-                     prompt_mask: Optional[Array] = None) -> Array:
+def encoder_key_mask(
+  encoder_input_tokens: Array, prompt_length: int, prompt_mask: Optional[Array] = None
+) -> Array:
   """Which encoder positions are real (prompt or non-padding token): [batch, P + length].
 
   `prompt_mask` [batch, P] marks the real positions of per-example prompts that are
@@ -237,15 +295,19 @@ def encoder_key_mask(encoder_input_tokens: Array, prompt_length: int,
 def _segments_with_prompt(segment_ids: Array, prompt_length: int) -> Array:
   """Prompt positions get segment 0 (shared by every packed example): [batch, P + length]."""
   batch = segment_ids.shape[0]
-  return jnp.concatenate([jnp.zeros((batch, prompt_length), segment_ids.dtype),
-                          segment_ids], axis=1)
+  return jnp.concatenate(
+    [jnp.zeros((batch, prompt_length), segment_ids.dtype), segment_ids], axis=1
+  )
 
 
-def attention_mask(query_valid: Array, key_valid: Array,
-                   query_segments: Optional[Array] = None,
-                   key_segments: Optional[Array] = None,
-                   key_is_prompt: Optional[Array] = None,
-                   causal: bool = False) -> Array:
+def attention_mask(
+  query_valid: Array,
+  key_valid: Array,
+  query_segments: Optional[Array] = None,
+  key_segments: Optional[Array] = None,
+  key_is_prompt: Optional[Array] = None,
+  causal: bool = False,
+) -> Array:
   """Builds a [batch, 1, q_len, kv_len] 0/1 mask.
 
   Packed batches (segment ids given) attend within their own segment; keys flagged by
@@ -268,9 +330,14 @@ class Encoder(nn.Module):
   shared_embedding: nn.Module
 
   @nn.compact
-  def __call__(self, encoder_input_tokens: Array, encoder_segment_ids: Optional[Array],
-               deterministic: bool, prompt: Optional[Array] = None,
-               prompt_mask: Optional[Array] = None) -> Array:
+  def __call__(
+    self,
+    encoder_input_tokens: Array,
+    encoder_segment_ids: Optional[Array],
+    deterministic: bool,
+    prompt: Optional[Array] = None,
+    prompt_mask: Optional[Array] = None,
+  ) -> Array:
     """[batch, length] tokens -> [batch, prompt_length + length, embed].
 
     `prompt` [batch, P, embed] (with `prompt_mask` [batch, P]) replaces the trained prompt
@@ -284,8 +351,9 @@ class Encoder(nn.Module):
       x = prompts.Prompt(p, cfg.emb_dim, name='prompt')(x, prompt)
     x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
     valid = encoder_key_mask(encoder_input_tokens, p, prompt_mask)
-    segments = (None if encoder_segment_ids is None
-                else _segments_with_prompt(encoder_segment_ids, p))
+    segments = (
+      None if encoder_segment_ids is None else _segments_with_prompt(encoder_segment_ids, p)
+    )
     is_prompt = jnp.arange(x.shape[1]) < p
     mask = attention_mask(valid, valid, segments, segments, is_prompt)
     bias = _relpos(cfg, 'relpos_bias')(x.shape[1], x.shape[1], bidirectional=True)
@@ -301,11 +369,19 @@ class Decoder(nn.Module):
   shared_embedding: nn.Module
 
   @nn.compact
-  def __call__(self, encoded: Array, encoder_input_tokens: Array,
-               decoder_input_tokens: Array, decoder_target_tokens: Array,
-               encoder_segment_ids: Optional[Array], decoder_segment_ids: Optional[Array],
-               deterministic: bool, encoder_prompt_mask: Optional[Array] = None,
-               decode: bool = False, max_decode_length: Optional[int] = None) -> Array:
+  def __call__(
+    self,
+    encoded: Array,
+    encoder_input_tokens: Array,
+    decoder_input_tokens: Array,
+    decoder_target_tokens: Array,
+    encoder_segment_ids: Optional[Array],
+    decoder_segment_ids: Optional[Array],
+    deterministic: bool,
+    encoder_prompt_mask: Optional[Array] = None,
+    decode: bool = False,
+    max_decode_length: Optional[int] = None,
+  ) -> Array:
     """encoded [batch, P + in_len, embed] -> logits [batch, tgt_len, vocab] (float32).
 
     decode=True runs incrementally with a key/value cache: a first call with
@@ -325,39 +401,50 @@ class Decoder(nn.Module):
       position.value = step + 1
       self_mask = (jnp.arange(max_decode_length) <= step)[None, None, None, :]
       bias = jax.lax.dynamic_slice_in_dim(
-          relpos(max_decode_length, max_decode_length, bidirectional=False), step, 1, axis=2)
+        relpos(max_decode_length, max_decode_length, bidirectional=False), step, 1, axis=2
+      )
       cross_mask = enc_valid[:, None, None, :]
     else:
       if decode:
         self.variable('cache', 'position', lambda: jnp.zeros((), jnp.int32))
       dec_valid = decoder_target_tokens > 0
-      self_mask = attention_mask(dec_valid, dec_valid, decoder_segment_ids,
-                                 decoder_segment_ids, causal=True)
-      enc_segments = (None if encoder_segment_ids is None
-                      else _segments_with_prompt(encoder_segment_ids, p))
-      cross_mask = attention_mask(dec_valid, enc_valid, decoder_segment_ids, enc_segments,
-                                  jnp.arange(encoded.shape[1]) < p)
+      self_mask = attention_mask(
+        dec_valid, dec_valid, decoder_segment_ids, decoder_segment_ids, causal=True
+      )
+      enc_segments = (
+        None if encoder_segment_ids is None else _segments_with_prompt(encoder_segment_ids, p)
+      )
+      cross_mask = attention_mask(
+        dec_valid, enc_valid, decoder_segment_ids, enc_segments, jnp.arange(encoded.shape[1]) < p
+      )
       length = decoder_input_tokens.shape[1]
       bias = relpos(length, length, bidirectional=False)
     y = self.shared_embedding(decoder_input_tokens.astype(jnp.int32))
     y = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic)
     for i in range(cfg.num_decoder_layers):
-      y = DecoderLayer(cfg, name=f'layers_{i}')(y, encoded, self_mask, cross_mask, bias,
-                                               deterministic, decode)
+      y = DecoderLayer(cfg, name=f'layers_{i}')(
+        y, encoded, self_mask, cross_mask, bias, deterministic, decode
+      )
     y = layers.RMSNorm(dtype, name='decoder_norm')(y)
     y = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic)
     if cfg.logits_via_embedding:
       logits = self.shared_embedding.attend(y) / np.sqrt(y.shape[-1])
     else:
-      logits = layers.Dense(cfg.vocab_size, ('embed', 'vocab'),
-                     nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal'),
-                     dtype, cfg.adapters, cfg.int8_kernels,
-                     name='logits_dense')(y, deterministic)
+      logits = layers.Dense(
+        cfg.vocab_size,
+        ('embed', 'vocab'),
+        nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal'),
+        dtype,
+        cfg.adapters,
+        cfg.int8_kernels,
+        name='logits_dense',
+      )(y, deterministic)
     return logits.astype(jnp.float32)
 
 
 class Transformer(nn.Module):
   """The full encoder-decoder; call signature as t5x's `network.Transformer`."""
+
   config: T5Config
 
   def setup(self):
@@ -366,25 +453,55 @@ class Transformer(nn.Module):
     self.encoder = Encoder(cfg, self.token_embedder)
     self.decoder = Decoder(cfg, self.token_embedder)
 
-  def encode(self, encoder_input_tokens, encoder_segment_ids=None, enable_dropout=True,
-             prompt=None, prompt_mask=None):
-    return self.encoder(encoder_input_tokens, encoder_segment_ids, not enable_dropout,
-                        prompt, prompt_mask)
+  def encode(
+    self,
+    encoder_input_tokens,
+    encoder_segment_ids=None,
+    enable_dropout=True,
+    prompt=None,
+    prompt_mask=None,
+  ):
+    return self.encoder(
+      encoder_input_tokens, encoder_segment_ids, not enable_dropout, prompt, prompt_mask
+    )
 
-  def decode(self, encoded, encoder_input_tokens, decoder_input_tokens,
-             decoder_target_tokens, encoder_segment_ids=None, decoder_segment_ids=None,
-             enable_dropout=True, encoder_prompt_mask=None, decode=False,
-             max_decode_length=None):
-    return self.decoder(encoded, encoder_input_tokens, decoder_input_tokens,
-                        decoder_target_tokens, encoder_segment_ids, decoder_segment_ids,
-                        not enable_dropout, encoder_prompt_mask, decode, max_decode_length)
+  def decode(
+    self,
+    encoded,
+    encoder_input_tokens,
+    decoder_input_tokens,
+    decoder_target_tokens,
+    encoder_segment_ids=None,
+    decoder_segment_ids=None,
+    enable_dropout=True,
+    encoder_prompt_mask=None,
+    decode=False,
+    max_decode_length=None,
+  ):
+    return self.decoder(
+      encoded,
+      encoder_input_tokens,
+      decoder_input_tokens,
+      decoder_target_tokens,
+      encoder_segment_ids,
+      decoder_segment_ids,
+      not enable_dropout,
+      encoder_prompt_mask,
+      decode,
+      max_decode_length,
+    )
 
-  def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
-               decoder_target_tokens: Array, encoder_segment_ids: Optional[Array] = None,
-               decoder_segment_ids: Optional[Array] = None,
-               encoder_positions: Optional[Array] = None,
-               decoder_positions: Optional[Array] = None,
-               enable_dropout: bool = True) -> Array:
+  def __call__(
+    self,
+    encoder_input_tokens: Array,
+    decoder_input_tokens: Array,
+    decoder_target_tokens: Array,
+    encoder_segment_ids: Optional[Array] = None,
+    decoder_segment_ids: Optional[Array] = None,
+    encoder_positions: Optional[Array] = None,
+    decoder_positions: Optional[Array] = None,
+    enable_dropout: bool = True,
+  ) -> Array:
     """Teacher-forced logits [batch, tgt_len, vocab] for token ids [batch, len].
 
     Positions are accepted for t5x compatibility; T5's relative attention only needs
@@ -392,6 +509,12 @@ class Transformer(nn.Module):
     """
     del encoder_positions, decoder_positions
     encoded = self.encode(encoder_input_tokens, encoder_segment_ids, enable_dropout)
-    return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
-                       decoder_target_tokens, encoder_segment_ids, decoder_segment_ids,
-                       enable_dropout)
+    return self.decode(
+      encoded,
+      encoder_input_tokens,
+      decoder_input_tokens,
+      decoder_target_tokens,
+      encoder_segment_ids,
+      decoder_segment_ids,
+      enable_dropout,
+    )

@@ -22,29 +22,41 @@ def _with_clipping(tx: optax.GradientTransformation, clip_grad_norm: Optional[fl
 
 
 @gin.configurable(module='optimizers')
-def adafactor(learning_rate: float = 0.3, decay_rate: float = 0.8,
-              weight_decay_rate: Optional[float] = 1e-5,
-              multiply_by_parameter_scale: bool = False,
-              clipping_threshold: Optional[float] = 1.0,
-              clip_grad_norm: Optional[float] = None) -> Optimizer:
+def adafactor(
+  learning_rate: float = 0.3,
+  decay_rate: float = 0.8,
+  weight_decay_rate: Optional[float] = 1e-5,
+  multiply_by_parameter_scale: bool = False,
+  clipping_threshold: Optional[float] = 1.0,
+  clip_grad_norm: Optional[float] = None,
+) -> Optimizer:
   """Lester et al.'s prompt-tuning recipe: constant lr 0.3, decay 0.8, wd 1e-5, no scaling."""
   schedule = optax.constant_schedule(learning_rate)
-  tx = optax.adafactor(schedule, decay_rate=decay_rate,
-                       multiply_by_parameter_scale=multiply_by_parameter_scale,
-                       clipping_threshold=clipping_threshold,
-                       weight_decay_rate=weight_decay_rate)
+  tx = optax.adafactor(
+    schedule,
+    decay_rate=decay_rate,
+    multiply_by_parameter_scale=multiply_by_parameter_scale,
+    clipping_threshold=clipping_threshold,
+    weight_decay_rate=weight_decay_rate,
+  )
   return Optimizer(_with_clipping(tx, clip_grad_norm), schedule)
 
 
 @gin.configurable(module='optimizers')
-def adamw(peak_learning_rate: float = 1e-3, warmup_steps: int = 100,
-          decay_steps: int = gin.REQUIRED, end_learning_rate: float = 1e-5,
-          weight_decay: float = 0.0, b1: float = 0.9, b2: float = 0.999,
-          clip_grad_norm: Optional[float] = 1.0) -> Optimizer:
+def adamw(
+  peak_learning_rate: float = 1e-3,
+  warmup_steps: int = 100,
+  decay_steps: int = gin.REQUIRED,
+  end_learning_rate: float = 1e-5,
+  weight_decay: float = 0.0,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  clip_grad_norm: Optional[float] = 1.0,
+) -> Optimizer:
   """AdamW with linear warmup and cosine decay to `end_learning_rate`, plus clipping."""
   schedule = optax.warmup_cosine_decay_schedule(
-      0.0, peak_learning_rate, warmup_steps, max(decay_steps, warmup_steps + 1),
-      end_learning_rate)
+    0.0, peak_learning_rate, warmup_steps, max(decay_steps, warmup_steps + 1), end_learning_rate
+  )
   tx = optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay)
   return Optimizer(_with_clipping(tx, clip_grad_norm), schedule)
 
@@ -61,12 +73,16 @@ def by_parameter(groups: Sequence[tuple[str, Optimizer]] = gin.REQUIRED) -> Opti
 
   def labels(params):
     flat = traverse_util.flatten_dict(params, sep='/')
+
     def label(path):
       for i, pattern in enumerate(patterns):
         if pattern.fullmatch(path):
           return str(i)
-      raise UserError(f'Trainable parameter {path!r} matches no optimizers.by_parameter '
-                      f'group {[p for p, _ in groups]}; add a pattern for it.')
+      raise UserError(
+        f'Trainable parameter {path!r} matches no optimizers.by_parameter '
+        f'group {[p for p, _ in groups]}; add a pattern for it.'
+      )
+
     return traverse_util.unflatten_dict({k: label(k) for k in flat}, sep='/')
 
   transforms = {str(i): optimizer.transform for i, (_, optimizer) in enumerate(groups)}

@@ -22,17 +22,17 @@ from t5pt.errors import UserError
 LogicalRules = Sequence[tuple[str, Optional[str]]]
 
 STANDARD_LOGICAL_AXIS_RULES: LogicalRules = (
-    ('batch', 'data'),
-    ('vocab', 'model'),
-    ('embed', None),
-    ('mlp', 'model'),
-    ('heads', 'model'),
-    ('kv', None),
-    ('joined_kv', 'model'),
-    ('relpos_buckets', None),
-    ('length', None),
-    ('prompt', None),
-    ('lora_rank', None),
+  ('batch', 'data'),
+  ('vocab', 'model'),
+  ('embed', None),
+  ('mlp', 'model'),
+  ('heads', 'model'),
+  ('kv', None),
+  ('joined_kv', 'model'),
+  ('relpos_buckets', None),
+  ('length', None),
+  ('prompt', None),
+  ('lora_rank', None),
 )
 
 
@@ -40,15 +40,18 @@ STANDARD_LOGICAL_AXIS_RULES: LogicalRules = (
 @dataclasses.dataclass(frozen=True)
 class PartitionConfig:
   """num_partitions: size of the 'model' mesh axis (the rest of the devices is 'data')."""
+
   num_partitions: int = 1
   logical_axis_rules: LogicalRules = STANDARD_LOGICAL_AXIS_RULES
 
   def make_mesh(self, devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
     devices = np.asarray(devices if devices is not None else jax.devices())
     if devices.size % self.num_partitions:
-      raise UserError(f'NUM_PARTITIONS={self.num_partitions} (partitioning.PartitionConfig.'
-                      'num_partitions) '
-                      f'does not divide the {devices.size} available devices.')
+      raise UserError(
+        f'NUM_PARTITIONS={self.num_partitions} (partitioning.PartitionConfig.'
+        'num_partitions) '
+        f'does not divide the {devices.size} available devices.'
+      )
     return Mesh(devices.reshape(-1, self.num_partitions), ('data', 'model'))
 
 
@@ -75,8 +78,10 @@ def host_batch_size(batch_size: int, mesh: Mesh) -> int:
   """The per-host batch size, after checking the global BATCH_SIZE divides evenly."""
   data_size = mesh.shape['data']
   if batch_size % data_size or batch_size % jax.process_count():
-    raise UserError(f'BATCH_SIZE={batch_size} must be divisible by the data-parallel mesh '
-                    f'size ({data_size}) and the number of hosts ({jax.process_count()}).')
+    raise UserError(
+      f'BATCH_SIZE={batch_size} must be divisible by the data-parallel mesh '
+      f'size ({data_size}) and the number of hosts ({jax.process_count()}).'
+    )
   return batch_size // jax.process_count()
 
 
@@ -84,8 +89,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
-def split_trainable(paths: Sequence[str], patterns: Sequence[str]
-                    ) -> tuple[list[str], list[str]]:
+def split_trainable(paths: Sequence[str], patterns: Sequence[str]) -> tuple[list[str], list[str]]:
   """Partitions parameter paths by TRAINABLE regexes (full match), keeping order.
 
   Raises a UserError when no parameter matches, or a pattern matches nothing, since
@@ -95,8 +99,10 @@ def split_trainable(paths: Sequence[str], patterns: Sequence[str]
   trainable = [p for p in paths if any(c.fullmatch(p) for c in compiled)]
   for pattern, c in zip(patterns, compiled):
     if not any(c.fullmatch(p) for p in paths):
-      raise UserError(f'TRAINABLE pattern {pattern!r} matches no parameter. Parameter paths '
-                      f'look like {paths[0]!r}; the prompt is "encoder/prompt/prompt" and '
-                      'exists only when PROMPT_LENGTH > 0.')
+      raise UserError(
+        f'TRAINABLE pattern {pattern!r} matches no parameter. Parameter paths '
+        f'look like {paths[0]!r}; the prompt is "encoder/prompt/prompt" and '
+        'exists only when PROMPT_LENGTH > 0.'
+      )
   frozen = [p for p in paths if p not in set(trainable)]
   return trainable, frozen

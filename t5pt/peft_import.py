@@ -49,10 +49,21 @@ DEFAULT_RANK, DEFAULT_ALPHA = 8, 8
 
 # adapter_config.json fields that turn on a LoRA variant t5pt's LoRA
 # (y = x W + scale x A B on dense kernels) does not compute; set (truthy) means refused.
-VARIANT_FIELDS = ('use_dora', 'lora_bias', 'use_qalora', 'modules_to_save',
-                  'trainable_token_indices', 'layer_replication', 'alora_invocation_tokens',
-                  'target_parameters', 'use_bdlora', 'arrow_config', 'kasa_config',
-                  'velora_config', 'monteclora_config')
+VARIANT_FIELDS = (
+  'use_dora',
+  'lora_bias',
+  'use_qalora',
+  'modules_to_save',
+  'trainable_token_indices',
+  'layer_replication',
+  'alora_invocation_tokens',
+  'target_parameters',
+  'use_bdlora',
+  'arrow_config',
+  'kasa_config',
+  'velora_config',
+  'monteclora_config',
+)
 # init_lora_weights values under which PEFT rewrites the base weights when it adds the
 # adapter, so the adapter only reproduces the model on that rewritten base.
 BASE_REWRITING_INITS = ('pissa', 'corda', 'olora', 'loftq', 'lora_ga')
@@ -63,8 +74,10 @@ def read_adapter(peft_dir: str) -> tuple[dict, dict[str, np.ndarray]]:
   """(adapter_config.json as a dict, {PEFT key: array}) of the adapter in `peft_dir`."""
   config_file = fs.join(peft_dir, CONFIG_FILE)
   if not fs.exists(config_file):
-    raise UserError(f'{config_file} does not exist: --peft_dir should be a folder written '
-                    f"by peft's save_pretrained ({CONFIG_FILE} + {SAFETENSORS_FILE}).")
+    raise UserError(
+      f'{config_file} does not exist: --peft_dir should be a folder written '
+      f"by peft's save_pretrained ({CONFIG_FILE} + {SAFETENSORS_FILE})."
+    )
   try:
     config = fs.read_json(config_file)
   except ValueError as e:
@@ -82,48 +95,57 @@ def _read_weights(peft_dir: str) -> dict[str, np.ndarray]:
     try:
       import torch  # pylint: disable=import-outside-toplevel
     except ImportError as e:
-      raise UserError(f'{bin_file} needs torch to read. Install the CPU build (pip install '
-                      'torch), or save the adapter as safetensors (save_pretrained\'s '
-                      'default).') from e
-    state = torch.load(io.BytesIO(fs.read_bytes(bin_file)), map_location='cpu',
-                       weights_only=True)
+      raise UserError(
+        f'{bin_file} needs torch to read. Install the CPU build (pip install '
+        'torch), or save the adapter as safetensors (save_pretrained\'s '
+        'default).'
+      ) from e
+    state = torch.load(io.BytesIO(fs.read_bytes(bin_file)), map_location='cpu', weights_only=True)
     return {key: value.float().numpy() for key, value in state.items()}
-  raise UserError(f'{peft_dir} has {CONFIG_FILE} but no weights: expected '
-                  f'{SAFETENSORS_FILE} (or {BIN_FILE}).')
+  raise UserError(
+    f'{peft_dir} has {CONFIG_FILE} but no weights: expected {SAFETENSORS_FILE} (or {BIN_FILE}).'
+  )
 
 
 def check_config(config: Mapping, source: str) -> None:
   """Raises a UserError unless `config` describes plain LoRA, which t5pt reproduces."""
   if config.get('peft_type') != 'LORA':
-    raise UserError(f'{source}: peft_type is {config.get("peft_type")!r}; '
-                    't5pt.peft_import reads LORA adapters.')
-  unsupported = [f'{field}={config[field]!r}' for field in VARIANT_FIELDS
-                 if config.get(field)]
+    raise UserError(
+      f'{source}: peft_type is {config.get("peft_type")!r}; t5pt.peft_import reads LORA adapters.'
+    )
+  unsupported = [f'{field}={config[field]!r}' for field in VARIANT_FIELDS if config.get(field)]
   if config.get('bias', 'none') != 'none':
     unsupported.append(f'bias={config["bias"]!r}')
   init = config.get('init_lora_weights')
   if isinstance(init, str) and init.lower().startswith(BASE_REWRITING_INITS):
-    unsupported.append(f'init_lora_weights={init!r} (PEFT rewrites the base weights; save '
-                       'with path_initial_model_for_weight_conversion for a plain adapter)')
+    unsupported.append(
+      f'init_lora_weights={init!r} (PEFT rewrites the base weights; save '
+      'with path_initial_model_for_weight_conversion for a plain adapter)'
+    )
   # fan_in_fan_out needs no check: PEFT turns it off for torch.nn.Linear, which every
   # T5 layer is, so the weights are stored as [out, in] either way.
   if unsupported:
-    raise UserError(f'{source} sets {"; ".join(unsupported)}, which t5pt does not '
-                    'support: it imports plain LoRA. Train the adapter without it, or merge '
-                    "it into the base with peft's merge_and_unload() and use the saved "
-                    'model as the base checkpoint.')
+    raise UserError(
+      f'{source} sets {"; ".join(unsupported)}, which t5pt does not '
+      'support: it imports plain LoRA. Train the adapter without it, or merge '
+      "it into the base with peft's merge_and_unload() and use the saved "
+      'model as the base checkpoint.'
+    )
 
 
-def lora_weights(weights: Mapping[str, np.ndarray], source: str
-                 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def lora_weights(
+  weights: Mapping[str, np.ndarray], source: str
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """{HF module name: (lora_A.weight [r, in], lora_B.weight [out, r])}."""
   found = collections.defaultdict(dict)
   for key, value in weights.items():
     match = _WEIGHT_KEY.fullmatch(key)
     if not match:
-      raise UserError(f'{source} holds {key!r}, which t5pt cannot import: it reads only '
-                      'LoRA weights of linear layers, base_model.model.<module>.lora_A.weight '
-                      'and .lora_B.weight.')
+      raise UserError(
+        f'{source} holds {key!r}, which t5pt cannot import: it reads only '
+        'LoRA weights of linear layers, base_model.model.<module>.lora_A.weight '
+        'and .lora_B.weight.'
+      )
     found[match['module']][match['side']] = value
   if not found:
     raise UserError(f'{source} holds no LoRA weights.')
@@ -144,74 +166,90 @@ def pattern_value(patterns: Optional[Mapping], module: str, default):
   return default
 
 
-def lora_parameters(config: Mapping, pairs: Mapping[str, tuple[np.ndarray, np.ndarray]],
-                    architecture: network.T5Config,
-                    kernel_shapes: Mapping[str, tuple[int, ...]], source: str
-                    ) -> tuple[dict[str, np.ndarray], tuple]:
+def lora_parameters(
+  config: Mapping,
+  pairs: Mapping[str, tuple[np.ndarray, np.ndarray]],
+  architecture: network.T5Config,
+  kernel_shapes: Mapping[str, tuple[int, ...]],
+  source: str,
+) -> tuple[dict[str, np.ndarray], tuple]:
   """({t5x path: lora_a [in, r] or lora_b [r, out]}, lora_rules with one exact-path rule
   (path, r, alpha) per adapted kernel) for the adapter's weights on `architecture`."""
   paths = {module: path for path, module in hf_format.kernel_modules(architecture).items()}
   params, rules = {}, []
   for module, (a, b) in sorted(pairs.items()):
     if module not in paths:
-      raise UserError(f'{source}: {module!r} is not a linear layer of the base T5; t5pt '
-                      'imports LoRA on attention q/k/v/o, MLP wi/wi_0/wi_1/wo and an untied '
-                      "lm_head (e.g. 'encoder.block.0.layer.0.SelfAttention.q').")
+      raise UserError(
+        f'{source}: {module!r} is not a linear layer of the base T5; t5pt '
+        'imports LoRA on attention q/k/v/o, MLP wi/wi_0/wi_1/wo and an untied '
+        "lm_head (e.g. 'encoder.block.0.layer.0.SelfAttention.q')."
+      )
     path, rank = paths[module], a.shape[0]
     fan_in, fan_out = kernel_shapes[path]
     if a.shape != (rank, fan_in) or b.shape != (fan_out, rank):
-      raise UserError(f'{source}: {module!r} has lora_A {a.shape} and lora_B {b.shape}, '
-                      f'which do not fit the base layer ({fan_out} x {fan_in}). Is --base '
-                      'the model the adapter was trained on?')
-    configured = pattern_value(config.get('rank_pattern'), module,
-                               config.get('r', DEFAULT_RANK))
+      raise UserError(
+        f'{source}: {module!r} has lora_A {a.shape} and lora_B {b.shape}, '
+        f'which do not fit the base layer ({fan_out} x {fan_in}). Is --base '
+        'the model the adapter was trained on?'
+      )
+    configured = pattern_value(config.get('rank_pattern'), module, config.get('r', DEFAULT_RANK))
     if configured != rank:
-      raise UserError(f'{source}: {module!r} has rank {rank} in its weights but {configured} '
-                      'in adapter_config.json (r / rank_pattern).')
-    alpha = float(pattern_value(config.get('alpha_pattern'), module,
-                                config.get('lora_alpha', DEFAULT_ALPHA)))
+      raise UserError(
+        f'{source}: {module!r} has rank {rank} in its weights but {configured} '
+        'in adapter_config.json (r / rank_pattern).'
+      )
+    alpha = float(
+      pattern_value(config.get('alpha_pattern'), module, config.get('lora_alpha', DEFAULT_ALPHA))
+    )
     if config.get('use_rslora'):
       alpha *= math.sqrt(rank)  # PEFT scales by alpha / sqrt(r), t5pt by alpha / r.
-    prefix = path[:-len('kernel')]
+    prefix = path[: -len('kernel')]
     params[prefix + adapters.LORA_A] = np.asarray(a, np.float32).T
     params[prefix + adapters.LORA_B] = np.asarray(b, np.float32).T
     rules.append((re.escape(path), int(rank), alpha))
   return params, tuple(rules)
 
 
-def import_adapter(peft_dir: str, base_path: str, model_dir: str, overwrite: bool = False
-                   ) -> network.T5Config:
+def import_adapter(
+  peft_dir: str, base_path: str, model_dir: str, overwrite: bool = False
+) -> network.T5Config:
   """Writes the PEFT LoRA adapter in `peft_dir` as a t5pt run at `model_dir` (see module
   docstring); returns the run's network config. Nothing is written unless it all fits."""
   if not fs.exists(base_path):
-    raise UserError(f'--base={base_path!r} does not exist; pass the T5 the adapter was '
-                    'trained on (an HF folder, a T5X checkpoint or a t5pt MODEL_DIR).')
+    raise UserError(
+      f'--base={base_path!r} does not exist; pass the T5 the adapter was '
+      'trained on (an HF folder, a T5X checkpoint or a t5pt MODEL_DIR).'
+    )
   source = fs.join(peft_dir, CONFIG_FILE)
   adapter_config, weights = read_adapter(peft_dir)
   check_config(adapter_config, source)
   pairs = lora_weights(weights, peft_dir)
   base = checkpoint_import.open_checkpoint(base_path)
   architecture = base.reconcile(network.T5Config()).require_complete()
-  params, rules = lora_parameters(adapter_config, pairs, architecture, base.shapes(),
-                                  source)
-  config = dataclasses.replace(architecture, lora_rules=rules,
-                               lora_dropout=float(adapter_config.get('lora_dropout', 0.0)))
+  params, rules = lora_parameters(adapter_config, pairs, architecture, base.shapes(), source)
+  config = dataclasses.replace(
+    architecture, lora_rules=rules, lora_dropout=float(adapter_config.get('lora_dropout', 0.0))
+  )
   meta = checkpoints.RunMeta(
-      step=IMPORT_STEP, trainable=tuple(sorted(params)), network_config=config,
-      initial_checkpoint_path=fs.absolute(base_path), imported_from=fs.absolute(peft_dir))
+    step=IMPORT_STEP,
+    trainable=tuple(sorted(params)),
+    network_config=config,
+    initial_checkpoint_path=fs.absolute(base_path),
+    imported_from=fs.absolute(peft_dir),
+  )
   _write_run(model_dir, params, meta, overwrite)
   return config
 
 
-def _write_run(model_dir: str, params: Mapping[str, np.ndarray],
-               meta: checkpoints.RunMeta, overwrite: bool) -> None:
+def _write_run(
+  model_dir: str, params: Mapping[str, np.ndarray], meta: checkpoints.RunMeta, overwrite: bool
+) -> None:
   """Saves checkpoint_0 (params and meta; no optimizer state) as a new run at
   `model_dir`, replacing an existing one only if `overwrite`. Orbax makes the step
   appear only once complete; if the save fails, `model_dir` is removed again."""
   if fs.exists(model_dir):
     if not overwrite:
-      raise UserError(f'{model_dir} already exists; choose a new output path or pass '
-                      '--overwrite.')
+      raise UserError(f'{model_dir} already exists; choose a new output path or pass --overwrite.')
     fs.remove(model_dir)
   tree = partitioning.unflatten({k: jax.device_put(v) for k, v in params.items()})
   try:
@@ -229,11 +267,15 @@ def _write_run(model_dir: str, params: Mapping[str, np.ndarray],
 def _import_from_flags() -> None:
   f = flags.FLAGS
   if not (f.peft_dir and f.base and f.model_dir):
-    raise UserError('Pass --peft_dir (the PEFT LoRA adapter), --base (the T5 it was '
-                    'trained on) and --model_dir (the t5pt run to create).')
+    raise UserError(
+      'Pass --peft_dir (the PEFT LoRA adapter), --base (the T5 it was '
+      'trained on) and --model_dir (the t5pt run to create).'
+    )
   config = import_adapter(f.peft_dir, f.base, f.model_dir, f.overwrite)
-  print(f'LoRA on {len(config.lora_rules)} kernel(s) -> {f.model_dir} '
-        f'({checkpoints.STEP_PREFIX}_{IMPORT_STEP})')
+  print(
+    f'LoRA on {len(config.lora_rules)} kernel(s) -> {f.model_dir} '
+    f'({checkpoints.STEP_PREFIX}_{IMPORT_STEP})'
+  )
 
 
 def _define_flags() -> None:

@@ -26,12 +26,14 @@ PromptInitializer = Callable[..., np.ndarray]
 
 class Prompt(nn.Module):
   """Prepends `length` trainable vectors to embedded inputs."""
+
   length: int
   features: int
 
   @nn.compact
-  def __call__(self, embedded_inputs: jax.Array,
-               per_example: Optional[jax.Array] = None) -> jax.Array:
+  def __call__(
+    self, embedded_inputs: jax.Array, per_example: Optional[jax.Array] = None
+  ) -> jax.Array:
     """[batch, length, embed] -> [batch, prompt_length + length, embed].
 
     `per_example` [batch, prompt_length, embed] is used instead of the parameter.
@@ -41,11 +43,12 @@ class Prompt(nn.Module):
       prompt = jnp.asarray(per_example, embedded_inputs.dtype)
     else:
       prompt = self.param(
-          'prompt',
-          nn.with_logical_partitioning(nn.initializers.uniform(1.0), ('prompt', 'embed')),
-          (self.length, self.features), jnp.float32)
-      prompt = jnp.broadcast_to(jnp.asarray(prompt, embedded_inputs.dtype),
-                                (batch,) + prompt.shape)
+        'prompt',
+        nn.with_logical_partitioning(nn.initializers.uniform(1.0), ('prompt', 'embed')),
+        (self.length, self.features),
+        jnp.float32,
+      )
+      prompt = jnp.broadcast_to(jnp.asarray(prompt, embedded_inputs.dtype), (batch,) + prompt.shape)
     return jnp.concatenate([prompt, embedded_inputs], axis=1)
 
 
@@ -66,27 +69,39 @@ def sampled_vocab(rng, shape, embedding, vocabulary=None, population_size: int =
   del vocabulary
   first, last = 3, min(population_size, embedding.shape[0])
   if last - first < shape[0]:
-    raise UserError(f'prompts.sampled_vocab: population_size={population_size} leaves '
-                    f'{last - first} candidate rows for a prompt of length {shape[0]}; '
-                    'raise population_size.')
+    raise UserError(
+      f'prompts.sampled_vocab: population_size={population_size} leaves '
+      f'{last - first} candidate rows for a prompt of length {shape[0]}; '
+      'raise population_size.'
+    )
   rows = jax.random.choice(rng, np.arange(first, last), (shape[0],), replace=False)
   return np.asarray(embedding, np.float32)[np.asarray(rows)]
 
 
 @gin.configurable(module='prompts')
-def class_labels(rng, shape, embedding, vocabulary, labels: Sequence[str] = (),
-                 fallback: PromptInitializer = sampled_vocab):
+def class_labels(
+  rng,
+  shape,
+  embedding,
+  vocabulary,
+  labels: Sequence[str] = (),
+  fallback: PromptInitializer = sampled_vocab,
+):
   """Vector i is the mean embedding of label i's pieces; the rest come from `fallback`.
 
   This was the best initialiser in the paper. Labels that tokenize to several pieces
   (e.g. "not_entailment") are averaged over their pieces.
   """
   if not labels:
-    raise UserError('prompts.class_labels needs labels: bind '
-                    "prompts.class_labels.labels = ['positive', 'negative'].")
+    raise UserError(
+      'prompts.class_labels needs labels: bind '
+      "prompts.class_labels.labels = ['positive', 'negative']."
+    )
   if len(labels) > shape[0]:
-    raise UserError(f'prompts.class_labels: {len(labels)} labels do not fit in a prompt '
-                    f'of length {shape[0]}; raise PROMPT_LENGTH or pass fewer labels.')
+    raise UserError(
+      f'prompts.class_labels: {len(labels)} labels do not fit in a prompt '
+      f'of length {shape[0]}; raise PROMPT_LENGTH or pass fewer labels.'
+    )
   values = np.array(fallback(rng, shape, embedding, vocabulary), np.float32)
   table = np.asarray(embedding, np.float32)
   for i, label in enumerate(labels):
@@ -102,11 +117,15 @@ def from_file(rng, shape, embedding=None, vocabulary=None, path: Optional[str] =
   """Loads a [P, embed] `.npy` array, e.g. one saved by google-research/prompt-tuning."""
   del rng, embedding, vocabulary
   if not path or not fs.exists(path):
-    raise UserError(f'prompts.from_file.path={path!r} does not exist; point it at a '
-                    '.npy file of shape [PROMPT_LENGTH, emb_dim].')
+    raise UserError(
+      f'prompts.from_file.path={path!r} does not exist; point it at a '
+      '.npy file of shape [PROMPT_LENGTH, emb_dim].'
+    )
   values = np.load(io.BytesIO(fs.read_bytes(path)))
   if tuple(values.shape) != tuple(shape):
-    raise UserError(f'prompts.from_file: {path} has shape {tuple(values.shape)} but the '
-                    f'prompt is {tuple(shape)} (PROMPT_LENGTH, emb_dim); set '
-                    f'PROMPT_LENGTH = {values.shape[0]} or use a matching file.')
+    raise UserError(
+      f'prompts.from_file: {path} has shape {tuple(values.shape)} but the '
+      f'prompt is {tuple(shape)} (PROMPT_LENGTH, emb_dim); set '
+      f'PROMPT_LENGTH = {values.shape[0]} or use a matching file.'
+    )
   return values.astype(np.float32)

@@ -36,6 +36,7 @@ from t5pt.errors import UserError
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """The settings of a training run: trainer.train's gin parameters, documented there."""
+
   model_dir: str
   mixture_or_task_name: str
   task_feature_lengths: Mapping[str, int]
@@ -67,8 +68,9 @@ class TrainConfig:
 @dataclasses.dataclass(frozen=True)
 class RunSetup:
   """A validated run: its model, mesh, data and frozen base, ready to train."""
+
   config: TrainConfig
-  network_config: network.T5Config        # reconciled with the base checkpoint
+  network_config: network.T5Config  # reconciled with the base checkpoint
   optimizer: optimizers.Optimizer
   model: models.EncoderDecoderModel
   mesh: jax.sharding.Mesh
@@ -79,7 +81,7 @@ class RunSetup:
   shapes: Mapping[str, jax.ShapeDtypeStruct]  # every parameter, by path
   shardings: Mapping[str, jax.sharding.Sharding]
   trainable_paths: tuple[str, ...]
-  frozen_tree: dict                           # nested, on the mesh
+  frozen_tree: dict  # nested, on the mesh
   init_fn: Callable
   resume_from: Optional[checkpoints.RunMeta]  # the newest checkpoint's record
 
@@ -90,105 +92,150 @@ class RunSetup:
   def to_device(self, host_batch: Mapping[str, np.ndarray]) -> dict:
     """This host's rows [host_batch, length] as global arrays sharded over the mesh."""
     sharding = partitioning.batch_sharding(self.mesh)
-    return {k: jax.make_array_from_process_local_data(sharding, v)
-            for k, v in host_batch.items()}
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in host_batch.items()}
 
   def run_meta(self, step: int) -> checkpoints.RunMeta:
     """The record saved with the checkpoint of `step`."""
     c = self.config
     return checkpoints.RunMeta(
-        step=step, batches_consumed=step, seed=c.seed, trainable=self.trainable_paths,
-        network_config=self.network_config,
-        initial_checkpoint_path=(fs.absolute(c.initial_checkpoint_path)
-                                 if c.initial_checkpoint_path else None),
-        mixture_or_task_name=c.mixture_or_task_name,
-        mixture_or_task_module=c.mixture_or_task_module,
-        task_feature_lengths=dict(c.task_feature_lengths))
+      step=step,
+      batches_consumed=step,
+      seed=c.seed,
+      trainable=self.trainable_paths,
+      network_config=self.network_config,
+      initial_checkpoint_path=(
+        fs.absolute(c.initial_checkpoint_path) if c.initial_checkpoint_path else None
+      ),
+      mixture_or_task_name=c.mixture_or_task_name,
+      mixture_or_task_module=c.mixture_or_task_module,
+      task_feature_lengths=dict(c.task_feature_lengths),
+    )
 
 
 def prepare(config: TrainConfig) -> RunSetup:
   """Validates `config` and builds the run; writes nothing."""
-  errors.require_macros(MODEL_DIR=config.model_dir,
-                        MIXTURE_OR_TASK_NAME=config.mixture_or_task_name)
+  errors.require_macros(
+    MODEL_DIR=config.model_dir, MIXTURE_OR_TASK_NAME=config.mixture_or_task_name
+  )
   data.import_task_modules(config.mixture_or_task_module)
   prompt_length = config.network_config.prompt_length
   data.converter_lengths(config.task_feature_lengths, prompt_length)
-  base = (checkpoint_import.open_checkpoint(config.initial_checkpoint_path)
-          if config.initial_checkpoint_path else None)
+  base = (
+    checkpoint_import.open_checkpoint(config.initial_checkpoint_path)
+    if config.initial_checkpoint_path
+    else None
+  )
   network_config = base.reconcile(config.network_config) if base else config.network_config
   network_config.require_complete()
   vocabulary = data.vocabulary(config.mixture_or_task_name)
-  vocabularies.check_fits(vocabulary, network_config.vocab_size,
-                          f'MIXTURE_OR_TASK_NAME={config.mixture_or_task_name!r}',
-                          config.initial_checkpoint_path)
+  vocabularies.check_fits(
+    vocabulary,
+    network_config.vocab_size,
+    f'MIXTURE_OR_TASK_NAME={config.mixture_or_task_name!r}',
+    config.initial_checkpoint_path,
+  )
   mesh = config.partition.make_mesh()
   host_batch_size = partitioning.host_batch_size(config.batch_size, mesh)
   train_ds, eval_ds = _datasets(config, prompt_length)
 
   model = models.EncoderDecoderModel(network_config, config.loss)
   lengths = config.task_feature_lengths
-  init_fn = lambda rng: model.init(rng, lengths['inputs'] - prompt_length,
-                                   lengths['targets'])
+  init_fn = lambda rng: model.init(rng, lengths['inputs'] - prompt_length, lengths['targets'])
   boxed = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
   shardings = partitioning.param_shardings(boxed, mesh, config.partition.logical_axis_rules)
   shapes = partitioning.flatten(nn.unbox(boxed))
   trainable_paths, frozen_paths = partitioning.split_trainable(
-      list(shapes), trainable_patterns(config.trainable, network_config))
+    list(shapes), trainable_patterns(config.trainable, network_config)
+  )
   _check_adapters(network_config, list(shapes), frozen_paths)
   _check_int8(network_config, shapes, trainable_paths, base)
   resume_from = _resume_record(config.model_dir, trainable_paths)
 
-  frozen_targets = {k: jax.ShapeDtypeStruct(
-      shapes[k].shape, quantization.storage_dtype(k, shapes[k].dtype, config.frozen_dtype),
-      sharding=shardings[k]) for k in frozen_paths}
+  frozen_targets = {
+    k: jax.ShapeDtypeStruct(
+      shapes[k].shape,
+      quantization.storage_dtype(k, shapes[k].dtype, config.frozen_dtype),
+      sharding=shardings[k],
+    )
+    for k in frozen_paths
+  }
   if base:
-    frozen = base.load(frozen_targets,
-                       progress=config.progress_bar and jax.process_index() == 0)
+    frozen = base.load(frozen_targets, progress=config.progress_bar and jax.process_index() == 0)
   else:
     if frozen_paths:
       logging.warning('No INITIAL_CHECKPOINT_PATH: the frozen parameters are random.')
-    frozen = initialise(init_fn, _rngs(config.seed)['init'], frozen_paths, shardings,
-                        config.frozen_dtype)
+    frozen = initialise(
+      init_fn, _rngs(config.seed)['init'], frozen_paths, shardings, config.frozen_dtype
+    )
   return RunSetup(
-      config=config, network_config=network_config,
-      optimizer=config.optimizer or optimizers.adafactor(), model=model, mesh=mesh,
-      vocabulary=vocabulary, host_batch_size=host_batch_size, train_ds=train_ds,
-      eval_ds=eval_ds, shapes=shapes, shardings=shardings,
-      trainable_paths=tuple(trainable_paths), frozen_tree=partitioning.unflatten(frozen),
-      init_fn=init_fn, resume_from=resume_from)
+    config=config,
+    network_config=network_config,
+    optimizer=config.optimizer or optimizers.adafactor(),
+    model=model,
+    mesh=mesh,
+    vocabulary=vocabulary,
+    host_batch_size=host_batch_size,
+    train_ds=train_ds,
+    eval_ds=eval_ds,
+    shapes=shapes,
+    shardings=shardings,
+    trainable_paths=tuple(trainable_paths),
+    frozen_tree=partitioning.unflatten(frozen),
+    init_fn=init_fn,
+    resume_from=resume_from,
+  )
 
 
-def trainable_patterns(trainable: Optional[Sequence[str]], config: network.T5Config
-                       ) -> Sequence[str]:
+def trainable_patterns(
+  trainable: Optional[Sequence[str]], config: network.T5Config
+) -> Sequence[str]:
   """TRAINABLE when set; otherwise every parameter the tuning method adds."""
   if trainable:
     return trainable
   patterns = config.tuned_parameters()
   if not patterns:
-    raise UserError('Nothing to train: the network has no prompt or adapter (PROMPT_LENGTH '
-                    '= 0 and no method file such as gin/methods/lora.gin). Set '
-                    "PROMPT_LENGTH, include a method file, or set TRAINABLE (e.g. ['.*'] "
-                    'to train every parameter).')
+    raise UserError(
+      'Nothing to train: the network has no prompt or adapter (PROMPT_LENGTH '
+      '= 0 and no method file such as gin/methods/lora.gin). Set '
+      "PROMPT_LENGTH, include a method file, or set TRAINABLE (e.g. ['.*'] "
+      'to train every parameter).'
+    )
   return patterns
 
 
 def _datasets(config: TrainConfig, prompt_length: int):
   """(train, eval or None): this host's shard of each split."""
-  common = dict(prompt_length=prompt_length, use_cached=config.use_cached_tasks,
-                shard_index=jax.process_index(), num_shards=jax.process_count())
+  common = dict(
+    prompt_length=prompt_length,
+    use_cached=config.use_cached_tasks,
+    shard_index=jax.process_index(),
+    num_shards=jax.process_count(),
+  )
   train_ds = data.get_dataset(
-      config.mixture_or_task_name, config.task_feature_lengths, config.train_split,
-      shuffle=True, seed=config.seed, repeat=True, pack=config.pack, **common)
+    config.mixture_or_task_name,
+    config.task_feature_lengths,
+    config.train_split,
+    shuffle=True,
+    seed=config.seed,
+    repeat=True,
+    pack=config.pack,
+    **common,
+  )
   eval_ds = None
   if config.eval_split:
     eval_ds = data.get_dataset(
-        config.mixture_or_task_name, config.task_feature_lengths, config.eval_split,
-        shuffle=False, repeat=False, pack=False, **common)
+      config.mixture_or_task_name,
+      config.task_feature_lengths,
+      config.eval_split,
+      shuffle=False,
+      repeat=False,
+      pack=False,
+      **common,
+    )
   return train_ds, eval_ds
 
 
-def _resume_record(model_dir: str, trainable_paths: Sequence[str]
-                   ) -> Optional[checkpoints.RunMeta]:
+def _resume_record(model_dir: str, trainable_paths: Sequence[str]) -> Optional[checkpoints.RunMeta]:
   """The newest checkpoint's record when MODEL_DIR holds a run to resume, checked
   against this configuration."""
   step = checkpoints.latest_step(model_dir)
@@ -196,14 +243,18 @@ def _resume_record(model_dir: str, trainable_paths: Sequence[str]
     return None
   meta = checkpoints.read_meta(model_dir, step)
   if meta.imported_from is not None:
-    raise UserError(f'{model_dir} holds an imported adapter (from python -m '
-                    't5pt.peft_import), which has no optimizer state to resume; train into '
-                    'a new MODEL_DIR.')
+    raise UserError(
+      f'{model_dir} holds an imported adapter (from python -m '
+      't5pt.peft_import), which has no optimizer state to resume; train into '
+      'a new MODEL_DIR.'
+    )
   if sorted(meta.trainable) != sorted(trainable_paths):
-    raise UserError(f'{model_dir} was trained with trainable parameters '
-                    f'{list(meta.trainable)} but TRAINABLE now selects '
-                    f'{list(trainable_paths)}; use a new MODEL_DIR or restore the old '
-                    'TRAINABLE.')
+    raise UserError(
+      f'{model_dir} was trained with trainable parameters '
+      f'{list(meta.trainable)} but TRAINABLE now selects '
+      f'{list(trainable_paths)}; use a new MODEL_DIR or restore the old '
+      'TRAINABLE.'
+    )
   return meta
 
 
@@ -214,17 +265,24 @@ def initial_state(setup: RunSetup):
   if setup.resume_from is None:
     params = _initial_trainable(setup)
     return params, jax.jit(tx.init)(params), 0, 0
-  abstract_params = partitioning.unflatten({
-      k: jax.ShapeDtypeStruct(setup.shapes[k].shape, setup.shapes[k].dtype,
-                              sharding=setup.shardings[k])
-      for k in setup.trainable_paths})
+  abstract_params = partitioning.unflatten(
+    {
+      k: jax.ShapeDtypeStruct(
+        setup.shapes[k].shape, setup.shapes[k].dtype, sharding=setup.shardings[k]
+      )
+      for k in setup.trainable_paths
+    }
+  )
   opt_shardings = jax.jit(tx.init).lower(abstract_params).compile().output_shardings
   abstract_opt = jax.tree.map(
-      lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-      jax.eval_shape(tx.init, abstract_params), opt_shardings)
+    lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+    jax.eval_shape(tx.init, abstract_params),
+    opt_shardings,
+  )
   step = setup.resume_from.step
-  params, opt_state = checkpoints.restore(setup.config.model_dir, step, abstract_params,
-                                          abstract_opt)
+  params, opt_state = checkpoints.restore(
+    setup.config.model_dir, step, abstract_params, abstract_opt
+  )
   return params, opt_state, step, setup.resume_from.batches_consumed
 
 
@@ -240,16 +298,19 @@ def dropout_rng(setup: RunSetup) -> jax.Array:
 def _initial_trainable(setup: RunSetup) -> dict:
   """Fresh trainable parameters (nested): random, with the prompt from PROMPT_INIT."""
   rngs = _rngs(setup.config.seed)
-  flat = initialise(setup.init_fn, rngs['init'], setup.trainable_paths, setup.shardings,
-                    'float32')
+  flat = initialise(setup.init_fn, rngs['init'], setup.trainable_paths, setup.shardings, 'float32')
   if network.PROMPT_PATH in flat:
     frozen = partitioning.flatten(setup.frozen_tree)
     embedding = frozen.get(network.EMBEDDING_PATH, flat.get(network.EMBEDDING_PATH))
     value = setup.config.prompt_init(
-        rngs['prompt'], flat[network.PROMPT_PATH].shape,
-        embedding=np.asarray(embedding, np.float32), vocabulary=setup.vocabulary)
-    flat[network.PROMPT_PATH] = jax.device_put(jnp.asarray(value, jnp.float32),
-                                               setup.shardings[network.PROMPT_PATH])
+      rngs['prompt'],
+      flat[network.PROMPT_PATH].shape,
+      embedding=np.asarray(embedding, np.float32),
+      vocabulary=setup.vocabulary,
+    )
+    flat[network.PROMPT_PATH] = jax.device_put(
+      jnp.asarray(value, jnp.float32), setup.shardings[network.PROMPT_PATH]
+    )
   return partitioning.unflatten(flat)
 
 
@@ -257,33 +318,43 @@ def initialise(init_fn, rng, paths: Sequence[str], shardings, dtype) -> dict:
   """Randomly initialises only `paths` (XLA prunes the rest of the init computation)."""
   if not paths:
     return {}
+
   def select(rng):
     flat = partitioning.flatten(nn.unbox(init_fn(rng)))
     return {k: flat[k].astype(dtype) for k in paths}
+
   return jax.jit(select, out_shardings={k: shardings[k] for k in paths})(rng)
 
 
-def _check_adapters(config: network.T5Config, paths: Sequence[str],
-                    frozen_paths: Sequence[str]) -> None:
+def _check_adapters(
+  config: network.T5Config, paths: Sequence[str], frozen_paths: Sequence[str]
+) -> None:
   """Adapter rules must select kernels, and adapters must be trained (a frozen one would
   be loaded from a base that has none)."""
   adapters.check_rules_match(config.adapters, [p for p in paths if p.endswith('/kernel')])
   frozen_adapters = [p for p in frozen_paths if adapters.is_adapter(p)]
   if frozen_adapters:
-    raise UserError(f'{len(frozen_adapters)} adapter parameter(s), e.g. '
-                    f'{frozen_adapters[0]!r}, are not in TRAINABLE. Add their pattern '
-                    "(e.g. '.*/lora_[ab]' or '.*/ia3_scale') to TRAINABLE, leave TRAINABLE "
-                    'unset (the method decides), or drop the adapter rules.')
+    raise UserError(
+      f'{len(frozen_adapters)} adapter parameter(s), e.g. '
+      f'{frozen_adapters[0]!r}, are not in TRAINABLE. Add their pattern '
+      "(e.g. '.*/lora_[ab]' or '.*/ia3_scale') to TRAINABLE, leave TRAINABLE "
+      'unset (the method decides), or drop the adapter rules.'
+    )
 
 
 def _check_int8(config: network.T5Config, shapes, trainable_paths, base) -> None:
   if not config.int8_kernels:
     return
   if not base:
-    raise UserError('network.T5Config.int8_kernels quantises a loaded base; set '
-                    'INITIAL_CHECKPOINT_PATH (a random base has nothing to quantise).')
-  trained = [p for p in trainable_paths if jnp.dtype(shapes[p].dtype) == jnp.int8
-             or quantization.is_scale(p)]
+    raise UserError(
+      'network.T5Config.int8_kernels quantises a loaded base; set '
+      'INITIAL_CHECKPOINT_PATH (a random base has nothing to quantise).'
+    )
+  trained = [
+    p for p in trainable_paths if jnp.dtype(shapes[p].dtype) == jnp.int8 or quantization.is_scale(p)
+  ]
   if trained:
-    raise UserError(f'TRAINABLE selects {trained[0]!r}, but with int8_kernels the kernels '
-                    'are frozen int8; train a prompt or adapters instead.')
+    raise UserError(
+      f'TRAINABLE selects {trained[0]!r}, but with int8_kernels the kernels '
+      'are frozen int8; train a prompt or adapters instead.'
+    )

@@ -21,9 +21,18 @@ import safetensors.numpy
 from t5pt import fs
 from t5pt.errors import UserError
 
-_DTYPES = {'F64': np.float64, 'F32': np.float32, 'F16': np.float16,
-           'BF16': ml_dtypes.bfloat16, 'I64': np.int64, 'I32': np.int32, 'I16': np.int16,
-           'I8': np.int8, 'U8': np.uint8, 'BOOL': np.bool_}
+_DTYPES = {
+  'F64': np.float64,
+  'F32': np.float32,
+  'F16': np.float16,
+  'BF16': ml_dtypes.bfloat16,
+  'I64': np.int64,
+  'I32': np.int32,
+  'I16': np.int16,
+  'I8': np.int8,
+  'U8': np.uint8,
+  'BOOL': np.bool_,
+}
 INDEX_FILE = 'model.safetensors.index.json'
 SINGLE_FILE = 'model.safetensors'
 _READ_CHUNK = 64 << 20  # Bytes per read() for file objects without readinto.
@@ -50,8 +59,10 @@ class SafetensorsFile:
   def shape_dtype(self, key: str) -> tuple[tuple[int, ...], np.dtype]:
     entry = self._entries[key]
     if entry['dtype'] not in _DTYPES:
-      raise UserError(f'{self.path}: tensor {key!r} has dtype {entry["dtype"]}, which t5pt '
-                      f'does not read ({sorted(_DTYPES)}).')
+      raise UserError(
+        f'{self.path}: tensor {key!r} has dtype {entry["dtype"]}, which t5pt '
+        f'does not read ({sorted(_DTYPES)}).'
+      )
     return tuple(entry['shape']), np.dtype(_DTYPES[entry['dtype']])
 
   def shape(self, key: str) -> tuple[int, ...]:
@@ -62,14 +73,17 @@ class SafetensorsFile:
     start, end = self._entries[key]['data_offsets']
     count = int(np.prod(shape, dtype=np.int64))
     if (end - start) != count * dtype.itemsize:
-      raise UserError(f'{self.path}: tensor {key!r} is truncated or corrupt '
-                      f'({end - start} bytes for shape {shape} {dtype}).')
+      raise UserError(
+        f'{self.path}: tensor {key!r} is truncated or corrupt '
+        f'({end - start} bytes for shape {shape} {dtype}).'
+      )
     array = np.empty(shape, dtype)
     with fs.path(self.path).open('rb') as f:
       f.seek(self._data_start + start)
       if not _read_into(f, array.reshape(-1).view(np.uint8)):
-        raise UserError(f'{self.path}: tensor {key!r} is truncated (the file ends before '
-                        'its data does).')
+        raise UserError(
+          f'{self.path}: tensor {key!r} is truncated (the file ends before its data does).'
+        )
     return array
 
 
@@ -87,7 +101,7 @@ def _read_into(f, out: np.ndarray) -> bool:
     else:
       chunk = f.read(min(_READ_CHUNK, out.size - filled))
       n = len(chunk)
-      out[filled:filled + n] = np.frombuffer(chunk, np.uint8)
+      out[filled : filled + n] = np.frombuffer(chunk, np.uint8)
     if not n:
       return False
     filled += n
@@ -99,8 +113,9 @@ def open_folder(folder: str) -> dict[str, SafetensorsFile]:
   index = fs.join(folder, INDEX_FILE)
   if fs.exists(index):
     weight_map = fs.read_json(index)['weight_map']
-    files = {name: SafetensorsFile(fs.join(folder, name))
-             for name in sorted(set(weight_map.values()))}
+    files = {
+      name: SafetensorsFile(fs.join(folder, name)) for name in sorted(set(weight_map.values()))
+    }
     return {key: files[name] for key, name in weight_map.items()}
   single = SafetensorsFile(fs.join(folder, SINGLE_FILE))
   return {key: single for key in single.keys()}
@@ -108,8 +123,12 @@ def open_folder(folder: str) -> dict[str, SafetensorsFile]:
 
 def write_file(path: str, tensors: Mapping[str, np.ndarray]) -> None:
   """Writes {key: array} as one .safetensors file (torch-format metadata, as HF writes)."""
-  fs.write_bytes(path, safetensors.numpy.save(
-      {k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata={'format': 'pt'}))
+  fs.write_bytes(
+    path,
+    safetensors.numpy.save(
+      {k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata={'format': 'pt'}
+    ),
+  )
 
 
 def plan_shards(nbytes: Mapping[str, int], max_shard_bytes: int) -> list[list[str]]:
@@ -125,9 +144,12 @@ def plan_shards(nbytes: Mapping[str, int], max_shard_bytes: int) -> list[list[st
   return shards
 
 
-def write_sharded(folder: str, nbytes: Mapping[str, int],
-                  tensors: Iterable[tuple[str, np.ndarray]], max_shard_bytes: int
-                  ) -> list[str]:
+def write_sharded(
+  folder: str,
+  nbytes: Mapping[str, int],
+  tensors: Iterable[tuple[str, np.ndarray]],
+  max_shard_bytes: int,
+) -> list[str]:
   """Writes (key, array) pairs into `folder` as HF does: one model.safetensors, or
   model-0000i-of-0000n.safetensors shards plus an index once `max_shard_bytes` is passed.
 
@@ -139,25 +161,33 @@ def write_sharded(folder: str, nbytes: Mapping[str, int],
   place.
   """
   shards = plan_shards(nbytes, max_shard_bytes)
-  names = ([SINGLE_FILE] if len(shards) == 1 else
-           [f'model-{i + 1:05d}-of-{len(shards):05d}.safetensors'
-            for i in range(len(shards))])
+  names = (
+    [SINGLE_FILE]
+    if len(shards) == 1
+    else [f'model-{i + 1:05d}-of-{len(shards):05d}.safetensors' for i in range(len(shards))]
+  )
   tensors = iter(tensors)
   for name, keys in zip(names, shards):
     current = {}
     for expected in keys:
       key, array = next(tensors, (None, None))
       if key != expected or array.nbytes != nbytes[key]:
-        raise ValueError(f'write_sharded: got {key!r} ({getattr(array, "nbytes", None)} '
-                         f'bytes) where the plan has {expected!r} ({nbytes[expected]} '
-                         'bytes).')
+        raise ValueError(
+          f'write_sharded: got {key!r} ({getattr(array, "nbytes", None)} '
+          f'bytes) where the plan has {expected!r} ({nbytes[expected]} '
+          'bytes).'
+        )
       current[key] = array
     write_file(fs.join(folder, name), current)
   if next(tensors, None) is not None:
     raise ValueError('write_sharded: more tensors than `nbytes` lists.')
   if len(shards) == 1:
     return names
-  fs.write_json(fs.join(folder, INDEX_FILE), {
+  fs.write_json(
+    fs.join(folder, INDEX_FILE),
+    {
       'metadata': {'total_size': sum(nbytes.values())},
-      'weight_map': {key: name for name, keys in zip(names, shards) for key in keys}})
+      'weight_map': {key: name for name, keys in zip(names, shards) for key in keys},
+    },
+  )
   return names + [INDEX_FILE]

@@ -26,8 +26,7 @@ CHECKPOINT_FILE = 'checkpoint'
 
 
 def is_tensorstore_spec(value: Any) -> bool:
-  return isinstance(value, dict) and 'driver' in value and (
-      'kvstore' in value or 'path' in value)
+  return isinstance(value, dict) and 'driver' in value and ('kvstore' in value or 'path' in value)
 
 
 def _flatten(tree: Mapping, prefix: str = '') -> dict[str, Any]:
@@ -48,7 +47,7 @@ def kvstore_for(checkpoint_dir: str, spec: Mapping) -> dict:
   if not (path.startswith('/') or '://' in path):
     path = fs.join(checkpoint_dir, path)
   if path.startswith('gs://'):
-    bucket, _, key = path[len('gs://'):].partition('/')
+    bucket, _, key = path[len('gs://') :].partition('/')
     return {'driver': 'gcs', 'bucket': bucket, 'path': key}
   return {'driver': 'file', 'path': path}
 
@@ -62,12 +61,12 @@ class LegacyCheckpoint:
     try:
       tree = serialization.msgpack_restore(fs.read_bytes(checkpoint_file))
     except Exception as e:  # msgpack raises several unrelated types on corrupt input.
-      raise UserError(f'{checkpoint_file} is not a readable T5X msgpack checkpoint '
-                      f'({type(e).__name__}: {e}).') from e
+      raise UserError(
+        f'{checkpoint_file} is not a readable T5X msgpack checkpoint ({type(e).__name__}: {e}).'
+      ) from e
     target = tree.get('optimizer', {}).get('target') if isinstance(tree, dict) else None
     if not isinstance(target, dict):
-      raise UserError(f'{checkpoint_file} has no optimizer/target tree; is it a T5X '
-                      'checkpoint?')
+      raise UserError(f'{checkpoint_file} has no optimizer/target tree; is it a T5X checkpoint?')
     self.version = tree.get('version')
     self._leaves = _flatten(target)
 
@@ -95,5 +94,4 @@ class LegacyCheckpoint:
     try:
       return ts.open(self._spec(key), read=True).result().read().result()
     except ValueError as e:
-      raise UserError(f'Cannot read {key!r} of the T5X checkpoint in {self.directory}: '
-                      f'{e}') from e
+      raise UserError(f'Cannot read {key!r} of the T5X checkpoint in {self.directory}: {e}') from e

@@ -34,8 +34,7 @@ class TrainedRun:
     self.step = step or named_step or latest
     step_dir = checkpoints.step_dir(model_dir, self.step)
     if not fs.isdir(step_dir):
-      raise UserError(f'{model_dir} has no checkpoint for step {self.step} (newest: '
-                      f'{latest}).')
+      raise UserError(f'{model_dir} has no checkpoint for step {self.step} (newest: {latest}).')
     self.model_dir = model_dir
     self.meta = checkpoints.read_meta(model_dir, self.step)
     self.params = checkpoint_import.read_params_as_numpy(step_dir)
@@ -51,8 +50,10 @@ class TrainedRun:
   def base_path(self, override: Optional[str] = None) -> str:
     path = override or self.meta.initial_checkpoint_path
     if not path:
-      raise UserError(f'{self.model_dir} does not record its base checkpoint; pass the '
-                      'INITIAL_CHECKPOINT_PATH it was trained from.')
+      raise UserError(
+        f'{self.model_dir} does not record its base checkpoint; pass the '
+        'INITIAL_CHECKPOINT_PATH it was trained from.'
+      )
     return path
 
 
@@ -75,13 +76,17 @@ def is_run(path: str) -> bool:
 @dataclasses.dataclass
 class LoadedModel:
   config: network.T5Config
-  params: dict             # nested, on the mesh
+  params: dict  # nested, on the mesh
   run: Optional[TrainedRun]
   base_path: str
 
 
-def load(path: str, base_path: Optional[str] = None, dtype: str = 'float32',
-         mesh: Optional[jax.sharding.Mesh] = None) -> LoadedModel:
+def load(
+  path: str,
+  base_path: Optional[str] = None,
+  dtype: str = 'float32',
+  mesh: Optional[jax.sharding.Mesh] = None,
+) -> LoadedModel:
   """The model at `path`: a t5pt run merged onto its base, or a bare base checkpoint.
 
   The base is read as `dtype` (e.g. 'bfloat16'); trained parameters stay float32.
@@ -109,19 +114,26 @@ def _load_self_contained(run: TrainedRun, mesh) -> LoadedModel:
   targets = checkpoint_import.model_targets(config, 'float32', mesh)
   missing = sorted(set(targets) - set(run.params))
   if missing:
-    raise UserError(f'{run.model_dir} does not record its base checkpoint and lacks '
-                    f'{len(missing)} parameter(s), e.g. {missing[:2]}; pass the '
-                    'INITIAL_CHECKPOINT_PATH it was trained from (BASE_CHECKPOINT_PATH).')
+    raise UserError(
+      f'{run.model_dir} does not record its base checkpoint and lacks '
+      f'{len(missing)} parameter(s), e.g. {missing[:2]}; pass the '
+      'INITIAL_CHECKPOINT_PATH it was trained from (BASE_CHECKPOINT_PATH).'
+    )
   params = {k: checkpoint_import.place(run.params[k], t) for k, t in targets.items()}
   return LoadedModel(config, partitioning.unflatten(params), run, run.model_dir)
 
 
-def task_and_lengths(loaded: LoadedModel, mixture_or_task_name: Optional[str],
-                     mixture_or_task_module, task_feature_lengths
-                     ) -> tuple[Optional[str], Optional[dict]]:
+def task_and_lengths(
+  loaded: LoadedModel,
+  mixture_or_task_name: Optional[str],
+  mixture_or_task_module,
+  task_feature_lengths,
+) -> tuple[Optional[str], Optional[dict]]:
   """The task and feature lengths to use: as given, else as the run recorded them.
   Imports the task's module (given or recorded) so that the task is registered."""
   meta = loaded.run.meta if loaded.run else checkpoints.RunMeta(step=0, trainable=())
   data.import_task_modules(mixture_or_task_module or meta.mixture_or_task_module)
-  return (mixture_or_task_name or meta.mixture_or_task_name,
-          task_feature_lengths or meta.task_feature_lengths)
+  return (
+    mixture_or_task_name or meta.mixture_or_task_name,
+    task_feature_lengths or meta.task_feature_lengths,
+  )

@@ -33,33 +33,35 @@ from t5pt import steps
 
 
 @gin.configurable(module='trainer')
-def train(*,
-          model_dir: str = gin.REQUIRED,
-          mixture_or_task_name: str = gin.REQUIRED,
-          task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
-          train_steps: int = gin.REQUIRED,
-          batch_size: int = gin.REQUIRED,
-          network_config: network.T5Config = network.T5Config(),
-          mixture_or_task_module: Optional[str] = None,
-          initial_checkpoint_path: Optional[str] = None,
-          use_cached_tasks: bool = False,
-          pack: bool = False,
-          trainable: Optional[Sequence[str]] = None,
-          prompt_init: Callable[..., np.ndarray] = prompts.sampled_vocab,
-          optimizer: Optional[optimizers.Optimizer] = None,
-          loss: models.LossConfig = models.LossConfig(),
-          partition: partitioning.PartitionConfig = partitioning.PartitionConfig(),
-          frozen_dtype: str = 'float32',
-          seed: int = 0,
-          train_split: str = 'train',
-          eval_split: Optional[str] = 'validation',
-          eval_period: int = 1000,
-          eval_at_start: bool = True,
-          infer_eval: bool = True,
-          checkpoint_period: int = 1000,
-          keep_checkpoints: Optional[int] = 3,
-          log_period: int = 50,
-          progress_bar: bool = True) -> dict:
+def train(
+  *,
+  model_dir: str = gin.REQUIRED,
+  mixture_or_task_name: str = gin.REQUIRED,
+  task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+  train_steps: int = gin.REQUIRED,
+  batch_size: int = gin.REQUIRED,
+  network_config: network.T5Config = network.T5Config(),
+  mixture_or_task_module: Optional[str] = None,
+  initial_checkpoint_path: Optional[str] = None,
+  use_cached_tasks: bool = False,
+  pack: bool = False,
+  trainable: Optional[Sequence[str]] = None,
+  prompt_init: Callable[..., np.ndarray] = prompts.sampled_vocab,
+  optimizer: Optional[optimizers.Optimizer] = None,
+  loss: models.LossConfig = models.LossConfig(),
+  partition: partitioning.PartitionConfig = partitioning.PartitionConfig(),
+  frozen_dtype: str = 'float32',
+  seed: int = 0,
+  train_split: str = 'train',
+  eval_split: Optional[str] = 'validation',
+  eval_period: int = 1000,
+  eval_at_start: bool = True,
+  infer_eval: bool = True,
+  checkpoint_period: int = 1000,
+  keep_checkpoints: Optional[int] = 3,
+  log_period: int = 50,
+  progress_bar: bool = True,
+) -> dict:
   """Trains the TRAINABLE parameters of a T5 on a seqio task; returns a summary dict.
 
   Frozen parameters come from `initial_checkpoint_path` (random when None, which is how
@@ -70,39 +72,52 @@ def train(*,
   config = run_setup.TrainConfig(**locals())
   setup = run_setup.prepare(config)
   params, opt_state, start_step, batches_consumed = run_setup.initial_state(setup)
-  _say(f'mesh: data={setup.mesh.shape["data"]} x model={setup.mesh.shape["model"]} over '
-       f'{setup.mesh.devices.size} {jax.default_backend()} device(s)')
+  _say(
+    f'mesh: data={setup.mesh.shape["data"]} x model={setup.mesh.shape["model"]} over '
+    f'{setup.mesh.devices.size} {jax.default_backend()} device(s)'
+  )
 
   # ---- Nothing above wrote to disk; from here on the run directory exists. ----
   fs.makedirs(model_dir)
   if jax.process_index() == 0:
     fs.write_text(fs.join(model_dir, 'config.gin'), gin.config_str())
   checkpointer = checkpoints.RunCheckpointer(model_dir, keep_checkpoints)
-  log = metrics_log.MetricsLog(model_dir,
-                               resume_step=start_step if setup.resume_from else None)
+  log = metrics_log.MetricsLog(model_dir, resume_step=start_step if setup.resume_from else None)
   evaluator = evaluation.RunEvaluator(setup, log)
   if start_step:
     _say(f'Resuming {model_dir} from step {start_step}.')
   train_step = jax.jit(
-      steps.build_train_step(setup.model, setup.optimizer.transform,
-                             run_setup.dropout_rng(setup)), donate_argnums=(0, 1))
-  summary = {'model_dir': model_dir, 'start_step': start_step,
-             'trainable_parameters': setup.trainable_parameters}
+    steps.build_train_step(setup.model, setup.optimizer.transform, run_setup.dropout_rng(setup)),
+    donate_argnums=(0, 1),
+  )
+  summary = {
+    'model_dir': model_dir,
+    'start_step': start_step,
+    'trainable_parameters': setup.trainable_parameters,
+  }
   if eval_at_start and not start_step:
     summary.update(evaluator.evaluate(0, params, suffix='_at_start'))
 
-  batches = data.iterate_batches(setup.train_ds, setup.host_batch_size, drop_remainder=True,
-                                 skip_batches=batches_consumed)
-  bar = tqdm.tqdm(total=train_steps, initial=start_step, unit='step', desc='train',
-                  disable=not progress_bar or jax.process_index() != 0, mininterval=1.0,
-                  dynamic_ncols=True)
+  batches = data.iterate_batches(
+    setup.train_ds, setup.host_batch_size, drop_remainder=True, skip_batches=batches_consumed
+  )
+  bar = tqdm.tqdm(
+    total=train_steps,
+    initial=start_step,
+    unit='step',
+    desc='train',
+    disable=not progress_bar or jax.process_index() != 0,
+    mininterval=1.0,
+    dynamic_ncols=True,
+  )
   meter = _Throughput(start_step)
   sums = None
   for step in range(start_step, train_steps):
     batch = next(batches)
     meter.count(batch)
-    params, opt_state, metrics = train_step(params, opt_state, setup.frozen_tree,
-                                            setup.to_device(batch), step)
+    params, opt_state, metrics = train_step(
+      params, opt_state, setup.frozen_tree, setup.to_device(batch), step
+    )
     sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
     done = step + 1
     meter.started(done, metrics)
@@ -112,8 +127,11 @@ def train(*,
       values['learning_rate'] = float(setup.optimizer.learning_rate(step))
       values.update(meter.rates(done))
       if 'tokens_per_second' in values:
-        bar.set_postfix(loss=f"{values['loss']:.3f}", acc=f"{values['token_accuracy']:.3f}",
-                        tok_s=f"{values['tokens_per_second']:.0f}")
+        bar.set_postfix(
+          loss=f"{values['loss']:.3f}",
+          acc=f"{values['token_accuracy']:.3f}",
+          tok_s=f"{values['tokens_per_second']:.0f}",
+        )
       log.write('train', done, values)
       summary['train'] = values
       sums = None
@@ -139,8 +157,13 @@ class _Throughput:
     self._tokens, self._tick, self._from = 0, None, start_step
 
   def count(self, host_batch: Mapping[str, np.ndarray]) -> None:
-    self._tokens += int((host_batch['encoder_input_tokens'] > 0).sum() +
-                        (host_batch['decoder_target_tokens'] > 0).sum()) * jax.process_count()
+    self._tokens += (
+      int(
+        (host_batch['encoder_input_tokens'] > 0).sum()
+        + (host_batch['decoder_target_tokens'] > 0).sum()
+      )
+      * jax.process_count()
+    )
 
   def started(self, done: int, metrics) -> None:
     if self._tick is None:
@@ -152,8 +175,9 @@ class _Throughput:
     elapsed = time.perf_counter() - self._tick
     rates = {}
     if done > self._from:
-      rates = dict(steps_per_second=(done - self._from) / elapsed,
-                   tokens_per_second=self._tokens / elapsed)
+      rates = dict(
+        steps_per_second=(done - self._from) / elapsed, tokens_per_second=self._tokens / elapsed
+      )
     self._tokens, self._tick, self._from = 0, time.perf_counter(), done
     return rates
 

@@ -19,8 +19,9 @@ SPM_FILES = ('spiece.model', 'sentencepiece.model')
 
 
 @gin.configurable(module='vocabularies')
-def sentencepiece(path: str = gin.REQUIRED, extra_ids: int = T5_EXTRA_IDS
-                  ) -> seqio.SentencePieceVocabulary:
+def sentencepiece(
+  path: str = gin.REQUIRED, extra_ids: int = T5_EXTRA_IDS
+) -> seqio.SentencePieceVocabulary:
   """A seqio vocabulary from a SentencePiece model file, or from a folder holding one
   (an HF checkpoint's spiece.model), so gin can say
   `vocabularies.sentencepiece.path = %INITIAL_CHECKPOINT_PATH`. Fails now, not at first
@@ -29,8 +30,10 @@ def sentencepiece(path: str = gin.REQUIRED, extra_ids: int = T5_EXTRA_IDS
   if fs.isdir(path):
     found = [fs.join(path, f) for f in SPM_FILES if fs.exists(fs.join(path, f))]
     if not found:
-      raise UserError(f'{path} holds no SentencePiece model ({" or ".join(SPM_FILES)}). '
-                      'Pass the .model file itself.')
+      raise UserError(
+        f'{path} holds no SentencePiece model ({" or ".join(SPM_FILES)}). '
+        'Pass the .model file itself.'
+      )
     path = found[0]
   if not fs.exists(path):
     raise UserError(f'SentencePiece model {path!r} does not exist.')
@@ -42,12 +45,15 @@ def sentencepiece(path: str = gin.REQUIRED, extra_ids: int = T5_EXTRA_IDS
   return vocabulary
 
 
-def check_fits(vocabulary: seqio.Vocabulary, embedding_rows: int, where: str,
-               checkpoint: Optional[str] = None) -> None:
+def check_fits(
+  vocabulary: seqio.Vocabulary, embedding_rows: int, where: str, checkpoint: Optional[str] = None
+) -> None:
   """Every token id the vocabulary can produce must have an embedding row."""
   if vocabulary.vocab_size > embedding_rows:
     source = f' of {checkpoint}' if checkpoint else ''
-    raise UserError(f'The vocabulary of {where} has {vocabulary.vocab_size} ids but the '
-                    f'model{source} has {embedding_rows} embedding rows (vocab_size). Use '
-                    'the vocabulary the model was trained with (for T5/Flan-T5: the T5 '
-                    'SentencePiece model with 100 extra ids).')
+    raise UserError(
+      f'The vocabulary of {where} has {vocabulary.vocab_size} ids but the '
+      f'model{source} has {embedding_rows} embedding rows (vocab_size). Use '
+      'the vocabulary the model was trained with (for T5/Flan-T5: the T5 '
+      'SentencePiece model with 100 extra ids).'
+    )

@@ -55,44 +55,78 @@ def _sst2(ex):
 
 
 def _mrpc(ex):
-  return {'sentence1': ex['sentence1'], 'sentence2': ex['sentence2'],
-          'answer': ['no', 'yes'][ex['label']], 'options': ['no', 'yes']}
+  return {
+    'sentence1': ex['sentence1'],
+    'sentence2': ex['sentence2'],
+    'answer': ['no', 'yes'][ex['label']],
+    'options': ['no', 'yes'],
+  }
 
 
 def _rte(ex):
-  return {'premise': ex['sentence1'], 'hypothesis': ex['sentence2'],
-          'answer': YES_NO[ex['label']], 'options': YES_NO}
+  return {
+    'premise': ex['sentence1'],
+    'hypothesis': ex['sentence2'],
+    'answer': YES_NO[ex['label']],
+    'options': YES_NO,
+  }
 
 
 def _boolq(ex):
-  return {'passage': ex['passage'], 'question': ex['question'],
-          'answer': ['no', 'yes'][ex['label']], 'options': ['no', 'yes']}
+  return {
+    'passage': ex['passage'],
+    'question': ex['question'],
+    'answer': ['no', 'yes'][ex['label']],
+    'options': ['no', 'yes'],
+  }
 
 
 def _cb(ex):
   answer = {0: 'yes', 1: 'no', 2: 'it is not possible to tell'}[ex['label']]
-  return {'premise': ex['premise'], 'hypothesis': ex['hypothesis'], 'answer': answer,
-          'options': NLI_OPTIONS}
+  return {
+    'premise': ex['premise'],
+    'hypothesis': ex['hypothesis'],
+    'answer': answer,
+    'options': NLI_OPTIONS,
+  }
 
 
 def _copa(ex):
   choices = [ex['choice1'], ex['choice2']]
   relation = 'cause' if ex['question'] == 'cause' else 'effect'
-  return {'premise': ex['premise'], 'relation': relation,
-          'connective': 'because' if relation == 'cause' else 'so',
-          'answer': choices[ex['label']], 'options': choices}
+  return {
+    'premise': ex['premise'],
+    'relation': relation,
+    'connective': 'because' if relation == 'cause' else 'so',
+    'answer': choices[ex['label']],
+    'options': choices,
+  }
 
 
 def _squad(ex):
   answers = ex['answers']['text']
-  return {'context': ex['context'], 'question': ex['question'], 'title': ex['title'],
-          'answer': answers[0], 'answers': answers} if answers else None
+  return (
+    {
+      'context': ex['context'],
+      'question': ex['question'],
+      'title': ex['title'],
+      'answer': answers[0],
+      'answers': answers,
+    }
+    if answers
+    else None
+  )
 
 
 def _esnli(ex):
   answer = {0: 'yes', 1: 'it is not possible to tell', 2: 'no'}[ex['label']]
-  return {'premise': ex['premise'], 'hypothesis': ex['hypothesis'], 'answer': answer,
-          'options': NLI_OPTIONS, 'rationale': ex['explanation_1']}
+  return {
+    'premise': ex['premise'],
+    'hypothesis': ex['hypothesis'],
+    'answer': answer,
+    'options': NLI_OPTIONS,
+    'rationale': ex['explanation_1'],
+  }
 
 
 def _summary(document_key: str, summary_key: str):
@@ -100,122 +134,162 @@ def _summary(document_key: str, summary_key: str):
 
 
 NLI_TEMPLATES = [
-    Template('Premise: {premise}\nHypothesis: {hypothesis}\n\nDoes the premise entail the '
-             'hypothesis?{options_}'),
-    Template('{premise}\n\nBased on the text above, is it true that "{hypothesis}"?'
-             '{options_}'),
-    Template('Read the passage and decide whether the statement follows from it.\n\n'
-             'Passage: {premise}\nStatement: {hypothesis}{options_}'),
+  Template(
+    'Premise: {premise}\nHypothesis: {hypothesis}\n\nDoes the premise entail the '
+    'hypothesis?{options_}'
+  ),
+  Template('{premise}\n\nBased on the text above, is it true that "{hypothesis}"?{options_}'),
+  Template(
+    'Read the passage and decide whether the statement follows from it.\n\n'
+    'Passage: {premise}\nStatement: {hypothesis}{options_}'
+  ),
 ]
 
 SPECS = (
-    templates.TaskSpec(
-        name='sst2', source=_tfds('glue/sst2:2.0.0'), fields=_sst2,
-        templates=[
-            Template('Review: "{sentence}"\nIs this movie review sentence negative or '
-                     'positive?{options_}'),
-            Template('{sentence}\n\nWhat is the sentiment of this sentence?{options_}'),
-            Template('How would you describe the feeling expressed in "{sentence}"?'
-                     '{options_}'),
-        ],
-        inverted_templates=[
-            Template('Write a {answer} sentence from a movie review.', '{sentence}'),
-            Template('Give an example of a {answer} movie review sentence.', '{sentence}'),
-        ],
-        metric_fns=[metrics.accuracy]),
-    templates.TaskSpec(
-        name='mrpc', source=_tfds('glue/mrpc:2.0.0'), fields=_mrpc,
-        templates=[
-            Template('Sentence 1: {sentence1}\nSentence 2: {sentence2}\n\nDo these two '
-                     'sentences mean the same thing?{options_}'),
-            Template('"{sentence1}"\n"{sentence2}"\n\nAre the two sentences above '
-                     'paraphrases of each other?{options_}'),
-            Template('Is "{sentence2}" a rewording of "{sentence1}"?{options_}'),
-        ],
-        metric_fns=[metrics.accuracy, metrics.binary_f1('yes')]),
-    templates.TaskSpec(
-        name='rte', source=_tfds('glue/rte:2.0.0'), fields=_rte,
-        templates=NLI_TEMPLATES, metric_fns=[metrics.accuracy]),
-    templates.TaskSpec(
-        name='boolq', source=_tfds('super_glue/boolq:1.0.2'), fields=_boolq,
-        templates=[
-            Template('{passage}\n\nAnswer this question about the text: {question}?'
-                     '{options_}'),
-            Template('Read the text and answer yes or no.\n\n{passage}\n\nQuestion: '
-                     '{question}?{options_}'),
-            Template('Passage: {passage}\n\nAfter reading this, is the answer to "{question}"'
-                     ' yes or no?{options_}'),
-        ],
-        metric_fns=[metrics.accuracy]),
-    templates.TaskSpec(
-        name='cb', source=_tfds('super_glue/cb:1.0.2'), fields=_cb,
-        templates=NLI_TEMPLATES,
-        metric_fns=[metrics.accuracy, metrics.macro_f1(NLI_OPTIONS)]),
-    templates.TaskSpec(
-        name='copa', source=_tfds('super_glue/copa:1.0.2'), fields=_copa,
-        templates=[
-            Template('Premise: {premise}\nWhat is the {relation}?{options_}'),
-            Template('{premise} {connective}...{options_}'),
-            Template('Pick the more plausible {relation} of this event: "{premise}"'
-                     '{options_}'),
-        ],
-        metric_fns=[metrics.accuracy]),
-    templates.TaskSpec(
-        name='squad', source=_tfds('squad/v1.1:3.0.0'), fields=_squad,
-        templates=[
-            Template('{context}\n\nAnswer this question using the passage: {question}'),
-            Template('Read this article about {title} and answer the question.\n\n'
-                     '{context}\n\n{question}'),
-            Template('Question: {question}\n\nContext: {context}\n\nAnswer:'),
-        ],
-        inverted_templates=[
-            Template('{context}\n\nWrite a question about this passage whose answer is '
-                     '"{answer}".', '{question}'),
-            Template('Passage: {context}\nAnswer: {answer}\n\nWhat question does this '
-                     'answer?', '{question}'),
-        ],
-        metric_fns=[metrics.squad], answers_field='answers'),
-    templates.TaskSpec(
-        name='xsum', source=_tfds('xsum:1.1.0', ('train', 'validation', 'test')),
-        fields=_summary('document', 'summary'),
-        templates=[
-            Template('{document}\n\nSummarize this article in one sentence.', '{summary}'),
-            Template('Article: {document}\n\nWhat is a one-sentence summary of the article?',
-                     '{summary}'),
-            Template('Write the gist of this text in a single sentence:\n\n{document}',
-                     '{summary}'),
-        ],
-        inverted_templates=[
-            Template('Write an article that fits this one-sentence summary:\n\n{summary}',
-                     '{document}'),
-        ],
-        metric_fns=[metrics.rouge]),
-    templates.TaskSpec(
-        name='cnn_dailymail',
-        source=_tfds('cnn_dailymail:3.4.0', ('train', 'validation', 'test')),
-        fields=_summary('article', 'highlights'),
-        templates=[
-            Template('{document}\n\nWrite the highlights of this news article.',
-                     '{summary}'),
-            Template('Summarize the following story in a few sentences:\n\n{document}',
-                     '{summary}'),
-            Template('Article: {document}\n\nHighlights:', '{summary}'),
-        ],
-        inverted_templates=[
-            Template('Write a news article with these highlights:\n\n{summary}',
-                     '{document}'),
-        ],
-        metric_fns=[metrics.rouge]),
-    templates.TaskSpec(
-        name='esnli', source=_tfds('esnli:0.1.0', ('train', 'validation', 'test')),
-        fields=_esnli, templates=NLI_TEMPLATES, rationale_field='rationale',
-        metric_fns=[metrics.accuracy]),
+  templates.TaskSpec(
+    name='sst2',
+    source=_tfds('glue/sst2:2.0.0'),
+    fields=_sst2,
+    templates=[
+      Template(
+        'Review: "{sentence}"\nIs this movie review sentence negative or positive?{options_}'
+      ),
+      Template('{sentence}\n\nWhat is the sentiment of this sentence?{options_}'),
+      Template('How would you describe the feeling expressed in "{sentence}"?{options_}'),
+    ],
+    inverted_templates=[
+      Template('Write a {answer} sentence from a movie review.', '{sentence}'),
+      Template('Give an example of a {answer} movie review sentence.', '{sentence}'),
+    ],
+    metric_fns=[metrics.accuracy],
+  ),
+  templates.TaskSpec(
+    name='mrpc',
+    source=_tfds('glue/mrpc:2.0.0'),
+    fields=_mrpc,
+    templates=[
+      Template(
+        'Sentence 1: {sentence1}\nSentence 2: {sentence2}\n\nDo these two '
+        'sentences mean the same thing?{options_}'
+      ),
+      Template(
+        '"{sentence1}"\n"{sentence2}"\n\nAre the two sentences above '
+        'paraphrases of each other?{options_}'
+      ),
+      Template('Is "{sentence2}" a rewording of "{sentence1}"?{options_}'),
+    ],
+    metric_fns=[metrics.accuracy, metrics.binary_f1('yes')],
+  ),
+  templates.TaskSpec(
+    name='rte',
+    source=_tfds('glue/rte:2.0.0'),
+    fields=_rte,
+    templates=NLI_TEMPLATES,
+    metric_fns=[metrics.accuracy],
+  ),
+  templates.TaskSpec(
+    name='boolq',
+    source=_tfds('super_glue/boolq:1.0.2'),
+    fields=_boolq,
+    templates=[
+      Template('{passage}\n\nAnswer this question about the text: {question}?{options_}'),
+      Template(
+        'Read the text and answer yes or no.\n\n{passage}\n\nQuestion: {question}?{options_}'
+      ),
+      Template(
+        'Passage: {passage}\n\nAfter reading this, is the answer to "{question}"'
+        ' yes or no?{options_}'
+      ),
+    ],
+    metric_fns=[metrics.accuracy],
+  ),
+  templates.TaskSpec(
+    name='cb',
+    source=_tfds('super_glue/cb:1.0.2'),
+    fields=_cb,
+    templates=NLI_TEMPLATES,
+    metric_fns=[metrics.accuracy, metrics.macro_f1(NLI_OPTIONS)],
+  ),
+  templates.TaskSpec(
+    name='copa',
+    source=_tfds('super_glue/copa:1.0.2'),
+    fields=_copa,
+    templates=[
+      Template('Premise: {premise}\nWhat is the {relation}?{options_}'),
+      Template('{premise} {connective}...{options_}'),
+      Template('Pick the more plausible {relation} of this event: "{premise}"{options_}'),
+    ],
+    metric_fns=[metrics.accuracy],
+  ),
+  templates.TaskSpec(
+    name='squad',
+    source=_tfds('squad/v1.1:3.0.0'),
+    fields=_squad,
+    templates=[
+      Template('{context}\n\nAnswer this question using the passage: {question}'),
+      Template(
+        'Read this article about {title} and answer the question.\n\n{context}\n\n{question}'
+      ),
+      Template('Question: {question}\n\nContext: {context}\n\nAnswer:'),
+    ],
+    inverted_templates=[
+      Template(
+        '{context}\n\nWrite a question about this passage whose answer is "{answer}".', '{question}'
+      ),
+      Template(
+        'Passage: {context}\nAnswer: {answer}\n\nWhat question does this answer?', '{question}'
+      ),
+    ],
+    metric_fns=[metrics.squad],
+    answers_field='answers',
+  ),
+  templates.TaskSpec(
+    name='xsum',
+    source=_tfds('xsum:1.1.0', ('train', 'validation', 'test')),
+    fields=_summary('document', 'summary'),
+    templates=[
+      Template('{document}\n\nSummarize this article in one sentence.', '{summary}'),
+      Template(
+        'Article: {document}\n\nWhat is a one-sentence summary of the article?', '{summary}'
+      ),
+      Template('Write the gist of this text in a single sentence:\n\n{document}', '{summary}'),
+    ],
+    inverted_templates=[
+      Template('Write an article that fits this one-sentence summary:\n\n{summary}', '{document}'),
+    ],
+    metric_fns=[metrics.rouge],
+  ),
+  templates.TaskSpec(
+    name='cnn_dailymail',
+    source=_tfds('cnn_dailymail:3.4.0', ('train', 'validation', 'test')),
+    fields=_summary('article', 'highlights'),
+    templates=[
+      Template('{document}\n\nWrite the highlights of this news article.', '{summary}'),
+      Template('Summarize the following story in a few sentences:\n\n{document}', '{summary}'),
+      Template('Article: {document}\n\nHighlights:', '{summary}'),
+    ],
+    inverted_templates=[
+      Template('Write a news article with these highlights:\n\n{summary}', '{document}'),
+    ],
+    metric_fns=[metrics.rouge],
+  ),
+  templates.TaskSpec(
+    name='esnli',
+    source=_tfds('esnli:0.1.0', ('train', 'validation', 'test')),
+    fields=_esnli,
+    templates=NLI_TEMPLATES,
+    rationale_field='rationale',
+    metric_fns=[metrics.accuracy],
+  ),
 )
 
 
-def register_all(vocabulary: Optional[seqio.Vocabulary] = None, seed: int = 0,
-                 num_shots: int = 3, cap: Optional[int] = mixtures.FLAN_EXAMPLE_CAP
-                 ) -> dict[str, list[str]]:
+def register_all(
+  vocabulary: Optional[seqio.Vocabulary] = None,
+  seed: int = 0,
+  num_shots: int = 3,
+  cap: Optional[int] = mixtures.FLAN_EXAMPLE_CAP,
+) -> dict[str, list[str]]:
   """Registers every spec's variants, `<name>_mix` and `flan_mini_mixture`: the zero-
   and few-shot variants, each dataset's examples-proportional rate capped at `cap` (read
   when the mixture is first used) and shared evenly among its variants. Returns

@@ -40,8 +40,7 @@ def accuracy(targets: Sequence[str], predictions: Sequence[str]) -> dict[str, fl
   return {'accuracy': 100.0 * hits / len(targets)}
 
 
-def binary_f1(positive_label: str) -> Callable[[Sequence[str], Sequence[str]],
-                                               dict[str, float]]:
+def binary_f1(positive_label: str) -> Callable[[Sequence[str], Sequence[str]], dict[str, float]]:
   """Returns a metric giving {'f1'} for the class `positive_label` (stripped labels).
 
   Any other label, including an unparseable prediction, counts as negative. With no
@@ -51,8 +50,7 @@ def binary_f1(positive_label: str) -> Callable[[Sequence[str], Sequence[str]],
 
   def f1(targets: Sequence[str], predictions: Sequence[str]) -> dict[str, float]:
     _check_lengths(targets, predictions)
-    pairs = [(t.strip() == positive, p.strip() == positive)
-             for t, p in zip(targets, predictions)]
+    pairs = [(t.strip() == positive, p.strip() == positive) for t, p in zip(targets, predictions)]
     true_pos = sum(t and p for t, p in pairs)
     false_pos = sum(p and not t for t, p in pairs)
     false_neg = sum(t and not p for t, p in pairs)
@@ -63,8 +61,7 @@ def binary_f1(positive_label: str) -> Callable[[Sequence[str], Sequence[str]],
   return f1
 
 
-def macro_f1(labels: Sequence[str]) -> Callable[[Sequence[str], Sequence[str]],
-                                               dict[str, float]]:
+def macro_f1(labels: Sequence[str]) -> Callable[[Sequence[str], Sequence[str]], dict[str, float]]:
   """Returns a metric giving {'macro_f1'}: the unweighted mean of each label's F1."""
   per_label = [binary_f1(label) for label in labels]
 

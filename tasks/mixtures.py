@@ -25,31 +25,38 @@ def num_examples(task_name: str, split: str = 'train') -> int:
   task = seqio.get_mixture_or_task(task_name)
   count = task.num_input_examples(split) if split in task.splits else None
   if not count:
-    raise UserError(f'Task {task_name!r} does not declare how many {split!r} examples it '
-                    'has, so it cannot be mixed by example count; give its data source '
-                    'num_input_examples, or use register_weighted_mixture.')
+    raise UserError(
+      f'Task {task_name!r} does not declare how many {split!r} examples it '
+      'has, so it cannot be mixed by example count; give its data source '
+      'num_input_examples, or use register_weighted_mixture.'
+    )
   return int(count)
 
 
-def capped_rates(task_names: Sequence[str], cap: Optional[int] = FLAN_EXAMPLE_CAP,
-                 split: str = 'train') -> dict[str, float]:
+def capped_rates(
+  task_names: Sequence[str], cap: Optional[int] = FLAN_EXAMPLE_CAP, split: str = 'train'
+) -> dict[str, float]:
   """{task: min(number of `split` examples, cap)}: examples-proportional mixing rates."""
   if not task_names:
     raise UserError('A mixture needs at least one task.')
-  return {name: float(num_examples(name, split) if cap is None
-                      else min(num_examples(name, split), cap))
-          for name in task_names}
+  return {
+    name: float(num_examples(name, split) if cap is None else min(num_examples(name, split), cap))
+    for name in task_names
+  }
 
 
-def capped_rate(cap: Optional[int] = FLAN_EXAMPLE_CAP, share: float = 1.0,
-                split: str = 'train') -> Callable[[seqio.Task], float]:
+def capped_rate(
+  cap: Optional[int] = FLAN_EXAMPLE_CAP, share: float = 1.0, split: str = 'train'
+) -> Callable[[seqio.Task], float]:
   """A rate seqio evaluates when the mixture is first read: `share` * min(examples, cap).
 
   For tasks whose size is known only once their data is prepared (TFDS datasets), so
   registering the mixture reads nothing."""
+
   def rate(task: seqio.Task) -> float:
     count = num_examples(task.name, split)
     return share * (count if cap is None else min(count, cap))
+
   return rate
 
 
@@ -58,8 +65,9 @@ def _replace(name: str) -> None:
     seqio.MixtureRegistry.remove(name)
 
 
-def register_capped_mixture(name: str, task_names: Sequence[str],
-                            cap: Optional[int] = FLAN_EXAMPLE_CAP) -> seqio.Mixture:
+def register_capped_mixture(
+  name: str, task_names: Sequence[str], cap: Optional[int] = FLAN_EXAMPLE_CAP
+) -> seqio.Mixture:
   """Registers (or re-registers) an examples-proportional mixture capped at `cap`
   examples per task (None: no cap)."""
   rates = capped_rates(task_names, cap)
@@ -68,14 +76,18 @@ def register_capped_mixture(name: str, task_names: Sequence[str],
 
 
 def register_weighted_mixture(
-    name: str, weights: Mapping[str, Union[float, Callable[[seqio.Task], float]]]
+  name: str, weights: Mapping[str, Union[float, Callable[[seqio.Task], float]]]
 ) -> seqio.Mixture:
   """A mixture of tasks or submixtures with explicit weights (normalised by seqio);
   a weight may be a function of the task, such as `capped_rate()`."""
   numbers = [w for w in weights.values() if not callable(w)]
-  if (not weights or any(w < 0 for w in numbers) or
-      (len(numbers) == len(weights) and not sum(numbers))):
-    raise UserError(f'Mixture {name!r}: weights {dict(weights)} must be non-negative and '
-                    'not all zero.')
+  if (
+    not weights
+    or any(w < 0 for w in numbers)
+    or (len(numbers) == len(weights) and not sum(numbers))
+  ):
+    raise UserError(
+      f'Mixture {name!r}: weights {dict(weights)} must be non-negative and not all zero.'
+    )
   _replace(name)
   return seqio.MixtureRegistry.add(name, list(weights.items()))

@@ -39,18 +39,23 @@ def mixture_lines(provider: seqio.DatasetProviderBase) -> list[str]:
   rates = {task.name: provider.get_rate(task) for task in provider.tasks}
   total = sum(rates.values())
   width = max(len(n) for n in rates)
-  return ([f'mixture {provider.name}: {len(rates)} tasks'] +
-          [f'  {n:<{width}}  rate {r:>10.1f}  share {100 * r / total:5.1f}%'
-           for n, r in sorted(rates.items(), key=lambda kv: -kv[1])])
+  return [f'mixture {provider.name}: {len(rates)} tasks'] + [
+    f'  {n:<{width}}  rate {r:>10.1f}  share {100 * r / total:5.1f}%'
+    for n, r in sorted(rates.items(), key=lambda kv: -kv[1])
+  ]
 
 
-def example_lines(provider: seqio.DatasetProviderBase, split: str, num: int,
-                  lengths: dict, prompt_length: int) -> Iterator[str]:
+def example_lines(
+  provider: seqio.DatasetProviderBase, split: str, num: int, lengths: dict, prompt_length: int
+) -> Iterator[str]:
   budget = data.converter_lengths(lengths, prompt_length)
   # With the budget, as in training (few-shot tasks prune exemplars to it); the counts
   # come from the untrimmed text that seqio keeps as `<feature>_pretokenized`.
-  extra = ({'passthrough_features': [f'{f}_pretokenized' for f in FEATURES]}
-           if isinstance(provider, seqio.Mixture) else {})
+  extra = (
+    {'passthrough_features': [f'{f}_pretokenized' for f in FEATURES]}
+    if isinstance(provider, seqio.Mixture)
+    else {}
+  )
   ds = provider.get_dataset(budget, split=split, shuffle=False, seed=0, **extra)
   for i, ex in enumerate(ds.take(num).as_numpy_iterator()):
     yield f'--- example {i}'
@@ -58,14 +63,23 @@ def example_lines(provider: seqio.DatasetProviderBase, split: str, num: int,
       vocabulary = provider.output_features[feature].vocabulary
       text = ex[f'{feature}_pretokenized'].decode()
       count = len(vocabulary.encode(text)) + 1  # EOS
-      note = (f', truncated to {budget[feature]}' if count > budget[feature] else '')
+      note = f', truncated to {budget[feature]}' if count > budget[feature] else ''
       yield f'{feature} ({count} tokens{note}): {text!r}'
-  yield (f'encoder budget: {lengths["inputs"]} positions = {prompt_length} prompt + '
-         f'{budget["inputs"]} input tokens; decoder: {budget["targets"]} target tokens')
+  yield (
+    f'encoder budget: {lengths["inputs"]} positions = {prompt_length} prompt + '
+    f'{budget["inputs"]} input tokens; decoder: {budget["targets"]} target tokens'
+  )
 
 
-def show(name: str, modules: Sequence[str], split: str, num: int, lengths: dict,
-         prompt_length: int, write=print) -> None:
+def show(
+  name: str,
+  modules: Sequence[str],
+  split: str,
+  num: int,
+  lengths: dict,
+  prompt_length: int,
+  write=print,
+) -> None:
   data.import_task_modules(list(modules))
   provider = data.get_provider(name)
   for line in mixture_lines(provider):
@@ -77,9 +91,17 @@ def show(name: str, modules: Sequence[str], split: str, num: int, lengths: dict,
 def main(argv: Optional[Sequence[str]]) -> None:
   if len(argv) != 2:
     raise SystemExit('usage: python -m tasks.show NAME [--module=...] [--num=5] ...')
-  gin_utils.run(lambda: show(argv[1], _MODULES.value, _SPLIT.value, _NUM.value,
-                             {'inputs': _INPUTS.value, 'targets': _TARGETS.value},
-                             _PROMPT.value), parse_gin_flags=False)
+  gin_utils.run(
+    lambda: show(
+      argv[1],
+      _MODULES.value,
+      _SPLIT.value,
+      _NUM.value,
+      {'inputs': _INPUTS.value, 'targets': _TARGETS.value},
+      _PROMPT.value,
+    ),
+    parse_gin_flags=False,
+  )
 
 
 if __name__ == '__main__':

@@ -41,18 +41,18 @@ NUM_EXAMPLES = {'train': 50_000, 'validation': 512}
 
 VOCABULARY = seqio.ByteVocabulary()
 OUTPUT_FEATURES = {
-    'inputs': seqio.Feature(VOCABULARY, add_eos=True),
-    'targets': seqio.Feature(VOCABULARY, add_eos=True),
+  'inputs': seqio.Feature(VOCABULARY, add_eos=True),
+  'targets': seqio.Feature(VOCABULARY, add_eos=True),
 }
 
 # Single-letter answers: a ~1M-parameter T5 learns all four in a few hundred CPU steps.
 # (Sequence-to-sequence ones such as reverse need far longer: T5's cross-attention has no
 # position signal, so alignment must be learned.)
 OPERATIONS = {
-    'first': lambda s: s[0],
-    'last': lambda s: s[-1],
-    'min': min,
-    'max': max,
+  'first': lambda s: s[0],
+  'last': lambda s: s[-1],
+  'min': min,
+  'max': max,
 }
 
 HELDOUT_OPERATION = 'max'
@@ -75,8 +75,7 @@ def _random_strings(rng, count, exclude=frozenset()):
   while len(strings) < count:
     lengths = rng.integers(MIN_LEN, MAX_LEN + 1, size=count)
     letters = rng.integers(len(ALPHABET), size=(count, MAX_LEN))
-    batch = [''.join(ALPHABET[i] for i in row[:n])
-             for row, n in zip(letters, lengths)]
+    batch = [''.join(ALPHABET[i] for i in row[:n]) for row, n in zip(letters, lengths)]
     strings += [s for s in batch if s not in exclude]
   return strings[:count]
 
@@ -86,8 +85,7 @@ def _strings(task_name, split):
   """Deterministic strings for (task, split); validation avoids train."""
   seed = BASE_SEED + zlib.crc32(f'{task_name}/{split}'.encode())
   rng = np.random.default_rng(seed)
-  exclude = frozenset() if split == 'train' else frozenset(
-      _strings(task_name, 'train'))
+  exclude = frozenset() if split == 'train' else frozenset(_strings(task_name, 'train'))
   return tuple(_random_strings(rng, NUM_EXAMPLES[split], exclude))
 
 
@@ -98,8 +96,7 @@ def examples(task_name, split):
   if task_name == HELDOUT_TASK:
     return strings, tuple(OPERATIONS[HELDOUT_OPERATION](s) for s in strings)
   op = INSTRUCTED_TASKS[task_name]
-  return (tuple(f'{op}: {s}' for s in strings),
-          tuple(OPERATIONS[op](s) for s in strings))
+  return (tuple(f'{op}: {s}' for s in strings), tuple(OPERATIONS[op](s) for s in strings))
 
 
 def _dataset_fn(task_name):
@@ -112,8 +109,7 @@ def _dataset_fn(task_name):
   def dataset_fn(split, shuffle_files, seed=None):
     del shuffle_files, seed
     inputs, targets = examples(task_name, split)
-    return tf.data.Dataset.from_tensor_slices(
-        {'inputs': list(inputs), 'targets': list(targets)})
+    return tf.data.Dataset.from_tensor_slices({'inputs': list(inputs), 'targets': list(targets)})
 
   return dataset_fn
 
@@ -124,17 +120,17 @@ def _register():
     if task_name in seqio.TaskRegistry.names():
       seqio.TaskRegistry.remove(task_name)
     seqio.TaskRegistry.add(
-        task_name,
-        source=seqio.FunctionDataSource(
-            _dataset_fn(task_name),
-            splits=tuple(NUM_EXAMPLES),
-            num_input_examples=dict(NUM_EXAMPLES)),
-        preprocessors=[
-            seqio.preprocessors.tokenize,
-            seqio.preprocessors.append_eos_after_trim,
-        ],
-        output_features=OUTPUT_FEATURES,
-        metric_fns=[sequence_accuracy])
+      task_name,
+      source=seqio.FunctionDataSource(
+        _dataset_fn(task_name), splits=tuple(NUM_EXAMPLES), num_input_examples=dict(NUM_EXAMPLES)
+      ),
+      preprocessors=[
+        seqio.preprocessors.tokenize,
+        seqio.preprocessors.append_eos_after_trim,
+      ],
+      output_features=OUTPUT_FEATURES,
+      metric_fns=[sequence_accuracy],
+    )
   mixtures.register_capped_mixture(PRETRAIN_MIXTURE, list(INSTRUCTED_TASKS))
 
 

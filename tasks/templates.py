@@ -60,6 +60,7 @@ from t5pt.errors import UserError
 @dataclasses.dataclass(frozen=True)
 class Template:
   """Instruction `inputs` and answer `targets`, each with `{field}` slots."""
+
   inputs: str
   targets: str = '{answer}'
 
@@ -72,6 +73,7 @@ class TaskSpec:
   kept with the example (as JSON in the string feature 'answers') and, through
   `answers_postprocessor`, becomes the evaluation target.
   """
+
   name: str
   source: seqio.DataSource
   fields: Callable[[dict], Optional[dict]]
@@ -88,22 +90,23 @@ class TaskSpec:
 
 
 FEW_SHOT_PREFIXES = (
-    ('', ''),
-    ('Q: ', 'A: '),
-    ('Question: ', 'Answer: '),
-    ('Input: ', 'Output: '),
-    ('Problem: ', 'Solution: '),
-    ('Request: ', 'Response: '),
-    ('Text: ', 'Reply: '),
+  ('', ''),
+  ('Q: ', 'A: '),
+  ('Question: ', 'Answer: '),
+  ('Input: ', 'Output: '),
+  ('Problem: ', 'Solution: '),
+  ('Request: ', 'Response: '),
+  ('Text: ', 'Reply: '),
 )
 FEW_SHOT_SEPARATOR = '\n\n\n'
 EXEMPLAR_POOL_SIZE = 256
 
 COT_TEMPLATES = (
-    Template("{inputs}\nLet's think step by step.", '{rationale} So the answer is {answer}.'),
-    Template('{inputs}\nExplain your reasoning, then answer.',
-             '{rationale} So the answer is {answer}.'),
-    Template('Think it through first. {inputs}', '{rationale} So the answer is {answer}.'),
+  Template("{inputs}\nLet's think step by step.", '{rationale} So the answer is {answer}.'),
+  Template(
+    '{inputs}\nExplain your reasoning, then answer.', '{rationale} So the answer is {answer}.'
+  ),
+  Template('Think it through first. {inputs}', '{rationale} So the answer is {answer}.'),
 )
 _COT_ANSWER = re.compile(r'So the answer is (.*?)\.?\s*$', re.DOTALL)
 
@@ -118,9 +121,11 @@ def _fill(text: str, values: Mapping[str, Any], task: str) -> str:
   try:
     return text.format_map(values)
   except KeyError as e:
-    raise UserError(f'Task {task!r}: template {text!r} names slot {e} but the fields are '
-                    f'{sorted(values)} (fix the template or the fields function; write a '
-                    'literal brace as {{ or }}).') from None
+    raise UserError(
+      f'Task {task!r}: template {text!r} names slot {e} but the fields are '
+      f'{sorted(values)} (fix the template or the fields function; write a '
+      'literal brace as {{ or }}).'
+    ) from None
 
 
 def example_key(fields: Mapping[str, Any]) -> int:
@@ -150,28 +155,27 @@ def answers_postprocessor(output: str, example=None, is_target: bool = False):
 class Renderer:
   """Turns a spec's fields into (inputs, targets) text for one variant."""
 
-  def __init__(self, spec: TaskSpec, variant: str, seed: int, num_shots: int,
-               vocabulary: seqio.Vocabulary):
+  def __init__(
+    self, spec: TaskSpec, variant: str, seed: int, num_shots: int, vocabulary: seqio.Vocabulary
+  ):
     self.spec, self.variant, self.seed = spec, variant, seed
     self.num_shots, self.vocabulary = num_shots, vocabulary
     self.with_options = variant in ('zsopt', 'fsopt') or (
-        variant.endswith('cot') and spec.has_options)
+      variant.endswith('cot') and spec.has_options
+    )
     self._pool: Optional[list[tuple[int, dict]]] = None
     self._pool_lock = threading.Lock()
 
   def _values(self, fields: Mapping[str, Any]) -> dict:
     values = dict(fields)
-    values['options_'] = (options_text(fields.get('options', ()))
-                          if self.with_options else '')
+    values['options_'] = options_text(fields.get('options', ())) if self.with_options else ''
     return values
 
   def _template(self, key: int) -> Template:
-    templates = (self.spec.inverted_templates if self.variant == 'inverted'
-                 else self.spec.templates)
+    templates = self.spec.inverted_templates if self.variant == 'inverted' else self.spec.templates
     return templates[_pick(len(templates), self.seed, self.variant, key)]
 
-  def zero_shot(self, fields: Mapping[str, Any], key: Optional[int] = None
-                ) -> tuple[str, str]:
+  def zero_shot(self, fields: Mapping[str, Any], key: Optional[int] = None) -> tuple[str, str]:
     """Inputs and targets of one example, the template chosen by `key`."""
     key = example_key(fields) if key is None else key
     template, values = self._template(key), self._values(fields)
@@ -202,29 +206,29 @@ class Renderer:
       if len(pool) == EXEMPLAR_POOL_SIZE:
         break
     if not pool:
-      raise UserError(f'Task {self.spec.name!r}: few-shot needs exemplars but the '
-                      f'{self.spec.exemplar_split!r} split yielded none.')
+      raise UserError(
+        f'Task {self.spec.name!r}: few-shot needs exemplars but the '
+        f'{self.spec.exemplar_split!r} split yielded none.'
+      )
     return pool
 
-  def few_shot(self, fields: Mapping[str, Any], max_tokens: Optional[int]
-               ) -> tuple[str, str]:
+  def few_shot(self, fields: Mapping[str, Any], max_tokens: Optional[int]) -> tuple[str, str]:
     """`num_shots` exemplars and the query with the same template; exemplars dropped
     first-first until the inputs have at most `max_tokens` tokens (None: no limit)."""
     key = example_key(fields)
     prefix, answer_prefix = FEW_SHOT_PREFIXES[
-        _pick(len(FEW_SHOT_PREFIXES), self.seed, 'prefix', key)]
+      _pick(len(FEW_SHOT_PREFIXES), self.seed, 'prefix', key)
+    ]
     candidates = [f for k, f in self.pool() if k != key]
     rng = np.random.default_rng([self.seed, key])
-    chosen = rng.choice(len(candidates), size=min(self.num_shots, len(candidates)),
-                        replace=False)
+    chosen = rng.choice(len(candidates), size=min(self.num_shots, len(candidates)), replace=False)
     shots = [self.zero_shot(candidates[i], key) for i in chosen]
     query, targets = self.zero_shot(fields, key)
     blocks = [f'{prefix}{i}\n\n{answer_prefix}{t}' for i, t in shots]
     final = f'{prefix}{query}\n\n{answer_prefix}'
     while True:
       inputs = FEW_SHOT_SEPARATOR.join(blocks + [final])
-      if (max_tokens is None or not blocks or
-          len(self.vocabulary.encode(inputs)) <= max_tokens):
+      if max_tokens is None or not blocks or len(self.vocabulary.encode(inputs)) <= max_tokens:
         return inputs, targets
       blocks.pop(0)
 
@@ -242,8 +246,9 @@ def to_python(value):
   return value
 
 
-def _render_dataset(ds: tf.data.Dataset, render: Callable[[dict], Optional[tuple]],
-                    spec: TaskSpec) -> tf.data.Dataset:
+def _render_dataset(
+  ds: tf.data.Dataset, render: Callable[[dict], Optional[tuple]], spec: TaskSpec
+) -> tf.data.Dataset:
   """Maps raw examples to {'inputs', 'targets', 'answers'} strings through Python."""
   structure = ds.element_spec
 
@@ -258,21 +263,22 @@ def _render_dataset(ds: tf.data.Dataset, render: Callable[[dict], Optional[tuple
 
   def to_strings(example):
     *texts, keep = tf.numpy_function(
-        py_render, tf.nest.flatten(example), [tf.string] * len(OUTPUT_KEYS) + [tf.bool],
-        stateful=False)
+      py_render,
+      tf.nest.flatten(example),
+      [tf.string] * len(OUTPUT_KEYS) + [tf.bool],
+      stateful=False,
+    )
     out = {k: tf.ensure_shape(t, []) for k, t in zip(OUTPUT_KEYS, texts)}
     out['keep'] = tf.ensure_shape(keep, [])
     return out
 
   ds = ds.map(to_strings, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return ds.filter(lambda ex: ex['keep']).map(
-      lambda ex: {k: ex[k] for k in OUTPUT_KEYS})
+  return ds.filter(lambda ex: ex['keep']).map(lambda ex: {k: ex[k] for k in OUTPUT_KEYS})
 
 
 def variants_of(spec: TaskSpec) -> list[str]:
   """The variant names that apply to `spec`."""
-  names = (['zsopt', 'zsnoopt', 'fsopt', 'fsnoopt'] if spec.has_options
-           else ['zsnoopt', 'fsnoopt'])
+  names = ['zsopt', 'zsnoopt', 'fsopt', 'fsnoopt'] if spec.has_options else ['zsnoopt', 'fsnoopt']
   if spec.rationale_field:
     names += ['zscot', 'fscot']
   if spec.inverted_templates:
@@ -282,11 +288,14 @@ def variants_of(spec: TaskSpec) -> list[str]:
 
 def _preprocessor(renderer: Renderer, spec: TaskSpec) -> Callable:
   if renderer.variant.startswith('fs'):
+
     def few_shot(dataset, sequence_length=None):
       budget = sequence_length.get('inputs') if sequence_length else None
       renderer.pool()  # Read now, not by the first of several parallel map calls.
       return _render_dataset(
-          dataset, lambda f: renderer.few_shot(f, budget - 1 if budget else None), spec)
+        dataset, lambda f: renderer.few_shot(f, budget - 1 if budget else None), spec
+      )
+
     return few_shot
   return lambda dataset: _render_dataset(dataset, renderer.zero_shot, spec)
 
@@ -299,11 +308,18 @@ def _postprocess_fn(spec: TaskSpec, variant: str) -> Optional[Callable]:
   def cot_then_answers(output, example=None, is_target=False):
     output = cot_answer(output)
     return base(output, example, is_target) if base else output
+
   return cot_then_answers
 
 
-def register(spec: TaskSpec, vocabulary: seqio.Vocabulary, *, seed: int = 0,
-             num_shots: int = 3, variants: Optional[Sequence[str]] = None) -> list[str]:
+def register(
+  spec: TaskSpec,
+  vocabulary: seqio.Vocabulary,
+  *,
+  seed: int = 0,
+  num_shots: int = 3,
+  variants: Optional[Sequence[str]] = None,
+) -> list[str]:
   """Registers (or re-registers) `<spec.name>_<variant>` tasks and the `<name>_mix`
   mixture; returns the task names."""
   if not spec.templates:
@@ -311,8 +327,9 @@ def register(spec: TaskSpec, vocabulary: seqio.Vocabulary, *, seed: int = 0,
   applicable = variants_of(spec)
   unknown = set(variants or ()) - set(applicable)
   if unknown:
-    raise UserError(f'Task {spec.name!r}: variants {sorted(unknown)} do not apply; it has '
-                    f'{applicable}.')
+    raise UserError(
+      f'Task {spec.name!r}: variants {sorted(unknown)} do not apply; it has {applicable}.'
+    )
   feature = seqio.Feature(vocabulary, add_eos=True)
   names = []
   for variant in variants or applicable:
@@ -321,13 +338,17 @@ def register(spec: TaskSpec, vocabulary: seqio.Vocabulary, *, seed: int = 0,
     if name in seqio.TaskRegistry.names():
       seqio.TaskRegistry.remove(name)
     seqio.TaskRegistry.add(
-        name,
-        source=spec.source,
-        preprocessors=[_preprocessor(renderer, spec), seqio.preprocessors.tokenize,
-                       seqio.preprocessors.append_eos_after_trim],
-        output_features={'inputs': feature, 'targets': feature},
-        postprocess_fn=_postprocess_fn(spec, variant),
-        metric_fns=[] if variant == 'inverted' else list(spec.metric_fns))
+      name,
+      source=spec.source,
+      preprocessors=[
+        _preprocessor(renderer, spec),
+        seqio.preprocessors.tokenize,
+        seqio.preprocessors.append_eos_after_trim,
+      ],
+      output_features={'inputs': feature, 'targets': feature},
+      postprocess_fn=_postprocess_fn(spec, variant),
+      metric_fns=[] if variant == 'inverted' else list(spec.metric_fns),
+    )
     names.append(name)
   mix = f'{spec.name}_mix'
   mixtures.register_weighted_mixture(mix, {n: 1.0 for n in names})

@@ -13,20 +13,32 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INTEROP = os.path.join(os.path.dirname(REPO), 'shared', 'interop')
 
 # A complete, tiny network.T5Config (T5 1.1 style) for unit tests.
-TINY = dict(vocab_size=32, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=24,
-            num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0,
-            relative_attention_num_buckets=8, relative_attention_max_distance=16,
-            mlp_activations=('gelu', 'linear'), logits_via_embedding=False)
+TINY = dict(
+  vocab_size=32,
+  emb_dim=16,
+  num_heads=2,
+  head_dim=8,
+  mlp_dim=24,
+  num_encoder_layers=2,
+  num_decoder_layers=2,
+  dropout_rate=0.0,
+  relative_attention_num_buckets=8,
+  relative_attention_max_distance=16,
+  mlp_activations=('gelu', 'linear'),
+  logits_via_embedding=False,
+)
 
 
 def train_in_process(gin_file: str, model_dir: str, bindings=(), **macros) -> dict:
   """Runs trainer.train under `gin_file` with MODEL_DIR, macro overrides and raw
   gin `bindings`. Decoded evaluation (INFER_EVAL) is off unless a test turns it on."""
   from t5pt import gin_utils, trainer  # pylint: disable=import-outside-toplevel
+
   macros.setdefault('INFER_EVAL', False)
   gin.clear_config()
-  bindings = ([f'MODEL_DIR = {model_dir!r}'] + [f'{k} = {v!r}' for k, v in macros.items()]
-              + list(bindings))
+  bindings = (
+    [f'MODEL_DIR = {model_dir!r}'] + [f'{k} = {v!r}' for k, v in macros.items()] + list(bindings)
+  )
   gin_utils.parse([gin_file], bindings)
   try:
     return trainer.train(progress_bar=False)
@@ -34,21 +46,29 @@ def train_in_process(gin_file: str, model_dir: str, bindings=(), **macros) -> di
     gin.clear_config()
 
 
-def run_module(module: str, *args: str, env: dict | None = None, timeout: int = 600,
-               cwd: str = REPO) -> subprocess.CompletedProcess:
+def run_module(
+  module: str, *args: str, env: dict | None = None, timeout: int = 600, cwd: str = REPO
+) -> subprocess.CompletedProcess:
   """Runs `python -m module args` (from the repo root unless `cwd` is given) and returns
   the finished process."""
   full_env = {**os.environ, 'PYTHONPATH': REPO, **(env or {})}
-  return subprocess.run([sys.executable, '-m', module, *args], cwd=cwd, env=full_env,
-                        capture_output=True, text=True, timeout=timeout)
+  return subprocess.run(
+    [sys.executable, '-m', module, *args],
+    cwd=cwd,
+    env=full_env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
 
 
 @pytest.fixture(scope='session')
 def base_checkpoint(tmp_path_factory) -> str:
   """A briefly trained tiny base model (every parameter trainable, no prompt)."""
   model_dir = str(tmp_path_factory.mktemp('base'))
-  train_in_process('gin/demo/base_tiny.gin', model_dir, TRAIN_STEPS=60,
-                   CHECKPOINT_PERIOD=60, EVAL_PERIOD=1000)
+  train_in_process(
+    'gin/demo/base_tiny.gin', model_dir, TRAIN_STEPS=60, CHECKPOINT_PERIOD=60, EVAL_PERIOD=1000
+  )
   return model_dir
 
 
@@ -56,7 +76,13 @@ def base_checkpoint(tmp_path_factory) -> str:
 def prompt_run(base_checkpoint, tmp_path_factory) -> str:
   """A prompt briefly trained on `base_checkpoint` for the held-out synthetic task."""
   model_dir = str(tmp_path_factory.mktemp('prompt_run'))
-  train_in_process('gin/t5_1_1_tiny_prompt.gin', model_dir,
-                   INITIAL_CHECKPOINT_PATH=base_checkpoint, TRAIN_STEPS=10,
-                   CHECKPOINT_PERIOD=10, EVAL_PERIOD=1000, BATCH_SIZE=16)
+  train_in_process(
+    'gin/t5_1_1_tiny_prompt.gin',
+    model_dir,
+    INITIAL_CHECKPOINT_PATH=base_checkpoint,
+    TRAIN_STEPS=10,
+    CHECKPOINT_PERIOD=10,
+    EVAL_PERIOD=1000,
+    BATCH_SIZE=16,
+  )
   return model_dir

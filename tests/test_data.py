@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-import tasks.synthetic  # pylint: disable=unused-import  (registers the tasks)
+import tasks.synthetic  # noqa: F401  (registers the tasks)
 from t5pt import data
 from t5pt.errors import UserError
 
@@ -19,8 +19,9 @@ def test_prompt_counts_in_the_encoder_budget():
 
 
 def test_batches_have_the_converted_shapes_and_pad_the_last_one():
-  ds = data.get_dataset('synthetic_heldout_max', LENGTHS, 'validation', prompt_length=8,
-                        shuffle=False, repeat=False)
+  ds = data.get_dataset(
+    'synthetic_heldout_max', LENGTHS, 'validation', prompt_length=8, shuffle=False, repeat=False
+  )
   batches = list(data.iterate_batches(ds, 100, drop_remainder=False))
   assert len(batches) == 6  # 512 examples
   last = batches[-1]
@@ -29,8 +30,9 @@ def test_batches_have_the_converted_shapes_and_pad_the_last_one():
   assert (last['decoder_loss_weights'][12:] == 0).all()
   assert (last['decoder_loss_weights'][:12].sum(axis=1) == 2).all()  # letter + EOS
   first = batches[0]
-  np.testing.assert_array_equal(first['decoder_input_tokens'][:, 1:],
-                                first['decoder_target_tokens'][:, :-1])
+  np.testing.assert_array_equal(
+    first['decoder_input_tokens'][:, 1:], first['decoder_target_tokens'][:, :-1]
+  )
 
 
 def test_packing_emits_segments():
@@ -42,12 +44,14 @@ def test_packing_emits_segments():
 
 def test_training_order_is_deterministic_and_skippable():
   make = lambda skip: data.iterate_batches(
-      data.get_dataset('synthetic_pretrain_mixture', LENGTHS, 'train', seed=3), 4,
-      drop_remainder=True, skip_batches=skip)
+    data.get_dataset('synthetic_pretrain_mixture', LENGTHS, 'train', seed=3),
+    4,
+    drop_remainder=True,
+    skip_batches=skip,
+  )
   a, b = make(0), make(2)
   next(a), next(a)
-  np.testing.assert_array_equal(next(a)['encoder_input_tokens'],
-                                next(b)['encoder_input_tokens'])
+  np.testing.assert_array_equal(next(a)['encoder_input_tokens'], next(b)['encoder_input_tokens'])
 
 
 def test_unknown_split():

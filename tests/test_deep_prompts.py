@@ -24,10 +24,18 @@ def test_prefixes_are_per_layer_keys_and_values():
   flat = partitioning.flatten(nn.unbox(model.init(jax.random.PRNGKey(0), 6, 4)))
   prefixes = {k: v.shape for k, v in flat.items() if '/prefix_' in k}
   assert prefixes == {
-      **{f'encoder/layers_{i}/attention/prefix_{kv}': (3, 16)
-         for i in (0, 1) for kv in ('key', 'value')},
-      **{f'decoder/layers_{i}/{a}/prefix_{kv}': (2, 16) for i in (0, 1)
-         for a in ('self_attention', 'encoder_decoder_attention') for kv in ('key', 'value')}}
+    **{
+      f'encoder/layers_{i}/attention/prefix_{kv}': (3, 16)
+      for i in (0, 1)
+      for kv in ('key', 'value')
+    },
+    **{
+      f'decoder/layers_{i}/{a}/prefix_{kv}': (2, 16)
+      for i in (0, 1)
+      for a in ('self_attention', 'encoder_decoder_attention')
+      for kv in ('key', 'value')
+    },
+  }
 
 
 def test_attention_with_a_prefix_matches_the_formula():
@@ -45,12 +53,20 @@ def test_attention_with_a_prefix_matches_the_formula():
 
   split = lambda a: a.reshape(a.shape[:-1] + (heads, head_dim))
   q = split(x @ params['query']['kernel'])
-  k = np.concatenate([np.broadcast_to(split(params['prefix_key'])[None], (2, prefix, heads,
-                                                                           head_dim)),
-                      split(x @ params['key']['kernel'])], axis=1)
-  v = np.concatenate([np.broadcast_to(split(params['prefix_value'])[None], (2, prefix, heads,
-                                                                             head_dim)),
-                      split(x @ params['value']['kernel'])], axis=1)
+  k = np.concatenate(
+    [
+      np.broadcast_to(split(params['prefix_key'])[None], (2, prefix, heads, head_dim)),
+      split(x @ params['key']['kernel']),
+    ],
+    axis=1,
+  )
+  v = np.concatenate(
+    [
+      np.broadcast_to(split(params['prefix_value'])[None], (2, prefix, heads, head_dim)),
+      split(x @ params['value']['kernel']),
+    ],
+    axis=1,
+  )
   logits = np.einsum('bqhd,bkhd->bhqk', q, k)
   logits += np.concatenate([np.zeros((1, heads, length, prefix)), bias], axis=-1)
   full_mask = np.concatenate([np.ones((2, 1, length, prefix)), mask], axis=-1)
@@ -67,27 +83,40 @@ def test_cached_decoding_accounts_for_the_prefixes(method):
   params = nn.unbox(model.init(jax.random.PRNGKey(0), 6, 4))
   tokens = jnp.asarray(_batch(np.random.default_rng(0))['encoder_input_tokens'])
   decode = lambda use_cache: inference.predict_batch(
-      model, params, tokens, 7, inference.DecodeConfig(
-          method=method, num_decodes=2 if method == 'beam' else 1, use_cache=use_cache))
+    model,
+    params,
+    tokens,
+    7,
+    inference.DecodeConfig(
+      method=method, num_decodes=2 if method == 'beam' else 1, use_cache=use_cache
+    ),
+  )
   cached, cached_scores = decode(True)
   uncached, uncached_scores = decode(False)
   np.testing.assert_array_equal(np.asarray(cached), np.asarray(uncached))
   np.testing.assert_allclose(cached_scores, uncached_scores, atol=1e-4)
   plain = models.EncoderDecoderModel(network.T5Config(**TINY))
   without, _ = inference.predict_batch(
-      plain, partitioning.unflatten({p: a for p, a in partitioning.flatten(params).items()
-                                     if '/prefix_' not in p}), tokens, 7,
-      inference.DecodeConfig(
-          method=method, num_decodes=2 if method == 'beam' else 1))
+    plain,
+    partitioning.unflatten(
+      {p: a for p, a in partitioning.flatten(params).items() if '/prefix_' not in p}
+    ),
+    tokens,
+    7,
+    inference.DecodeConfig(method=method, num_decodes=2 if method == 'beam' else 1),
+  )
   assert not np.array_equal(np.asarray(without), np.asarray(cached)), (
-      'the random prefixes should change the decodes')
+    'the random prefixes should change the decodes'
+  )
 
 
 def test_only_prefix_leaves_change(monkeypatch):
   from tests import test_training  # pylint: disable=import-outside-toplevel
+
   monkeypatch.setattr(test_training, 'TINY', dict(test_training.TINY, **PREFIXES))
   before, after, trainable_paths, _ = _train_steps(
-      ['.*/prefix_(key|value)'], optimizers.adamw(1e-2, warmup_steps=0, decay_steps=10))
+    ['.*/prefix_(key|value)'], optimizers.adamw(1e-2, warmup_steps=0, decay_steps=10)
+  )
   assert len(trainable_paths) == 2 * 1 + 4 * 1  # one encoder and one decoder layer
   for path, value in before.items():
     if path in trainable_paths:

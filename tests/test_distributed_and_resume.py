@@ -20,13 +20,18 @@ PROMPT_GIN = '--gin_file=gin/t5_1_1_tiny_prompt.gin'
 
 
 def _args(model_dir, base, *extra):
-  return [PROMPT_GIN, f"--gin.MODEL_DIR='{model_dir}'",
-          f"--gin.INITIAL_CHECKPOINT_PATH='{base}'", *extra]
+  return [
+    PROMPT_GIN,
+    f"--gin.MODEL_DIR='{model_dir}'",
+    f"--gin.INITIAL_CHECKPOINT_PATH='{base}'",
+    *extra,
+  ]
 
 
 def _prompt(model_dir, step):
-  return checkpoint_import.read_params_as_numpy(
-      os.path.join(model_dir, f'checkpoint_{step}'))['encoder/prompt/prompt']
+  return checkpoint_import.read_params_as_numpy(os.path.join(model_dir, f'checkpoint_{step}'))[
+    'encoder/prompt/prompt'
+  ]
 
 
 def _train_losses(model_dir):
@@ -35,22 +40,37 @@ def _train_losses(model_dir):
   return {l['step']: l['loss'] for l in lines if l['split'] == 'train'}
 
 
-@pytest.mark.parametrize('method', [
+@pytest.mark.parametrize(
+  'method',
+  [
     [],
     ['--gin_file=gin/methods/prompt_lora.gin'],
-    ['--gin_file=gin/methods/deep_prompt.gin', '--gin_file=gin/methods/ia3.gin', '--gin.PREFIX_LENGTH=4',
-     "--gin.TRAINABLE=['.*/prefix_(key|value)', '.*/ia3_scale']", '--gin.INT8_BASE=True'],
-], ids=['prompt', 'prompt+lora', 'int8+prefix+ia3'])
+    [
+      '--gin_file=gin/methods/deep_prompt.gin',
+      '--gin_file=gin/methods/ia3.gin',
+      '--gin.PREFIX_LENGTH=4',
+      "--gin.TRAINABLE=['.*/prefix_(key|value)', '.*/ia3_scale']",
+      '--gin.INT8_BASE=True',
+    ],
+  ],
+  ids=['prompt', 'prompt+lora', 'int8+prefix+ia3'],
+)
 def test_2x4_mesh_on_8_devices_matches_one_device(tmp_path, base_checkpoint, method):
-  common = [*method, '--gin.TRAIN_STEPS=4', '--gin.BATCH_SIZE=8', '--gin.LOG_PERIOD=1',
-            '--gin.DROPOUT_RATE=0.0']
+  common = [
+    *method,
+    '--gin.TRAIN_STEPS=4',
+    '--gin.BATCH_SIZE=8',
+    '--gin.LOG_PERIOD=1',
+    '--gin.DROPOUT_RATE=0.0',
+  ]
   single = run_module('t5pt.train', *_args(tmp_path / 'one', base_checkpoint, *common))
   assert single.returncode == 0, single.stderr[-3000:]
   assert 'data=1 x model=1 over 1 cpu' in single.stdout + single.stderr
   sharded = run_module(
-      't5pt.train', *_args(tmp_path / 'eight', base_checkpoint, *common,
-                           '--gin.NUM_PARTITIONS=4'),
-      env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8'})
+    't5pt.train',
+    *_args(tmp_path / 'eight', base_checkpoint, *common, '--gin.NUM_PARTITIONS=4'),
+    env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8'},
+  )
   assert sharded.returncode == 0, sharded.stderr[-3000:]
   assert 'data=2 x model=4 over 8 cpu' in sharded.stdout + sharded.stderr
   one, eight = _train_losses(tmp_path / 'one'), _train_losses(tmp_path / 'eight')
@@ -60,24 +80,29 @@ def test_2x4_mesh_on_8_devices_matches_one_device(tmp_path, base_checkpoint, met
   # Sharded reductions sum in another order; Adafactor's normalised lr-0.3 updates carry
   # those float32 rounding differences into the prompt at the 1e-5 level.
   trained_one = checkpoint_import.read_params_as_numpy(str(tmp_path / 'one' / 'checkpoint_4'))
-  trained_eight = checkpoint_import.read_params_as_numpy(
-      str(tmp_path / 'eight' / 'checkpoint_4'))
+  trained_eight = checkpoint_import.read_params_as_numpy(str(tmp_path / 'eight' / 'checkpoint_4'))
   assert sorted(trained_one) == sorted(trained_eight)
   for name, value in trained_one.items():
     np.testing.assert_allclose(trained_eight[name], value, atol=1e-4, err_msg=name)
 
 
 def test_sigkill_then_rerun_gives_the_uninterrupted_prompt(tmp_path, base_checkpoint):
-  common = ['--gin.TRAIN_STEPS=240', '--gin.CHECKPOINT_PERIOD=20', '--gin.EVAL_PERIOD=1000',
-            '--gin.DROPOUT_RATE=0.1', '--gin.LOG_PERIOD=20']
+  common = [
+    '--gin.TRAIN_STEPS=240',
+    '--gin.CHECKPOINT_PERIOD=20',
+    '--gin.EVAL_PERIOD=1000',
+    '--gin.DROPOUT_RATE=0.1',
+    '--gin.LOG_PERIOD=20',
+  ]
   straight = run_module('t5pt.train', *_args(tmp_path / 'straight', base_checkpoint, *common))
   assert straight.returncode == 0, straight.stderr[-3000:]
 
   killed_dir = tmp_path / 'killed'
   argv = [sys.executable, '-m', 't5pt.train', *_args(killed_dir, base_checkpoint, *common)]
   env = {**os.environ, 'PYTHONPATH': REPO}
-  proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(
+    argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+  )
   deadline = time.time() + 300
   while not (killed_dir / 'checkpoint_40').exists():
     assert proc.poll() is None, 'the run ended before it could be killed'
@@ -94,14 +119,21 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_prompt(tmp_path, base_checkp
 
 
 def test_beam_search_inference_on_a_2x4_mesh_matches_one_device(tmp_path, prompt_run):
-  common = [f"--gin.CHECKPOINT_PATH='{prompt_run}'", '--gin.BATCH_SIZE=8',
-            "--gin_bindings=inference.DecodeConfig.method = 'beam'",
-            '--gin_bindings=inference.DecodeConfig.num_decodes = 2']
+  common = [
+    f"--gin.CHECKPOINT_PATH='{prompt_run}'",
+    '--gin.BATCH_SIZE=8',
+    "--gin_bindings=inference.DecodeConfig.method = 'beam'",
+    '--gin_bindings=inference.DecodeConfig.num_decodes = 2',
+  ]
   one = run_module('t5pt.infer', *common, f"--gin.INFER_OUTPUT_DIR='{tmp_path / 'one'}'")
   assert one.returncode == 0, one.stderr[-3000:]
-  eight = run_module('t5pt.infer', *common, f"--gin.INFER_OUTPUT_DIR='{tmp_path / 'eight'}'",
-                     '--gin.NUM_PARTITIONS=4',
-                     env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8'})
+  eight = run_module(
+    't5pt.infer',
+    *common,
+    f"--gin.INFER_OUTPUT_DIR='{tmp_path / 'eight'}'",
+    '--gin.NUM_PARTITIONS=4',
+    env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8'},
+  )
   assert eight.returncode == 0, eight.stderr[-3000:]
   name = 'synthetic_heldout_max-validation.jsonl'
   lines = {}
@@ -109,7 +141,7 @@ def test_beam_search_inference_on_a_2x4_mesh_matches_one_device(tmp_path, prompt
     with open(tmp_path / mesh / name) as f:
       lines[mesh] = [json.loads(l) for l in f]
   assert len(lines['one']) == 512
-  assert ([l['predictions'] for l in lines['one']] ==
-          [l['predictions'] for l in lines['eight']])
-  np.testing.assert_allclose([l['scores'] for l in lines['one']],
-                             [l['scores'] for l in lines['eight']], atol=1e-4)
+  assert [l['predictions'] for l in lines['one']] == [l['predictions'] for l in lines['eight']]
+  np.testing.assert_allclose(
+    [l['scores'] for l in lines['one']], [l['scores'] for l in lines['eight']], atol=1e-4
+  )

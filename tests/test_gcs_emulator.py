@@ -51,8 +51,13 @@ def test_tensorstore_zarr_on_gs(gcs_bucket, gcs_dir, kvstore):
   else:  # What orbax writes: an OCDBT database on a gs:// base.
     spec = {'driver': 'ocdbt', 'base': gcs_dir + '/'}
   array = np.arange(24 * 10, dtype=np.float32).reshape(24, 10)
-  store = ts.open({'driver': 'zarr3', 'kvstore': spec}, create=True, dtype=ts.float32,
-                  shape=array.shape, chunk_layout=ts.ChunkLayout(chunk_shape=[8, 8]))
+  store = ts.open(
+    {'driver': 'zarr3', 'kvstore': spec},
+    create=True,
+    dtype=ts.float32,
+    shape=array.shape,
+    chunk_layout=ts.ChunkLayout(chunk_shape=[8, 8]),
+  )
   store = store.result(timeout=60)
   store.write(array).result(timeout=60)
   names = gcs_bucket.objects(prefix)
@@ -65,19 +70,32 @@ def test_tensorstore_zarr_on_gs(gcs_bucket, gcs_dir, kvstore):
 def test_orbax_checkpoint_manager_on_gs(gcs_bucket, gcs_dir, tmp_path, monkeypatch):
   import jax  # pylint: disable=import-outside-toplevel
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
   monkeypatch.chdir(tmp_path)  # Anything written locally by mistake would land here.
   run, prefix = f'{gcs_dir}/run', _prefix(gcs_bucket, gcs_dir) + '/run'
-  params = {'encoder': {'kernel': np.arange(12, dtype=np.float32).reshape(3, 4),
-                        'scale': np.ones(4, np.float32)}}
+  params = {
+    'encoder': {
+      'kernel': np.arange(12, dtype=np.float32).reshape(3, 4),
+      'scale': np.ones(4, np.float32),
+    }
+  }
   params = jax.tree.map(jax.numpy.asarray, params)
   opt_state = {'mu': jax.numpy.zeros((3, 4)), 'count': jax.numpy.array(3, jax.numpy.int32)}
-  manager = ocp.CheckpointManager(run, options=ocp.CheckpointManagerOptions(
-      max_to_keep=3, step_prefix='checkpoint', create=True, cleanup_tmp_directories=True))
+  manager = ocp.CheckpointManager(
+    run,
+    options=ocp.CheckpointManagerOptions(
+      max_to_keep=3, step_prefix='checkpoint', create=True, cleanup_tmp_directories=True
+    ),
+  )
   for step in (1, 2):
-    manager.save(step, args=ocp.args.Composite(
+    manager.save(
+      step,
+      args=ocp.args.Composite(
         params=ocp.args.StandardSave(jax.tree.map(lambda x, s=step: x * s, params)),
         opt_state=ocp.args.StandardSave(opt_state),
-        meta=ocp.args.JsonSave({'step': step, 'task': 'demo'})))
+        meta=ocp.args.JsonSave({'step': step, 'task': 'demo'}),
+      ),
+    )
   manager.wait_until_finished()
   manager.close()
   names = gcs_bucket.objects(prefix)
@@ -86,17 +104,22 @@ def test_orbax_checkpoint_manager_on_gs(gcs_bucket, gcs_dir, tmp_path, monkeypat
       assert f'{prefix}/checkpoint_{step}/{item}commit_success.txt' in names, names
     assert f'{prefix}/checkpoint_{step}/params/manifest.ocdbt' in names, names
 
-  reader = ocp.CheckpointManager(run, options=ocp.CheckpointManagerOptions(
-      step_prefix='checkpoint', read_only=True))
+  reader = ocp.CheckpointManager(
+    run, options=ocp.CheckpointManagerOptions(step_prefix='checkpoint', read_only=True)
+  )
   assert reader.latest_step() == 2 and reader.all_steps() == [1, 2]
   sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                          params)
-  restored = reader.restore(2, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+  abstract = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), params
+  )
+  restored = reader.restore(
+    2,
+    args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()),
+  )
   assert restored.meta == {'step': 2, 'task': 'demo'}
-  jax.tree.map(lambda got, want: np.testing.assert_array_equal(got, want * 2),
-               restored.params, params)
+  jax.tree.map(
+    lambda got, want: np.testing.assert_array_equal(got, want * 2), restored.params, params
+  )
   assert restored.params['encoder']['kernel'].sharding == sharding
   reader.close()
   assert not any(tmp_path.iterdir()), list(tmp_path.iterdir())
@@ -117,8 +140,14 @@ def test_subprocess_is_wired_by_env_alone(gcs_bucket, gcs_dir, tmp_path):
       assert kv.read('k').result().value == b'v'
   ''')
   env = {k: v for k, v in os.environ.items() if k not in gcs_bucket.env}
-  result = subprocess.run([sys.executable, '-c', script], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120, env={**env, **gcs_bucket.env})
+  result = subprocess.run(
+    [sys.executable, '-c', script],
+    cwd=tmp_path,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env={**env, **gcs_bucket.env},
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   names = gcs_bucket.objects(prefix)
   assert f'{prefix}/config.gin' in names and f'{prefix}/arrays/manifest.ocdbt' in names, names

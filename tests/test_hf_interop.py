@@ -45,14 +45,21 @@ def test_decodes_match_transformers_generate(hf_pair, method):
   inputs, _, _ = hf_models.token_batch(seed=1)
   steps, beams = 8, (4 if method == 'beam' else 1)
   decode = inference.DecodeConfig(method=method, num_decodes=beams, alpha=0.0)
-  ours, _ = jax.jit(functools.partial(
-      inference.predict_batch, models.EncoderDecoderModel(config), max_length=steps,
-      config=decode))(params, jnp.asarray(inputs))
+  ours, _ = jax.jit(
+    functools.partial(
+      inference.predict_batch, models.EncoderDecoderModel(config), max_length=steps, config=decode
+    )
+  )(params, jnp.asarray(inputs))
   with torch.no_grad():
-    theirs = model.generate(input_ids=torch.tensor(inputs, dtype=torch.long),
-                            attention_mask=torch.tensor(inputs > 0, dtype=torch.long),
-                            max_new_tokens=steps, min_new_tokens=0, do_sample=False,
-                            num_beams=beams, length_penalty=0.0).numpy()[:, 1:]
+    theirs = model.generate(
+      input_ids=torch.tensor(inputs, dtype=torch.long),
+      attention_mask=torch.tensor(inputs > 0, dtype=torch.long),
+      max_new_tokens=steps,
+      min_new_tokens=0,
+      do_sample=False,
+      num_beams=beams,
+      length_penalty=0.0,
+    ).numpy()[:, 1:]
   assert hf_models.until_eos(np.asarray(ours)[:, 0]) == hf_models.until_eos(theirs)
 
 
@@ -63,8 +70,9 @@ def test_config_is_read_from_config_json(hf_pair):
   assert facts['emb_dim'] == hf.d_model and facts['head_dim'] == hf.d_kv
   assert facts['num_encoder_layers'] == hf.num_layers
   assert facts['num_decoder_layers'] == hf.num_decoder_layers
-  assert facts['mlp_activations'] == (('relu',) if kind == 't5_1_0_relu_tied'
-                                      else ('gelu', 'linear'))
+  assert facts['mlp_activations'] == (
+    ('relu',) if kind == 't5_1_0_relu_tied' else ('gelu', 'linear')
+  )
   assert facts['relative_attention_max_distance'] == 20
 
 
@@ -79,8 +87,10 @@ def test_sharded_safetensors_and_pytorch_bin_load_the_same_values(tmp_path):
   torch.save(state, tmp_path / 'bin' / 'pytorch_model.bin')
   os.makedirs(tmp_path / 'bin_sharded')
   keys = sorted(state)
-  halves = {'pytorch_model-00001-of-00002.bin': keys[:len(keys) // 2],
-            'pytorch_model-00002-of-00002.bin': keys[len(keys) // 2:]}
+  halves = {
+    'pytorch_model-00001-of-00002.bin': keys[: len(keys) // 2],
+    'pytorch_model-00002-of-00002.bin': keys[len(keys) // 2 :],
+  }
   for name, shard_keys in halves.items():
     torch.save({k: state[k] for k in shard_keys}, tmp_path / 'bin_sharded' / name)
   with open(tmp_path / 'bin_sharded' / 'pytorch_model.bin.index.json', 'w') as f:
@@ -102,11 +112,13 @@ def test_bfloat16_safetensors_are_read_exactly(tmp_path):
   values = checkpoint_import.read_params_as_numpy(str(tmp_path))
   embedding = values[network.EMBEDDING_PATH]
   assert str(embedding.dtype) == 'bfloat16'
-  np.testing.assert_array_equal(embedding.astype(np.float32),
-                                model.shared.weight.detach().float().numpy())
+  np.testing.assert_array_equal(
+    embedding.astype(np.float32), model.shared.weight.detach().float().numpy()
+  )
   query = values['encoder/layers_1/attention/query/kernel'].astype(np.float32)
   np.testing.assert_array_equal(
-      query, model.encoder.block[1].layer[0].SelfAttention.q.weight.detach().float().numpy().T)
+    query, model.encoder.block[1].layer[0].SelfAttention.q.weight.detach().float().numpy().T
+  )
 
 
 def test_gin_sizes_that_disagree_with_config_json_are_an_error(tmp_path):

@@ -22,8 +22,12 @@ OUTPUT_NAME = f'{TASK}-validation.jsonl'
 
 def infer_in_process(output_dir, bindings=(), **macros) -> str:
   gin.clear_config()
-  gin_utils.parse(['gin/infer.gin'], [f'INFER_OUTPUT_DIR = {str(output_dir)!r}'] +
-                  [f'{k} = {v!r}' for k, v in macros.items()] + list(bindings))
+  gin_utils.parse(
+    ['gin/infer.gin'],
+    [f'INFER_OUTPUT_DIR = {str(output_dir)!r}']
+    + [f'{k} = {v!r}' for k, v in macros.items()]
+    + list(bindings),
+  )
   try:
     return batch_inference.infer(progress_bar=False)
   finally:
@@ -38,15 +42,17 @@ def _read(path):
 @pytest.fixture(scope='module')
 def reference_output(prompt_run, tmp_path_factory) -> str:
   """An uninterrupted run over the run's own task (its validation split)."""
-  return infer_in_process(tmp_path_factory.mktemp('reference'), CHECKPOINT_PATH=prompt_run,
-                          BATCH_SIZE=16)
+  return infer_in_process(
+    tmp_path_factory.mktemp('reference'), CHECKPOINT_PATH=prompt_run, BATCH_SIZE=16
+  )
 
 
 def test_task_split_is_decoded_in_order(reference_output, prompt_run):
   assert os.path.basename(reference_output) == OUTPUT_NAME
   lines = _read(reference_output)
   ds = seqio.get_mixture_or_task(TASK).get_dataset(
-      {'inputs': 16, 'targets': 10}, split='validation', shuffle=False)
+    {'inputs': 16, 'targets': 10}, split='validation', shuffle=False
+  )
   expected = [ex['inputs_pretokenized'].decode() for ex in ds.as_numpy_iterator()]
   assert [l['inputs'] for l in lines] == expected
   assert all(set(l) == {'inputs', 'prediction', 'score', 'targets'} for l in lines)
@@ -58,21 +64,24 @@ def test_task_split_is_decoded_in_order(reference_output, prompt_run):
   tokens = np.zeros((4, 16), np.int32)
   for i, text in enumerate(expected[:4]):
     ids = vocabulary.encode(text) + [1]
-    tokens[i, :len(ids)] = ids
-  out, _ = inference.predict_batch(models.EncoderDecoderModel(model.config), model.params,
-                                   jnp.asarray(tokens), 10)
-  direct = [vocabulary.decode([t for t in row if t not in (0, 1)]) for row in
-            np.asarray(out)[:, 0]]
+    tokens[i, : len(ids)] = ids
+  out, _ = inference.predict_batch(
+    models.EncoderDecoderModel(model.config), model.params, jnp.asarray(tokens), 10
+  )
+  direct = [vocabulary.decode([t for t in row if t not in (0, 1)]) for row in np.asarray(out)[:, 0]]
   assert [l['prediction'] for l in lines[:4]] == direct
 
 
 def test_interrupted_run_resumes_without_duplicate_or_missing_lines(
-    prompt_run, reference_output, tmp_path, monkeypatch):
+  prompt_run, reference_output, tmp_path, monkeypatch
+):
   real_write = batch_inference.ChunkedOutput.write_chunk
+
   def write_two_then_die(self, index, lines):
     if index == 2:
       raise KeyboardInterrupt('simulated interruption')
     real_write(self, index, lines)
+
   monkeypatch.setattr(batch_inference.ChunkedOutput, 'write_chunk', write_two_then_die)
   bindings = ['batch_inference.infer.chunk_batches = 2']
   with pytest.raises(KeyboardInterrupt):
@@ -89,8 +98,11 @@ def test_interrupted_run_resumes_without_duplicate_or_missing_lines(
 
 
 def test_resume_with_other_settings_is_refused(prompt_run, tmp_path, monkeypatch):
-  monkeypatch.setattr(batch_inference.ChunkedOutput, 'write_chunk',
-                      lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+  monkeypatch.setattr(
+    batch_inference.ChunkedOutput,
+    'write_chunk',
+    lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()),
+  )
   with pytest.raises(KeyboardInterrupt):
     infer_in_process(tmp_path, CHECKPOINT_PATH=prompt_run, BATCH_SIZE=16)
   monkeypatch.undo()
@@ -100,23 +112,41 @@ def test_resume_with_other_settings_is_refused(prompt_run, tmp_path, monkeypatch
 
 def test_text_and_jsonl_input_files(prompt_run, tmp_path):
   (tmp_path / 'inputs.txt').write_text('cab\nhgf\n\nabc\n')
-  txt = _read(infer_in_process(tmp_path / 'out', CHECKPOINT_PATH=prompt_run,
-                               INPUT_FILE=str(tmp_path / 'inputs.txt'),
-                               MIXTURE_OR_TASK_NAME=TASK, BATCH_SIZE=2))
+  txt = _read(
+    infer_in_process(
+      tmp_path / 'out',
+      CHECKPOINT_PATH=prompt_run,
+      INPUT_FILE=str(tmp_path / 'inputs.txt'),
+      MIXTURE_OR_TASK_NAME=TASK,
+      BATCH_SIZE=2,
+    )
+  )
   assert [l['inputs'] for l in txt] == ['cab', 'hgf', 'abc']
-  (tmp_path / 'inputs.jsonl').write_text(
-      '{"inputs": "cab", "targets": "c"}\n{"inputs": "hgf"}\n')
-  jsonl = _read(infer_in_process(tmp_path / 'out', CHECKPOINT_PATH=prompt_run,
-                                 INPUT_FILE=str(tmp_path / 'inputs.jsonl'),
-                                 MIXTURE_OR_TASK_NAME=TASK, BATCH_SIZE=2))
+  (tmp_path / 'inputs.jsonl').write_text('{"inputs": "cab", "targets": "c"}\n{"inputs": "hgf"}\n')
+  jsonl = _read(
+    infer_in_process(
+      tmp_path / 'out',
+      CHECKPOINT_PATH=prompt_run,
+      INPUT_FILE=str(tmp_path / 'inputs.jsonl'),
+      MIXTURE_OR_TASK_NAME=TASK,
+      BATCH_SIZE=2,
+    )
+  )
   assert jsonl[0]['targets'] == 'c' and 'targets' not in jsonl[1]
   assert [l['prediction'] for l in jsonl] == [l['prediction'] for l in txt[:2]]
 
   (tmp_path / 'bad.jsonl').write_text('{"inputs": "cab"}\n{"input": "oops"}\n')
-  with pytest.raises(UserError, match=r'bad.jsonl:2: expected an object with a string '
-                                      r'"inputs"'):
-    infer_in_process(tmp_path / 'bad_out', CHECKPOINT_PATH=prompt_run,
-                     INPUT_FILE=str(tmp_path / 'bad.jsonl'), MIXTURE_OR_TASK_NAME=TASK)
+  with pytest.raises(
+    UserError,
+    match=r'bad.jsonl:2: expected an object with a string '
+    r'"inputs"',
+  ):
+    infer_in_process(
+      tmp_path / 'bad_out',
+      CHECKPOINT_PATH=prompt_run,
+      INPUT_FILE=str(tmp_path / 'bad.jsonl'),
+      MIXTURE_OR_TASK_NAME=TASK,
+    )
   assert not (tmp_path / 'bad_out').exists()
 
 
@@ -128,14 +158,21 @@ def test_checkpoint_path_is_required(tmp_path):
 def test_rank_classification_picks_the_right_label(base_checkpoint):
   model = trained_model.load(base_checkpoint)
   ds = seqio.get_mixture_or_task('synthetic_max').get_dataset(
-      {'inputs': 24, 'targets': 4}, split='validation', shuffle=False)
+    {'inputs': 24, 'targets': 4}, split='validation', shuffle=False
+  )
   examples = list(ds.take(64).as_numpy_iterator())
   inputs = [ex['inputs_pretokenized'].decode() for ex in examples]
   targets = [ex['targets_pretokenized'].decode() for ex in examples]
   options = list('abcdefgh')
-  best, scores = inference.rank_classify(models.EncoderDecoderModel(model.config),
-                                         model.params, seqio.ByteVocabulary(), inputs,
-                                         options, input_length=24, target_length=4)
+  best, scores = inference.rank_classify(
+    models.EncoderDecoderModel(model.config),
+    model.params,
+    seqio.ByteVocabulary(),
+    inputs,
+    options,
+    input_length=24,
+    target_length=4,
+  )
   assert scores.shape == (64, 8)
   accuracy = np.mean([options[b] == t for b, t in zip(best, targets)])
   assert accuracy >= 0.95, accuracy

@@ -40,7 +40,8 @@ def _logits(config, params, batch):
 def test_int8_base_tracks_the_float_base(base_checkpoint):
   float_config, float_params = checkpoint_import.load_model(base_checkpoint)
   int8_config, int8_params = checkpoint_import.load_model(
-      base_checkpoint, network.T5Config(int8_kernels=True), dtype='bfloat16')
+    base_checkpoint, network.T5Config(int8_kernels=True), dtype='bfloat16'
+  )
   flat = partitioning.flatten(int8_params)
   kernels = [k for k in flat if k.endswith('/kernel')]
   assert kernels and all(flat[k].dtype == jnp.int8 for k in kernels)
@@ -59,33 +60,43 @@ def test_int8_base_tracks_the_float_base(base_checkpoint):
   agree = (quantized.argmax(-1) == reference.argmax(-1)).mean()
   assert agree > 0.95, agree
   # Dequantising gives back a float model with the int8 model's outputs.
-  dequantized = adapters.merge({k: np.asarray(v) for k, v in flat.items()},
-                               int8_config.adapters)
+  dequantized = adapters.merge({k: np.asarray(v) for k, v in flat.items()}, int8_config.adapters)
   np.testing.assert_allclose(
-      _logits(float_config, partitioning.unflatten(dequantized), batch), quantized,
-      atol=0.05)
+    _logits(float_config, partitioning.unflatten(dequantized), batch), quantized, atol=0.05
+  )
 
 
 def test_prompt_trains_on_an_int8_base_and_the_run_reloads_int8(base_checkpoint, tmp_path):
   model_dir = str(tmp_path / 'int8_prompt')
   summary = train_in_process(
-      'gin/t5_1_1_tiny_prompt.gin', model_dir, INITIAL_CHECKPOINT_PATH=base_checkpoint,
-      INT8_BASE=True, FROZEN_DTYPE='bfloat16', TRAIN_STEPS=20, CHECKPOINT_PERIOD=20,
-      EVAL_PERIOD=20)
+    'gin/t5_1_1_tiny_prompt.gin',
+    model_dir,
+    INITIAL_CHECKPOINT_PATH=base_checkpoint,
+    INT8_BASE=True,
+    FROZEN_DTYPE='bfloat16',
+    TRAIN_STEPS=20,
+    CHECKPOINT_PERIOD=20,
+    EVAL_PERIOD=20,
+  )
   assert summary['eval']['loss'] < summary['eval_at_start']['loss']
   loaded = trained_model.load(model_dir)
   assert loaded.config.int8_kernels
   flat = partitioning.flatten(loaded.params)
   assert flat['encoder/layers_0/attention/query/kernel'].dtype == jnp.int8
-  np.testing.assert_array_equal(flat[network.PROMPT_PATH],
-                                summary['params']['encoder']['prompt']['prompt'])
+  np.testing.assert_array_equal(
+    flat[network.PROMPT_PATH], summary['params']['encoder']['prompt']['prompt']
+  )
 
 
 def test_int8_needs_a_base_and_frozen_kernels(base_checkpoint, tmp_path):
   with pytest.raises(UserError, match='int8_kernels quantises a loaded base'):
     train_in_process('gin/t5_1_1_tiny_prompt.gin', str(tmp_path / 'a'), INT8_BASE=True)
   with pytest.raises(UserError, match='with int8_kernels the kernels are frozen int8'):
-    train_in_process('gin/t5_1_1_tiny_prompt.gin', str(tmp_path / 'b'), INT8_BASE=True,
-                     INITIAL_CHECKPOINT_PATH=base_checkpoint,
-                     TRAINABLE=['encoder/prompt/prompt', '.*/mlp/wo/kernel'])
+    train_in_process(
+      'gin/t5_1_1_tiny_prompt.gin',
+      str(tmp_path / 'b'),
+      INT8_BASE=True,
+      INITIAL_CHECKPOINT_PATH=base_checkpoint,
+      TRAINABLE=['encoder/prompt/prompt', '.*/mlp/wo/kernel'],
+    )
   assert not (tmp_path / 'a').exists() and not (tmp_path / 'b').exists()

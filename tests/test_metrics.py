@@ -36,13 +36,16 @@ def test_squad_token_f1_by_hand():
 
 
 def test_squad_takes_the_best_answer_and_accepts_a_plain_string():
-  got = metrics.squad([['London', 'Paris France'], 'The Eiffel Tower!'],
-                      ['Paris', 'eiffel   tower'])
+  got = metrics.squad(
+    [['London', 'Paris France'], 'The Eiffel Tower!'], ['Paris', 'eiffel   tower']
+  )
   # Example 1: EM 0, F1 max(0, 2 * 1 * 0.5 / 1.5). Example 2: equal after normalising.
   assert got['em'] == pytest.approx(50.0)
   assert got['f1'] == pytest.approx(100 * (2 / 3 + 1) / 2)
   assert metrics.squad([('x', 'the city of Paris')], ['City of Paris.']) == {
-      'em': 100.0, 'f1': 100.0}
+    'em': 100.0,
+    'f1': 100.0,
+  }
 
 
 def test_rouge_ngrams_by_hand():
@@ -69,6 +72,7 @@ def test_rouge_lsum_splits_sentences_on_newlines():
 def test_rouge_needs_no_nltk_data(monkeypatch):
   def no_data(*args, **kwargs):
     raise AssertionError('NLTK data was requested')
+
   monkeypatch.setattr(nltk.data, 'find', no_data)
   monkeypatch.setattr(nltk.data, 'load', no_data)
   assert metrics.rouge(['One sentence. Two.\nThree'], ['One. Three'])['rouge1'] > 0
@@ -92,4 +96,5 @@ def test_macro_f1_averages_each_labels_f1():
   predictions = ['yes', 'yes', 'maybe', 'no']
   # yes: tp1 fp1 fn1 -> 1/2; no: tp0 -> 0; maybe: tp1 -> 1.  Mean 0.5.
   assert metrics.macro_f1(['yes', 'no', 'maybe'])(targets, predictions) == pytest.approx(
-      {'macro_f1': 50.0})
+    {'macro_f1': 50.0}
+  )

@@ -16,21 +16,26 @@ BYTES = seqio.ByteVocabulary()
 
 def _file_task(tmp_path, name, count):
   path = tmp_path / f'{name}.jsonl'
-  path.write_text(''.join(json.dumps({'inputs': f'x{i}', 'targets': 'y'}) + '\n'
-                          for i in range(count)))
+  path.write_text(
+    ''.join(json.dumps({'inputs': f'x{i}', 'targets': 'y'}) + '\n' for i in range(count))
+  )
   files.register_file_task(name, split_paths={'train': str(path)}, vocabulary=BYTES)
 
 
 def test_capped_mixture_rates_equal_capped_example_counts(tmp_path):
   for name, count in (('small_t', 10), ('medium_t', 40), ('large_t', 90)):
     _file_task(tmp_path, name, count)
-  mixture = mixtures.register_capped_mixture('capped', ['small_t', 'medium_t', 'large_t'],
-                                             cap=50)
+  mixture = mixtures.register_capped_mixture('capped', ['small_t', 'medium_t', 'large_t'], cap=50)
   assert {t.name: mixture.get_rate(t) for t in mixture.tasks} == {
-      'small_t': 10.0, 'medium_t': 40.0, 'large_t': 50.0}
+    'small_t': 10.0,
+    'medium_t': 40.0,
+    'large_t': 50.0,
+  }
   uncapped = mixtures.register_capped_mixture('uncapped', ['small_t', 'large_t'], cap=None)
   assert {t.name: uncapped.get_rate(t) for t in uncapped.tasks} == {
-      'small_t': 10.0, 'large_t': 90.0}
+    'small_t': 10.0,
+    'large_t': 90.0,
+  }
   assert mixtures.FLAN_EXAMPLE_CAP == 3000
   assert mixtures.capped_rates(['large_t']) == {'large_t': 90.0}
 
@@ -50,18 +55,30 @@ def test_weighted_mixture_of_submixtures(tmp_path):
 def test_a_task_without_example_counts_cannot_be_mixed_by_size():
   seqio.TaskRegistry.remove('uncounted') if 'uncounted' in seqio.TaskRegistry.names() else None
   seqio.TaskRegistry.add(
-      'uncounted', source=seqio.FunctionDataSource(
-          lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensor_slices(
-              {'inputs': ['a'], 'targets': ['b']}), splits=('train',)),
-      preprocessors=[seqio.preprocessors.tokenize],
-      output_features={'inputs': seqio.Feature(BYTES), 'targets': seqio.Feature(BYTES)})
+    'uncounted',
+    source=seqio.FunctionDataSource(
+      lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensor_slices(
+        {'inputs': ['a'], 'targets': ['b']}
+      ),
+      splits=('train',),
+    ),
+    preprocessors=[seqio.preprocessors.tokenize],
+    output_features={'inputs': seqio.Feature(BYTES), 'targets': seqio.Feature(BYTES)},
+  )
   with pytest.raises(UserError, match="does not declare how many 'train' examples"):
     mixtures.register_capped_mixture('nope', ['uncounted'])
 
 
 def test_show_prints_examples_as_the_model_sees_them_and_mixture_rates():
-  result = run_module('tasks.show', 'synthetic_pretrain_mixture', '--module=tasks.synthetic',
-                      '--num=3', '--inputs=8', '--targets=4', '--prompt_length=4')
+  result = run_module(
+    'tasks.show',
+    'synthetic_pretrain_mixture',
+    '--module=tasks.synthetic',
+    '--num=3',
+    '--inputs=8',
+    '--targets=4',
+    '--prompt_length=4',
+  )
   assert result.returncode == 0, result.stderr[-2000:]
   out = result.stdout
   assert 'mixture synthetic_pretrain_mixture: 4 tasks' in out

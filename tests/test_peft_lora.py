@@ -40,12 +40,14 @@ CHECKPOINT_PERIOD = 5
 LOG_PERIOD = 5
 """
 # A high learning rate, so that five steps move lora_b well away from zero.
-FAST_ADAMW = ['optimizers.adamw.peak_learning_rate = 0.05',
-              'optimizers.adamw.warmup_steps = 0']
+FAST_ADAMW = ['optimizers.adamw.peak_learning_rate = 0.05', 'optimizers.adamw.warmup_steps = 0']
 # Query and MLP-out kernels at rank 4 / alpha 8, values at 2 / 6, the untied lm_head at
 # 2 / 3: the exported adapter needs rank_pattern and alpha_pattern.
-MIXED_RULES = [('.*/(query|mlp/wo)/kernel', 4, 8.0), ('.*/value/kernel', 2, 6.0),
-               ('decoder/logits_dense/kernel', 2, 3.0)]
+MIXED_RULES = [
+  ('.*/(query|mlp/wo)/kernel', 4, 8.0),
+  ('.*/value/kernel', 2, 6.0),
+  ('decoder/logits_dense/kernel', 2, 3.0),
+]
 
 
 @pytest.fixture(scope='module')
@@ -56,14 +58,14 @@ def hf_base(tmp_path_factory) -> tuple[str, transformers.T5ForConditionalGenerat
   return folder, model
 
 
-def _train(tmp_path_factory, hf_dir: str, name: str, recipe: str, bindings: list[str]
-           ) -> str:
+def _train(tmp_path_factory, hf_dir: str, name: str, recipe: str, bindings: list[str]) -> str:
   """A 5-step run on the HF base with the adapter gin file `recipe` included."""
   gin_file = tmp_path_factory.mktemp('gin') / f'{name}.gin'
   gin_file.write_text(GIN + f"include '{recipe}'\n")
   model_dir = str(tmp_path_factory.mktemp(name))
-  summary = train_in_process(str(gin_file), model_dir, bindings=bindings,
-                             INITIAL_CHECKPOINT_PATH=hf_dir)
+  summary = train_in_process(
+    str(gin_file), model_dir, bindings=bindings, INITIAL_CHECKPOINT_PATH=hf_dir
+  )
   assert summary['step'] == 5
   return model_dir
 
@@ -71,23 +73,28 @@ def _train(tmp_path_factory, hf_dir: str, name: str, recipe: str, bindings: list
 @pytest.fixture(scope='module')
 def lora_run(hf_base, tmp_path_factory) -> str:
   """gin/methods/lora.gin as shipped: rank 8, alpha 16 on every attention query and value."""
-  return _train(tmp_path_factory, hf_base[0], 'lora_run',
-                'methods/lora.gin', FAST_ADAMW)
+  return _train(tmp_path_factory, hf_base[0], 'lora_run', 'methods/lora.gin', FAST_ADAMW)
 
 
 @pytest.fixture(scope='module')
 def prompt_lora_run(hf_base, tmp_path_factory) -> str:
   """A soft prompt and LoRA with MIXED_RULES, trained together."""
-  return _train(tmp_path_factory, hf_base[0], 'prompt_lora_run',
-                'methods/prompt_lora.gin', [f'LORA_RULES = {MIXED_RULES!r}'] + FAST_ADAMW)
+  return _train(
+    tmp_path_factory,
+    hf_base[0],
+    'prompt_lora_run',
+    'methods/prompt_lora.gin',
+    [f'LORA_RULES = {MIXED_RULES!r}'] + FAST_ADAMW,
+  )
 
 
 @pytest.fixture(scope='module')
 def lora_exports(lora_run, tmp_path_factory) -> str:
   """`python -m t5pt.export --peft_dir --hf_dir` of lora_run, into out/peft and out/hf."""
   out = tmp_path_factory.mktemp('exports')
-  result = run_module('t5pt.export', f'--model_dir={lora_run}', f'--peft_dir={out}/peft',
-                      f'--hf_dir={out}/hf')
+  result = run_module(
+    't5pt.export', f'--model_dir={lora_run}', f'--peft_dir={out}/peft', f'--hf_dir={out}/hf'
+  )
   assert result.returncode == 0, result.stderr
   return str(out)
 
@@ -95,8 +102,9 @@ def lora_exports(lora_run, tmp_path_factory) -> str:
 def _t5pt_logits(path: str) -> np.ndarray:
   """Logits of a t5pt run (or base checkpoint) on hf_models.token_batch."""
   loaded = trained_model.load(path)
-  return hf_models.t5pt_logits(loaded.config, loaded.params,
-                               *hf_models.token_batch(vocab_size=VOCAB))
+  return hf_models.t5pt_logits(
+    loaded.config, loaded.params, *hf_models.token_batch(vocab_size=VOCAB)
+  )
 
 
 def _hf_logits(model, prompt=None) -> np.ndarray:
@@ -138,13 +146,14 @@ def test_lora_run_exports_a_peft_adapter_with_t5pt_logits(lora_run, lora_exports
   weights = load_file(os.path.join(peft_dir, 'adapter_model.safetensors'))
   run = trained_model.TrainedRun(lora_run)
   np.testing.assert_array_equal(
-      weights['base_model.model.encoder.block.0.layer.0.SelfAttention.q.lora_A.weight'],
-      run.params['encoder/layers_0/attention/query/lora_a'].T)
+    weights['base_model.model.encoder.block.0.layer.0.SelfAttention.q.lora_A.weight'],
+    run.params['encoder/layers_0/attention/query/lora_a'].T,
+  )
   lora_b = run.params['decoder/layers_1/encoder_decoder_attention/value/lora_b']
   assert np.abs(lora_b).max() > 1e-2  # Trained away from its zero initialisation.
   np.testing.assert_array_equal(
-      weights['base_model.model.decoder.block.1.layer.1.EncDecAttention.v.lora_B.weight'],
-      lora_b.T)
+    weights['base_model.model.decoder.block.1.layer.1.EncDecAttention.v.lora_B.weight'], lora_b.T
+  )
 
   ours = _t5pt_logits(lora_run)
   _assert_close(ours, _hf_logits(_with_adapter(hf_base, peft_dir)))
@@ -153,26 +162,33 @@ def test_lora_run_exports_a_peft_adapter_with_t5pt_logits(lora_run, lora_exports
 
 def test_hf_export_of_a_lora_run_has_the_lora_merged(lora_run, lora_exports, hf_base):
   merged = transformers.T5ForConditionalGeneration.from_pretrained(
-      os.path.join(lora_exports, 'hf')).eval()
+    os.path.join(lora_exports, 'hf')
+  ).eval()
   _assert_close(_t5pt_logits(lora_run), _hf_logits(merged))
 
 
 # transformers 5 saves untied T5s with tie_word_embeddings=true (and
 # scale_decoder_outputs=false), so PEFT takes the LoRA on lm_head for one on a tied layer.
 @pytest.mark.filterwarnings('ignore:Model has `tie_word_embeddings=True`')
-def test_per_module_rank_and_alpha_and_the_prompt_round_trip(prompt_lora_run, hf_base,
-                                                             tmp_path):
+def test_per_module_rank_and_alpha_and_the_prompt_round_trip(prompt_lora_run, hf_base, tmp_path):
   run = trained_model.TrainedRun(prompt_lora_run)
   export.export_peft_lora(run, str(tmp_path / 'peft'), hf_base[0])
   assert sorted(os.listdir(tmp_path / 'peft')) == [
-      'adapter_config.json', 'adapter_model.safetensors', 'prompt.npy']
+    'adapter_config.json',
+    'adapter_model.safetensors',
+    'prompt.npy',
+  ]
   config = json.load(open(tmp_path / 'peft' / 'adapter_config.json'))
   # 10 query and mlp/wo kernels at (4, 8) are the majority; 6 values and lm_head differ.
   assert (config['r'], config['lora_alpha']) == (4, 8)
-  assert config['rank_pattern'] == {**{m: 2 for m in config['target_modules']
-                                       if m.endswith('.v')}, 'lm_head': 2}
-  assert config['alpha_pattern'] == {**{m: 6 for m in config['target_modules']
-                                        if m.endswith('.v')}, 'lm_head': 3}
+  assert config['rank_pattern'] == {
+    **{m: 2 for m in config['target_modules'] if m.endswith('.v')},
+    'lm_head': 2,
+  }
+  assert config['alpha_pattern'] == {
+    **{m: 6 for m in config['target_modules'] if m.endswith('.v')},
+    'lm_head': 3,
+  }
   prompt = np.load(tmp_path / 'peft' / 'prompt.npy')
   np.testing.assert_array_equal(prompt, run.prompt)
 
@@ -188,19 +204,24 @@ def test_per_module_rank_and_alpha_and_the_prompt_round_trip(prompt_lora_run, hf
   for name, value in lora.items():
     np.testing.assert_array_equal(back.params[name], value)
   config = back.network_config()
-  for kernel, (rank, alpha) in {'encoder/layers_1/attention/query/kernel': (4, 8),
-                                'decoder/layers_0/mlp/wo/kernel': (4, 8),
-                                'decoder/layers_1/self_attention/value/kernel': (2, 6),
-                                network.LOGITS_PATH: (2, 3)}.items():
+  for kernel, (rank, alpha) in {
+    'encoder/layers_1/attention/query/kernel': (4, 8),
+    'decoder/layers_0/mlp/wo/kernel': (4, 8),
+    'decoder/layers_1/self_attention/value/kernel': (2, 6),
+    network.LOGITS_PATH: (2, 3),
+  }.items():
     rule = config.adapters.lora(kernel)
     assert (rule.rank, rule.alpha) == (rank, alpha), kernel
   assert config.adapters.lora('encoder/layers_0/attention/key/kernel') is None
 
 
-def test_imported_adapter_gives_the_original_runs_logits(lora_run, lora_exports, hf_base,
-                                                         tmp_path):
-  result = run_module('t5pt.peft_import', f'--peft_dir={lora_exports}/peft',
-                      f'--base={hf_base[0]}', f'--model_dir={tmp_path}/imported')
+def test_imported_adapter_gives_the_original_runs_logits(lora_run, lora_exports, hf_base, tmp_path):
+  result = run_module(
+    't5pt.peft_import',
+    f'--peft_dir={lora_exports}/peft',
+    f'--base={hf_base[0]}',
+    f'--model_dir={tmp_path}/imported',
+  )
   assert result.returncode == 0, result.stderr
   assert sorted(os.listdir(tmp_path)) == ['imported']  # No partial leftovers.
   imported = trained_model.TrainedRun(str(tmp_path / 'imported'))
@@ -209,30 +230,44 @@ def test_imported_adapter_gives_the_original_runs_logits(lora_run, lora_exports,
   assert imported.meta.imported_from == os.path.abspath(f'{lora_exports}/peft')
   assert list(imported.meta.trainable) == sorted(imported.params)
   assert len(imported.params) == 24 and all(adapters.is_adapter(k) for k in imported.params)
-  np.testing.assert_allclose(_t5pt_logits(str(tmp_path / 'imported')),
-                             _t5pt_logits(lora_run), atol=1e-5)
+  np.testing.assert_allclose(
+    _t5pt_logits(str(tmp_path / 'imported')), _t5pt_logits(lora_run), atol=1e-5
+  )
 
   with pytest.raises(UserError, match='already exists; .* pass --overwrite'):
     peft_import.import_adapter(f'{lora_exports}/peft', hf_base[0], f'{tmp_path}/imported')
   with pytest.raises(UserError, match='holds an imported adapter .* new MODEL_DIR'):
     (tmp_path / 'lora.gin').write_text(GIN + "include 'methods/lora.gin'\n")
-    train_in_process(str(tmp_path / 'lora.gin'), str(tmp_path / 'imported'),
-                     bindings=FAST_ADAMW, INITIAL_CHECKPOINT_PATH=hf_base[0])
+    train_in_process(
+      str(tmp_path / 'lora.gin'),
+      str(tmp_path / 'imported'),
+      bindings=FAST_ADAMW,
+      INITIAL_CHECKPOINT_PATH=hf_base[0],
+    )
   assert sorted(os.listdir(tmp_path / 'imported')) == ['checkpoint_0']
 
 
-@pytest.mark.parametrize('options', [
+@pytest.mark.parametrize(
+  'options',
+  [
     {},
     # rslora scales by alpha / sqrt(r); pattern keys are regexes matched at name ends.
-    {'use_rslora': True, 'rank_pattern': {r'encoder\.block\.1\.layer\.1\.DenseReluDense\.wo': 2},
-     'alpha_pattern': {'EncDecAttention.q': 3}},
-], ids=['plain', 'rslora_patterns'])
+    {
+      'use_rslora': True,
+      'rank_pattern': {r'encoder\.block\.1\.layer\.1\.DenseReluDense\.wo': 2},
+      'alpha_pattern': {'EncDecAttention.q': 3},
+    },
+  ],
+  ids=['plain', 'rslora_patterns'],
+)
 def test_adapter_saved_by_peft_imports_with_peft_logits(options, hf_base, tmp_path):
   torch.manual_seed(0)
   model = peft.get_peft_model(
-      hf_models.make_hf_t5('flan_t5_gated_untied', vocab_size=VOCAB),
-      peft.LoraConfig(r=4, lora_alpha=8, target_modules=['q', 'v', 'wo'],
-                      task_type='SEQ_2_SEQ_LM', **options))
+    hf_models.make_hf_t5('flan_t5_gated_untied', vocab_size=VOCAB),
+    peft.LoraConfig(
+      r=4, lora_alpha=8, target_modules=['q', 'v', 'wo'], task_type='SEQ_2_SEQ_LM', **options
+    ),
+  )
   with torch.no_grad():
     for name, param in model.named_parameters():
       if 'lora_B' in name:
@@ -248,13 +283,22 @@ def test_adapter_saved_by_peft_imports_with_peft_logits(options, hf_base, tmp_pa
 
 @pytest.fixture(scope='module')
 def ia3_run(hf_base, tmp_path_factory) -> str:
-  return _train(tmp_path_factory, hf_base[0], 'ia3_run',
-                'methods/ia3.gin', ['optimizers.adafactor.learning_rate = 0.1'])
+  return _train(
+    tmp_path_factory,
+    hf_base[0],
+    'ia3_run',
+    'methods/ia3.gin',
+    ['optimizers.adafactor.learning_rate = 0.1'],
+  )
 
 
 def test_ia3_run_exports_merged_but_not_as_peft(ia3_run, hf_base, tmp_path):
-  result = run_module('t5pt.export', f'--model_dir={ia3_run}', f'--hf_dir={tmp_path}/hf',
-                      f'--peft_dir={tmp_path}/peft')
+  result = run_module(
+    't5pt.export',
+    f'--model_dir={ia3_run}',
+    f'--hf_dir={tmp_path}/hf',
+    f'--peft_dir={tmp_path}/peft',
+  )
   assert result.returncode == 2
   assert 'IA3' in result.stderr and 'Use --hf_dir' in result.stderr
   assert os.listdir(tmp_path) == []  # Refused before writing anything.
@@ -267,10 +311,12 @@ def test_ia3_run_exports_merged_but_not_as_peft(ia3_run, hf_base, tmp_path):
   _assert_differ(ours, _hf_logits(hf_base[1]))
 
 
-def test_deep_prompt_runs_are_not_exported_to_hf_or_peft(hf_base, tmp_path_factory,
-                                                         tmp_path):
-  run = trained_model.TrainedRun(_train(tmp_path_factory, hf_base[0], 'prefix_run',
-                                        'methods/deep_prompt.gin', ['PREFIX_LENGTH = 2']))
+def test_deep_prompt_runs_are_not_exported_to_hf_or_peft(hf_base, tmp_path_factory, tmp_path):
+  run = trained_model.TrainedRun(
+    _train(
+      tmp_path_factory, hf_base[0], 'prefix_run', 'methods/deep_prompt.gin', ['PREFIX_LENGTH = 2']
+    )
+  )
   with pytest.raises(UserError, match='deep-prompt prefixes'):
     export.peft_type(run)
   with pytest.raises(UserError, match='prefix_key.*no place for'):
@@ -287,15 +333,17 @@ def _copy_adapter(lora_exports, tmp_path, **config_changes) -> str:
   return folder
 
 
-@pytest.mark.parametrize('changes, message', [
+@pytest.mark.parametrize(
+  'changes, message',
+  [
     ({'use_dora': True}, r'sets use_dora=True, which t5pt does not support: it imports plain'),
     ({'bias': 'lora_only'}, r"sets bias='lora_only', which t5pt does not support"),
     ({'init_lora_weights': 'pissa'}, r"init_lora_weights='pissa' \(PEFT rewrites the base"),
     ({'r': 4}, r"'decoder.block.0.layer.0.SelfAttention.q' has rank 8 in its weights but 4"),
     ({'peft_type': 'IA3'}, r"peft_type is 'IA3'; t5pt.peft_import reads LORA adapters"),
-])
-def test_unsupported_adapter_configs_are_named(changes, message, lora_exports, hf_base,
-                                               tmp_path):
+  ],
+)
+def test_unsupported_adapter_configs_are_named(changes, message, lora_exports, hf_base, tmp_path):
   folder = _copy_adapter(lora_exports, tmp_path, **changes)
   with pytest.raises(UserError, match=message):
     peft_import.import_adapter(folder, hf_base[0], str(tmp_path / 'run'))
@@ -307,17 +355,22 @@ def test_missing_weights_and_unknown_modules_are_named(lora_exports, hf_base, tm
   weights_file = os.path.join(folder, 'adapter_model.safetensors')
   weights = load_file(weights_file)
   os.remove(weights_file)
-  with pytest.raises(UserError, match='has adapter_config.json but no weights: expected '
-                     'adapter_model.safetensors'):
+  with pytest.raises(
+    UserError, match='has adapter_config.json but no weights: expected adapter_model.safetensors'
+  ):
     peft_import.import_adapter(folder, hf_base[0], str(tmp_path / 'run'))
 
   prefix = 'base_model.model.encoder.block.0.layer.0.SelfAttention.'
   for side in ('A', 'B'):
     weights[f'{prefix}relative_attention_bias.lora_{side}.weight'] = weights.pop(
-        f'{prefix}q.lora_{side}.weight')
+      f'{prefix}q.lora_{side}.weight'
+    )
   save_file(weights, weights_file)
-  with pytest.raises(UserError, match=r"'encoder.block.0.layer.0.SelfAttention"
-                     r".relative_attention_bias' is not a linear layer of the base T5"):
+  with pytest.raises(
+    UserError,
+    match=r"'encoder.block.0.layer.0.SelfAttention"
+    r".relative_attention_bias' is not a linear layer of the base T5",
+  ):
     peft_import.import_adapter(folder, hf_base[0], str(tmp_path / 'run'))
 
   with pytest.raises(UserError, match='--base=.* does not exist'):

@@ -23,8 +23,7 @@ def test_random_uniform_is_bounded_seeded_and_varied():
 
 
 def test_sampled_vocab_takes_distinct_rows_from_the_top_n():
-  values = prompts.sampled_vocab(jax.random.PRNGKey(1), SHAPE, EMBEDDING,
-                                 population_size=20)
+  values = prompts.sampled_vocab(jax.random.PRNGKey(1), SHAPE, EMBEDDING, population_size=20)
   rows = [int(np.flatnonzero((EMBEDDING == v).all(axis=1))[0]) for v in values]
   assert len(set(rows)) == SHAPE[0]
   assert all(3 <= r < 20 for r in rows)
@@ -37,8 +36,7 @@ def test_sampled_vocab_population_too_small():
 
 def test_class_labels_average_multi_piece_labels_and_fill_the_rest():
   vocab = seqio.ByteVocabulary()
-  values = prompts.class_labels(jax.random.PRNGKey(2), SHAPE, EMBEDDING, vocab,
-                                labels=['a', 'no'])
+  values = prompts.class_labels(jax.random.PRNGKey(2), SHAPE, EMBEDDING, vocab, labels=['a', 'no'])
   a, n, o = (ord(c) + 3 for c in 'ano')
   np.testing.assert_allclose(values[0], EMBEDDING[a])
   np.testing.assert_allclose(values[1], (EMBEDDING[n] + EMBEDDING[o]) / 2, rtol=1e-6)

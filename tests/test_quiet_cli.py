@@ -18,25 +18,39 @@ from tests.conftest import REPO
 # can continue a progress bar's), Python logging's default format, Python warnings, and
 # words only library messages contain.
 LIBRARY_LINE = re.compile(
-    r'[IWEF]\d{4} \d\d:\d\d:\d+\.\d{6}|^(DEBUG|INFO|WARNING|ERROR|CRITICAL):|'
-    r'absl::InitializeLog|Logging before flag parsing|\w+Warning: |tensorflow|cuda|cuInit|'
-    r'oneDNN|cuDNN|cuBLAS|cuFFT|seqio|FunctionDataset|logger_cls|may be insufficient|'
-    r'longer than necessary|Max Lengths', re.IGNORECASE)
+  r'[IWEF]\d{4} \d\d:\d\d:\d+\.\d{6}|^(DEBUG|INFO|WARNING|ERROR|CRITICAL):|'
+  r'absl::InitializeLog|Logging before flag parsing|\w+Warning: |tensorflow|cuda|cuInit|'
+  r'oneDNN|cuDNN|cuBLAS|cuFFT|seqio|FunctionDataset|logger_cls|may be insufficient|'
+  r'longer than necessary|Max Lengths',
+  re.IGNORECASE,
+)
 
 
 def _train(model_dir, output, env):
   """Starts a one-step prompt-tuning run, evaluated (teacher-forced and decoded, with the
   task's seqio metrics) before and after the step, on a one-layer network to keep
   compiling short."""
-  args = ['--gin_file=gin/t5_1_1_tiny_prompt.gin', f"--gin.MODEL_DIR='{model_dir}'",
-          '--gin.TRAIN_STEPS=1', '--gin.EVAL_PERIOD=1', '--gin.BATCH_SIZE=2',
-          '--gin_bindings=network.T5Config.num_encoder_layers = 1',
-          '--gin_bindings=network.T5Config.num_decoder_layers = 1']
-  full_env = {k: v for k, v in os.environ.items()
-              if k not in ('T5PT_VERBOSE', 'TF_CPP_MIN_LOG_LEVEL')}
+  args = [
+    '--gin_file=gin/t5_1_1_tiny_prompt.gin',
+    f"--gin.MODEL_DIR='{model_dir}'",
+    '--gin.TRAIN_STEPS=1',
+    '--gin.EVAL_PERIOD=1',
+    '--gin.BATCH_SIZE=2',
+    '--gin_bindings=network.T5Config.num_encoder_layers = 1',
+    '--gin_bindings=network.T5Config.num_decoder_layers = 1',
+  ]
+  full_env = {
+    k: v for k, v in os.environ.items() if k not in ('T5PT_VERBOSE', 'TF_CPP_MIN_LOG_LEVEL')
+  }
   full_env.update(PYTHONPATH=REPO, PYTHONUNBUFFERED='1', **env)
-  return subprocess.Popen([sys.executable, '-m', 't5pt.train', *args], cwd=REPO,
-                          env=full_env, stdout=output, stderr=subprocess.STDOUT, text=True)
+  return subprocess.Popen(
+    [sys.executable, '-m', 't5pt.train', *args],
+    cwd=REPO,
+    env=full_env,
+    stdout=output,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
 
 
 def _library_lines(output: str) -> list[str]:
@@ -69,14 +83,17 @@ def test_train_prints_only_t5pt_lines_unless_verbose(tmp_path):
   assert re.search(r'^t5pt: warning: No INITIAL_CHECKPOINT_PATH', quiet_out, re.MULTILINE)
 
 
-@pytest.mark.parametrize('argv,env,expected', [
+@pytest.mark.parametrize(
+  'argv,env,expected',
+  [
     ([], {}, False),
     (['--gin.TRAIN_STEPS=3'], {'T5PT_VERBOSE': '0'}, False),
     ([], {'T5PT_VERBOSE': '1'}, True),
     (['--verbosity=0'], {}, True),
     (['-v', '1'], {}, True),
     (['--', '--verbosity=0'], {}, False),
-])
+  ],
+)
 def test_verbose_from_flag_or_environment(monkeypatch, argv, env, expected):
   monkeypatch.delenv('T5PT_VERBOSE', raising=False)
   for name, value in env.items():

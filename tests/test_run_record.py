@@ -34,9 +34,15 @@ def test_a_run_written_before_the_record_still_opens(v0_run):
 
 
 def test_a_run_written_before_the_record_resumes_and_is_rewritten_typed(v0_run):
-  summary = train_in_process('gin/t5_1_1_tiny_prompt.gin', v0_run, TRAIN_STEPS=4,
-                             PROMPT_LENGTH=4, BATCH_SIZE=4, CHECKPOINT_PERIOD=2,
-                             EVAL_PERIOD=1000)
+  summary = train_in_process(
+    'gin/t5_1_1_tiny_prompt.gin',
+    v0_run,
+    TRAIN_STEPS=4,
+    PROMPT_LENGTH=4,
+    BATCH_SIZE=4,
+    CHECKPOINT_PERIOD=2,
+    EVAL_PERIOD=1000,
+  )
   assert summary['start_step'] == 2
   meta = checkpoints.read_meta(v0_run, 4)
   assert meta.batches_consumed == 4
@@ -45,9 +51,13 @@ def test_a_run_written_before_the_record_resumes_and_is_rewritten_typed(v0_run):
 
 def test_record_round_trips_through_json():
   meta = checkpoints.RunMeta(
-      step=7, trainable=('a', 'b'), batches_consumed=7,
-      network_config=network.T5Config(vocab_size=32, lora_rules=[('.*/query/kernel', 4, 8.0)]),
-      initial_checkpoint_path='gs://bucket/base', task_feature_lengths={'inputs': 8})
+    step=7,
+    trainable=('a', 'b'),
+    batches_consumed=7,
+    network_config=network.T5Config(vocab_size=32, lora_rules=[('.*/query/kernel', 4, 8.0)]),
+    initial_checkpoint_path='gs://bucket/base',
+    task_feature_lengths={'inputs': 8},
+  )
   assert checkpoints.RunMeta.from_json(meta.to_json(), 'test') == meta
 
 

@@ -13,23 +13,26 @@ ALL_TASKS = [*synthetic.INSTRUCTED_TASKS, synthetic.HELDOUT_TASK]
 
 def _decoded(task_name, split='validation', limit=20):
   """First `limit` (inputs, targets) strings of a task, decoded from tokens."""
-  ds = seqio.get_mixture_or_task(task_name).get_dataset(
-      SEQUENCE_LENGTH, split=split, shuffle=False)
+  ds = seqio.get_mixture_or_task(task_name).get_dataset(SEQUENCE_LENGTH, split=split, shuffle=False)
   vocab = synthetic.VOCABULARY
-  return [(vocab.decode(ex['inputs'].tolist()),
-           vocab.decode(ex['targets'].tolist()))
-          for ex in ds.take(limit).as_numpy_iterator()]
+  return [
+    (vocab.decode(ex['inputs'].tolist()), vocab.decode(ex['targets'].tolist()))
+    for ex in ds.take(limit).as_numpy_iterator()
+  ]
 
 
 def test_tasks_and_mixture_registered():
   assert set(ALL_TASKS) == {
-      'synthetic_first', 'synthetic_last', 'synthetic_min', 'synthetic_max',
-      'synthetic_heldout_max'}
+    'synthetic_first',
+    'synthetic_last',
+    'synthetic_min',
+    'synthetic_max',
+    'synthetic_heldout_max',
+  }
   for name in ALL_TASKS:
     assert name in seqio.TaskRegistry.names()
   mixture = seqio.get_mixture_or_task(synthetic.PRETRAIN_MIXTURE)
-  assert sorted(t.name for t in mixture.tasks) == sorted(
-      synthetic.INSTRUCTED_TASKS)
+  assert sorted(t.name for t in mixture.tasks) == sorted(synthetic.INSTRUCTED_TASKS)
 
 
 def test_reregistration_is_idempotent():
@@ -38,8 +41,9 @@ def test_reregistration_is_idempotent():
   assert synthetic.PRETRAIN_MIXTURE in seqio.MixtureRegistry.names()
 
 
-@pytest.mark.parametrize('op, expected', [
-    ('first', 'c'), ('last', 'd'), ('min', 'a'), ('max', 'd')])
+@pytest.mark.parametrize(
+  'op, expected', [('first', 'c'), ('last', 'd'), ('min', 'a'), ('max', 'd')]
+)
 def test_operations(op, expected):
   assert synthetic.OPERATIONS[op]('cabd') == expected
 
@@ -50,7 +54,7 @@ def test_instructed_examples_render(task_name):
   for inputs, targets in _decoded(task_name):
     prefix = f'{op}: '
     assert inputs.startswith(prefix)
-    s = inputs[len(prefix):]
+    s = inputs[len(prefix) :]
     assert synthetic.MIN_LEN <= len(s) <= synthetic.MAX_LEN
     assert set(s) <= set(synthetic.ALPHABET)
     assert targets == synthetic.OPERATIONS[op](s)
@@ -59,7 +63,7 @@ def test_instructed_examples_render(task_name):
 def test_max_example_render():
   inputs, targets = _decoded('synthetic_max', limit=1)[0]
   assert inputs.startswith('max: ')
-  assert targets == max(inputs[len('max: '):])
+  assert targets == max(inputs[len('max: ') :])
 
 
 def test_heldout_examples_have_no_prefix():
@@ -77,7 +81,7 @@ def test_generation_is_deterministic():
   assert first == second
   # Different tasks draw different strings.
   other = _decoded('synthetic_first', split='train', limit=50)
-  assert [i for i, _ in first] != [i[len('first: '):] for i, _ in other]
+  assert [i for i, _ in first] != [i[len('first: ') :] for i, _ in other]
 
 
 def test_split_sizes():
@@ -85,8 +89,7 @@ def test_split_sizes():
     for split, size in synthetic.NUM_EXAMPLES.items():
       inputs, targets = synthetic.examples(name, split)
       assert len(inputs) == len(targets) == size
-  assert seqio.get_mixture_or_task(
-      synthetic.HELDOUT_TASK).num_input_examples('train') == 50_000
+  assert seqio.get_mixture_or_task(synthetic.HELDOUT_TASK).num_input_examples('train') == 50_000
 
 
 @pytest.mark.parametrize('task_name', ALL_TASKS)
@@ -105,7 +108,8 @@ def test_sequence_accuracy():
 
 def test_mixture_yields_tokenized_examples_ending_in_eos():
   ds = seqio.get_mixture_or_task(synthetic.PRETRAIN_MIXTURE).get_dataset(
-      SEQUENCE_LENGTH, split='train', shuffle=True, seed=0)
+    SEQUENCE_LENGTH, split='train', shuffle=True, seed=0
+  )
   prefixes = set()
   for ex in ds.take(60).as_numpy_iterator():
     for feature in ('inputs', 'targets'):

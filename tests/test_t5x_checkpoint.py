@@ -24,8 +24,9 @@ from tests.conftest import INTEROP
 FIXTURE = os.path.join(INTEROP, 't5x_tiny')
 LEGACY = os.path.join(FIXTURE, 'test_t5_1_1_tiny', 'checkpoint_3')
 needs_fixture = pytest.mark.skipif(
-    not os.path.isdir(FIXTURE), reason=f'interop fixtures not found at {FIXTURE} '
-    '(a clone without ../shared)')
+  not os.path.isdir(FIXTURE),
+  reason=f'interop fixtures not found at {FIXTURE} (a clone without ../shared)',
+)
 
 
 @needs_fixture
@@ -41,9 +42,17 @@ def test_fixture_embedding_matches_golden_file_bit_for_bit():
 @needs_fixture
 def test_fixture_architecture_is_inferred_from_shapes():
   facts, defaults = checkpoint_import.open_checkpoint(LEGACY).architecture()
-  assert facts == dict(vocab_size=32128, emb_dim=4, num_heads=2, head_dim=2, mlp_dim=8,
-                       num_encoder_layers=2, num_decoder_layers=2,
-                       relative_attention_num_buckets=4, logits_via_embedding=False)
+  assert facts == dict(
+    vocab_size=32128,
+    emb_dim=4,
+    num_heads=2,
+    head_dim=2,
+    mlp_dim=8,
+    num_encoder_layers=2,
+    num_decoder_layers=2,
+    relative_attention_num_buckets=4,
+    logits_via_embedding=False,
+  )
   assert defaults['mlp_activations'] == ('gelu', 'linear')
 
 
@@ -54,12 +63,14 @@ def test_fixture_runs_a_forward_pass_on_t5_vocabulary_tokens():
   assert vocabulary.vocab_size == 32100
   # The checkpoint cannot tell the relative-attention max distance; the README says 8.
   config, params = checkpoint_import.load_model(
-      LEGACY, network.T5Config(relative_attention_max_distance=8))
+    LEGACY, network.T5Config(relative_attention_max_distance=8)
+  )
   vocabularies.check_fits(vocabulary, config.vocab_size, 't5_vocab')
   inputs = np.array([vocabulary.encode('hello world') + [1]], np.int32)
   decoder_inputs = np.array([[0, 21820, 296]], np.int32)
-  logits = hf_models.t5pt_logits(config, params, inputs, decoder_inputs,
-                                 np.ones_like(decoder_inputs))
+  logits = hf_models.t5pt_logits(
+    config, params, inputs, decoder_inputs, np.ones_like(decoder_inputs)
+  )
   assert logits.shape == (1, 3, 32128) and np.isfinite(logits).all()
   assert np.abs(logits).max() > 0
 
@@ -78,6 +89,7 @@ def test_vocabulary_from_an_hf_style_folder_or_gin(tmp_path):
 def test_vocabulary_larger_than_embedding_is_rejected():
   class Big:
     vocab_size = 40000
+
   with pytest.raises(UserError, match='40000 ids but the model has 32128 embedding rows'):
     vocabularies.check_fits(Big(), 32128, 'my_task')
 
@@ -102,20 +114,29 @@ def _write_legacy(directory, params: dict, absolute: bool, zarr_dtype: str) -> N
     if path.endswith('kernel') or path.endswith('embedding'):
       name = 'target.' + path.replace('/', '.')
       kv_path = os.path.join(directory, name) if absolute else name
-      spec = {'driver': 'zarr', 'kvstore': {'driver': 'file' if absolute else 'gfile',
-                                            'path': kv_path},
-              'metadata': {'shape': list(value.shape), 'chunks': list(value.shape),
-                           'dtype': zarr_dtype, 'compressor': {'id': 'gzip'}}}
-      store = ts.open({**spec, 'kvstore': {'driver': 'file',
-                                           'path': os.path.join(directory, name)}},
-                      create=True).result()
+      spec = {
+        'driver': 'zarr',
+        'kvstore': {'driver': 'file' if absolute else 'gfile', 'path': kv_path},
+        'metadata': {
+          'shape': list(value.shape),
+          'chunks': list(value.shape),
+          'dtype': zarr_dtype,
+          'compressor': {'id': 'gzip'},
+        },
+      }
+      store = ts.open(
+        {**spec, 'kvstore': {'driver': 'file', 'path': os.path.join(directory, name)}}, create=True
+      ).result()
       store.write(value).result()
       node[leaf] = spec
     else:
       node[leaf] = value
   with open(os.path.join(directory, 'checkpoint'), 'wb') as f:
-    f.write(serialization.msgpack_serialize(
-        {'version': 3, 'optimizer': {'target': target, 'state': {'step': np.int32(7)}}}))
+    f.write(
+      serialization.msgpack_serialize(
+        {'version': 3, 'optimizer': {'target': target, 'state': {'step': np.int32(7)}}}
+      )
+    )
 
 
 @pytest.mark.parametrize('absolute', [False, True])
@@ -141,9 +162,14 @@ def test_synthesised_bfloat16_legacy_checkpoint_round_trips(tmp_path, absolute):
 def test_kvstore_paths_resolve_against_the_checkpoint_location():
   spec = {'driver': 'zarr', 'kvstore': {'driver': 'gfile', 'path': 'target.a.kernel'}}
   assert t5x_legacy.kvstore_for('gs://bucket/model/checkpoint_5', spec) == {
-      'driver': 'gcs', 'bucket': 'bucket', 'path': 'model/checkpoint_5/target.a.kernel'}
+    'driver': 'gcs',
+    'bucket': 'bucket',
+    'path': 'model/checkpoint_5/target.a.kernel',
+  }
   assert t5x_legacy.kvstore_for('/data/checkpoint_5', spec) == {
-      'driver': 'file', 'path': '/data/checkpoint_5/target.a.kernel'}
+    'driver': 'file',
+    'path': '/data/checkpoint_5/target.a.kernel',
+  }
 
 
 def test_corrupt_msgpack_is_a_clear_error(tmp_path):
@@ -169,7 +195,8 @@ def test_t5x_layout_orbax_checkpoint_loads(tmp_path, prefix):
     leaf[name] = value
   ocp.PyTreeCheckpointer().save(tmp_path / 'run' / 'checkpoint_3', tree)
   config, params = checkpoint_import.load_model(
-      str(tmp_path / 'run'), network.T5Config(relative_attention_max_distance=20))
+    str(tmp_path / 'run'), network.T5Config(relative_attention_max_distance=20)
+  )
   assert config.logits_via_embedding and config.mlp_activations == ('relu',)
   inputs, decoder_inputs, targets = hf_models.token_batch()
   ours = hf_models.t5pt_logits(config, params, inputs, decoder_inputs, targets)

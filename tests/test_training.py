@@ -27,8 +27,12 @@ def _batch(rng, batch=4, in_len=6, tgt_len=4):
   tgt = rng.integers(3, 32, (batch, tgt_len)).astype(np.int32)
   tgt[:, -1] = 0
   dec_in = np.concatenate([np.zeros((batch, 1), np.int32), tgt[:, :-1]], axis=1)
-  return {'encoder_input_tokens': enc, 'decoder_input_tokens': dec_in,
-          'decoder_target_tokens': tgt, 'decoder_loss_weights': (tgt > 0).astype(np.float32)}
+  return {
+    'encoder_input_tokens': enc,
+    'decoder_input_tokens': dec_in,
+    'decoder_target_tokens': tgt,
+    'decoder_loss_weights': (tgt > 0).astype(np.float32),
+  }
 
 
 def _train_steps(patterns, optimizer, num_steps=3):
@@ -38,8 +42,7 @@ def _train_steps(patterns, optimizer, num_steps=3):
   trainable = partitioning.unflatten({k: params[k] for k in trainable_paths})
   frozen = partitioning.unflatten({k: params[k] for k in frozen_paths})
   opt_state = optimizer.transform.init(trainable)
-  step_fn = jax.jit(steps.build_train_step(model, optimizer.transform,
-                                             jax.random.PRNGKey(1)))
+  step_fn = jax.jit(steps.build_train_step(model, optimizer.transform, jax.random.PRNGKey(1)))
   batch = _batch(np.random.default_rng(0))
   for step in range(num_steps):
     trainable, opt_state, _ = step_fn(trainable, opt_state, frozen, batch, step)
@@ -49,7 +52,8 @@ def _train_steps(patterns, optimizer, num_steps=3):
 
 def test_only_prompt_leaves_change_and_only_they_get_optimizer_state():
   before, after, trainable_paths, opt_state = _train_steps(
-      [network.PROMPT_PATH], optimizers.adafactor())
+    [network.PROMPT_PATH], optimizers.adafactor()
+  )
   assert trainable_paths == [network.PROMPT_PATH]
   for path, value in before.items():
     if path == network.PROMPT_PATH:
@@ -62,7 +66,8 @@ def test_only_prompt_leaves_change_and_only_they_get_optimizer_state():
 
 def test_full_fine_tuning_is_the_same_code_with_everything_trainable():
   before, after, trainable_paths, _ = _train_steps(
-      ['.*'], optimizers.adamw(decay_steps=10, warmup_steps=1))
+    ['.*'], optimizers.adamw(decay_steps=10, warmup_steps=1)
+  )
   assert len(trainable_paths) == len(before)
   for path in before:
     if path.endswith('kernel') or path.endswith('embedding'):
@@ -72,22 +77,44 @@ def test_full_fine_tuning_is_the_same_code_with_everything_trainable():
 def test_prompt_run_writes_only_trainable_state_and_metrics(base_checkpoint, tmp_path):
   model_dir = str(tmp_path / 'prompt')
   summary = train_in_process(
-      'gin/t5_1_1_tiny_prompt.gin', model_dir, INITIAL_CHECKPOINT_PATH=base_checkpoint,
-      TRAIN_STEPS=6, CHECKPOINT_PERIOD=3, LOG_PERIOD=2, EVAL_PERIOD=3,
-      FROZEN_DTYPE='bfloat16')
-  assert sorted(os.listdir(model_dir)) == ['checkpoint_3', 'checkpoint_6', 'config.gin',
-                                           'eval', 'metrics.jsonl', 'train']
-  stored = ocp.PyTreeCheckpointer().metadata(
-      os.path.join(model_dir, 'checkpoint_6', 'params')).item_metadata.tree
+    'gin/t5_1_1_tiny_prompt.gin',
+    model_dir,
+    INITIAL_CHECKPOINT_PATH=base_checkpoint,
+    TRAIN_STEPS=6,
+    CHECKPOINT_PERIOD=3,
+    LOG_PERIOD=2,
+    EVAL_PERIOD=3,
+    FROZEN_DTYPE='bfloat16',
+  )
+  assert sorted(os.listdir(model_dir)) == [
+    'checkpoint_3',
+    'checkpoint_6',
+    'config.gin',
+    'eval',
+    'metrics.jsonl',
+    'train',
+  ]
+  stored = (
+    ocp.PyTreeCheckpointer()
+    .metadata(os.path.join(model_dir, 'checkpoint_6', 'params'))
+    .item_metadata.tree
+  )
   assert list(partitioning.flatten(stored)) == [network.PROMPT_PATH]
   np.testing.assert_array_equal(
-      checkpoint_import.read_params_as_numpy(model_dir)['encoder/prompt/prompt'],
-      summary['params']['encoder']['prompt']['prompt'])
+    checkpoint_import.read_params_as_numpy(model_dir)['encoder/prompt/prompt'],
+    summary['params']['encoder']['prompt']['prompt'],
+  )
   lines = [json.loads(l) for l in open(os.path.join(model_dir, 'metrics.jsonl'))]
   train_lines = [l for l in lines if l['split'] == 'train']
   assert [l['step'] for l in train_lines] == [2, 4, 6]
-  for key in ('loss', 'token_accuracy', 'sequence_accuracy', 'learning_rate',
-              'steps_per_second', 'tokens_per_second'):
+  for key in (
+    'loss',
+    'token_accuracy',
+    'sequence_accuracy',
+    'learning_rate',
+    'steps_per_second',
+    'tokens_per_second',
+  ):
     assert np.isfinite(train_lines[-1][key]), key
   assert train_lines[-1]['learning_rate'] == 0.3
   assert [l['step'] for l in lines if l['split'] == 'eval'] == [0, 3, 6]
@@ -99,10 +126,12 @@ def test_prompt_run_writes_only_trainable_state_and_metrics(base_checkpoint, tmp
 
 def test_class_label_init_inside_a_run_uses_the_base_embedding(base_checkpoint, tmp_path):
   summary = train_in_process(
-      'gin/t5_1_1_tiny_prompt.gin', str(tmp_path / 'init'),
-      bindings=['PROMPT_INIT = @prompts.class_labels',
-                "prompts.class_labels.labels = ['a', 'bc']"],
-      INITIAL_CHECKPOINT_PATH=base_checkpoint, TRAIN_STEPS=0)
+    'gin/t5_1_1_tiny_prompt.gin',
+    str(tmp_path / 'init'),
+    bindings=['PROMPT_INIT = @prompts.class_labels', "prompts.class_labels.labels = ['a', 'bc']"],
+    INITIAL_CHECKPOINT_PATH=base_checkpoint,
+    TRAIN_STEPS=0,
+  )
   embedding = checkpoint_import.read_params_as_numpy(base_checkpoint)['token_embedder/embedding']
   prompt = summary['params']['encoder']['prompt']['prompt']
   a, b, c = (ord(ch) + 3 for ch in 'abc')  # ByteVocabulary: id = byte + 3
