@@ -185,6 +185,19 @@ def _normalise(value):
   return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
+def _mlp(cfg: T5Config, dtype) -> layers.MlpBlock:
+  """The MLP block of an encoder or decoder layer."""
+  return layers.MlpBlock(
+    cfg.mlp_dim,
+    cfg.mlp_activations,
+    cfg.dropout_rate,
+    dtype,
+    cfg.adapters,
+    cfg.int8_kernels,
+    name='mlp',
+  )
+
+
 class EncoderLayer(nn.Module):
   config: T5Config
 
@@ -206,15 +219,7 @@ class EncoderLayer(nn.Module):
     )(y, y, mask, bias, deterministic)
     x = x + dropout(y, deterministic=deterministic)
     y = layers.RMSNorm(dtype, name='pre_mlp_layer_norm')(x)
-    y = layers.MlpBlock(
-      cfg.mlp_dim,
-      cfg.mlp_activations,
-      cfg.dropout_rate,
-      dtype,
-      cfg.adapters,
-      cfg.int8_kernels,
-      name='mlp',
-    )(y, deterministic)
+    y = _mlp(cfg, dtype)(y, deterministic)
     return x + dropout(y, deterministic=deterministic)
 
 
@@ -256,15 +261,7 @@ class DecoderLayer(nn.Module):
     )
     x = x + dropout(y, deterministic=deterministic)
     y = layers.RMSNorm(dtype, name='pre_mlp_layer_norm')(x)
-    y = layers.MlpBlock(
-      cfg.mlp_dim,
-      cfg.mlp_activations,
-      cfg.dropout_rate,
-      dtype,
-      cfg.adapters,
-      cfg.int8_kernels,
-      name='mlp',
-    )(y, deterministic)
+    y = _mlp(cfg, dtype)(y, deterministic)
     return x + dropout(y, deterministic=deterministic)
 
 
