@@ -38,7 +38,9 @@ from typing import Optional, Sequence
 from absl import logging as absl_logging
 
 VERBOSE_ENV = 'T5PT_VERBOSE'
-# Set (unless the user set them) before TensorFlow or jaxlib is loaded.
+# Set before TensorFlow or jaxlib is loaded, over any inherited value: a parent process that
+# imported jax has set TF_CPP_MIN_LOG_LEVEL=1 (jax/__init__.py), which shows native errors
+# such as 'failed call to cuInit'. T5PT_VERBOSE / --verbosity are the way to see them.
 NATIVE_LOG_ENV = {'TF_CPP_MIN_LOG_LEVEL': '3'}
 _VERBOSITY_FLAGS = ('--verbosity', '-v', '--v')
 
@@ -136,7 +138,7 @@ def quiet_cli(argv: Optional[Sequence[str]] = None) -> None:
     return
   _quiet = True
   for name, value in NATIVE_LOG_ENV.items():
-    os.environ.setdefault(name, value)
+    os.environ[name] = value
   # On the root logger now rather than in app.run (TensorFlow, finding the root logger
   # configured, then adds no handler of its own).
   absl_logging.use_absl_handler()

@@ -60,7 +60,8 @@ def _library_lines(output: str) -> list[str]:
 @pytest.mark.slow
 def test_train_prints_only_t5pt_lines_unless_verbose(tmp_path):
   with open(tmp_path / 'quiet.log', 'w+') as quiet_log:
-    quiet = _train(tmp_path / 'quiet', quiet_log, {})
+    # As started by a parent process that imported jax, which sets TF_CPP_MIN_LOG_LEVEL=1.
+    quiet = _train(tmp_path / 'quiet', quiet_log, {'TF_CPP_MIN_LOG_LEVEL': '1'})
     # Meanwhile the same run with T5PT_VERBOSE=1, stopped at its first library line
     # (TensorFlow's as it loads, or seqio's about training on an uncached task).
     verbose = _train(tmp_path / 'verbose', subprocess.PIPE, {'T5PT_VERBOSE': '1'})
