@@ -8,6 +8,7 @@ Neither writes to MODEL_DIR; the trainer creates it only after both succeed.
 """
 
 import dataclasses
+import functools
 from typing import Callable, Mapping, Optional, Sequence
 
 import flax.linen as nn
@@ -89,10 +90,16 @@ class RunSetup:
   def trainable_parameters(self) -> int:
     return int(sum(np.prod(self.shapes[k].shape) for k in self.trainable_paths))
 
+  @functools.cached_property
+  def batch_sharding(self) -> jax.sharding.NamedSharding:
+    return partitioning.batch_sharding(self.mesh)
+
   def to_device(self, host_batch: Mapping[str, np.ndarray]) -> dict:
     """This host's rows [host_batch, length] as global arrays sharded over the mesh."""
-    sharding = partitioning.batch_sharding(self.mesh)
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in host_batch.items()}
+    return {
+      k: jax.make_array_from_process_local_data(self.batch_sharding, v)
+      for k, v in host_batch.items()
+    }
 
   def run_meta(self, step: int) -> checkpoints.RunMeta:
     """The record saved with the checkpoint of `step`."""
