@@ -4,9 +4,12 @@
     a folder with config.json (+ model.safetensors,       HFCheckpoint (transformers layout,
       sharded safetensors + index, or pytorch_model.bin)    names mapped by hf_format)
     a T5X dir/file with a msgpack `checkpoint`            T5XLegacyCheckpoint
-    an orbax dir (_METADATA): a t5pt MODEL_DIR or          OrbaxCheckpoint (params tree, under
-      checkpoint_<step>, or a T5X orbax checkpoint          target/ or optimizer/target/ for T5X)
+    an orbax dir (_METADATA): a t5pt checkpoint_<step>     OrbaxCheckpoint (params tree, under
+      (params/_METADATA), a T5X one (state/_METADATA,       target/ or optimizer/target/ for T5X;
+      written by t5x's orbax CheckpointManager) or the      T5X optimizer slots are never read)
+      item directory itself
     a run dir holding checkpoint_<step>/ subdirectories   the newest complete step of the above
+      (a t5pt MODEL_DIR or a T5X model_dir)                 (unfinished orbax saves are skipped)
 
 Every format exposes t5x parameter paths ('encoder/layers_0/attention/query/kernel'), their
 shapes without reading data, the architecture it implies, and `load(targets)`, which reads
@@ -313,24 +316,45 @@ class OrbaxCheckpoint(BaseCheckpoint):
     return self._restore(dict(targets), ocp.checkpoint_utils.construct_restore_args(dict(targets)))
 
 
-def _newest_step_dir(path: epath.Path) -> Optional[epath.Path]:
+# The item directory holding the parameter tree in a checkpoint_<step>: t5pt's `params`,
+# T5X's `state` (its train state dict: target/ is the model, state/ the optimizer's).
+_ORBAX_ITEMS = ('params', 'state')
+
+
+def _is_complete_step(step: epath.Path) -> bool:
+  """Whether checkpoint_<step> is a finished save: orbax's own test (locally, no
+  `.orbax-checkpoint-tmp` name; on an object store, its commit marker), or a legacy T5X
+  msgpack `checkpoint` file, which orbax never marks."""
+  return (step / t5x_legacy.CHECKPOINT_FILE).exists() or ocp.step.is_path_finalized(step)
+
+
+def _newest_step_dir(path: epath.Path, setting: str) -> Optional[epath.Path]:
+  """The newest complete checkpoint_<step> in `path`; None if it holds no step at all."""
   steps = sorted(
-    (int(m.group(1)), c)
-    for c in path.iterdir()
-    for m in [STEP_DIR.match(c.name)]
-    if m and c.is_dir()
+    ((int(m.group(1)), c) for c in path.iterdir() for m in [STEP_DIR.match(c.name)] if m),
+    reverse=True,
   )
-  return steps[-1][1] if steps else None
+  if not steps:
+    return None
+  for _, step in steps:
+    if _is_complete_step(step):
+      return step
+  raise UserError(
+    f'{setting}={os.fspath(path)!r} holds checkpoint_<step> directories but none is a '
+    f'finished save: orbax has not marked {[s.name for _, s in steps][:3]} committed. Wait '
+    f'for the run to finish saving, or point {setting} at a finished checkpoint.'
+  )
 
 
-def open_checkpoint(path: str) -> BaseCheckpoint:
-  """Detects the format of `path` (see module docstring) and opens it lazily."""
+def open_checkpoint(path: str, setting: str = 'INITIAL_CHECKPOINT_PATH') -> BaseCheckpoint:
+  """Detects the format of `path` (see module docstring) and opens it lazily. `setting`
+  is the name the user gave `path` under, for error messages."""
   p = fs.path(path)
   if not p.exists():
     raise UserError(
-      f'INITIAL_CHECKPOINT_PATH={path!r} does not exist. Point it at an HF '
-      'folder (config.json + model.safetensors), a T5X checkpoint_<step> '
-      'directory, or a t5pt MODEL_DIR.'
+      f'{setting}={path!r} does not exist. Point it at an HF folder (config.json + '
+      'model.safetensors), a T5X model_dir or one of its checkpoint_<step> directories, '
+      'or a t5pt MODEL_DIR.'
     )
   if p.is_dir() and (p / 'config.json').exists():
     return HFCheckpoint(path)
@@ -341,17 +365,19 @@ def open_checkpoint(path: str) -> BaseCheckpoint:
   ):
     return T5XLegacyCheckpoint(path)
   if p.is_dir():
-    for candidate in (p / 'params', p):
+    for candidate in [p / item for item in _ORBAX_ITEMS] + [p]:
       if (candidate / '_METADATA').exists():
         return OrbaxCheckpoint(path, candidate)
-    newest = _newest_step_dir(p)
+    newest = _newest_step_dir(p, setting)
     if newest is not None:
-      return open_checkpoint(os.fspath(newest))
+      return open_checkpoint(os.fspath(newest), setting)
   raise UserError(
-    f'INITIAL_CHECKPOINT_PATH={path!r} is not a checkpoint t5pt recognises: '
-    'expected an HF folder with config.json, a T5X checkpoint (a msgpack '
-    '`checkpoint` file, or orbax _METADATA), a t5pt MODEL_DIR, or a directory '
-    'of checkpoint_<step> subdirectories.'
+    f'{setting}={path!r} is not a checkpoint t5pt recognises: expected an HF folder with '
+    'config.json; a T5X checkpoint_<step> (a msgpack `checkpoint` file, or orbax '
+    'state/_METADATA as t5x\'s orbax CheckpointManager writes) or its model_dir; a t5pt '
+    'MODEL_DIR or its checkpoint_<step> (params/_METADATA); or an orbax item directory '
+    '(_METADATA). A directory of checkpoint_<step> subdirectories is read at its newest '
+    'complete step.'
   )
 
 
@@ -380,14 +406,16 @@ def load_model(
   dtype: str = 'float32',
   mesh: Optional[jax.sharding.Mesh] = None,
   rules: partitioning.LogicalRules = partitioning.STANDARD_LOGICAL_AXIS_RULES,
+  setting: str = 'INITIAL_CHECKPOINT_PATH',
 ) -> tuple[network.T5Config, dict]:
   """(completed config, nested params) of the model a checkpoint holds, sharded over
   `mesh` (default: PartitionConfig's, one replica per device) by the logical rules.
+  `setting` names `path` in error messages (e.g. infer's CHECKPOINT_PATH).
 
   Parameters `config` has but the checkpoint lacks (a soft prompt or adapters a base
   model does not have) are left out; the caller supplies them.
   """
-  checkpoint = open_checkpoint(path)
+  checkpoint = open_checkpoint(path, setting)
   config = checkpoint.reconcile(config).require_complete()
   targets = model_targets(config, dtype, mesh or partitioning.PartitionConfig().make_mesh(), rules)
   stored = checkpoint.shapes()

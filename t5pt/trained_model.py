@@ -93,13 +93,20 @@ def load(
   """
   mesh = mesh or partitioning.PartitionConfig().make_mesh()
   if not is_run(path):
-    config, params = checkpoint_import.load_model(path, dtype=dtype, mesh=mesh)
+    config, params = checkpoint_import.load_model(
+      path, dtype=dtype, mesh=mesh, setting='CHECKPOINT_PATH'
+    )
     return LoadedModel(config, params, None, path)
   run = TrainedRun(path)
   if not (base_path or run.meta.initial_checkpoint_path):
     return _load_self_contained(run, mesh)
   base = run.base_path(base_path)
-  config, params = checkpoint_import.load_model(base, run.network_config(), dtype, mesh)
+  setting = 'BASE_CHECKPOINT_PATH'
+  if not base_path:
+    setting += ' (default: the INITIAL_CHECKPOINT_PATH the run recorded)'
+  config, params = checkpoint_import.load_model(
+    base, run.network_config(), dtype, mesh, setting=setting
+  )
   flat = partitioning.flatten(params)
   replicated = partitioning.replicated(mesh)
   for name, value in run.params.items():

@@ -1,5 +1,6 @@
 """T5X checkpoints: the real legacy fixture written by t5x, synthesised variants (bfloat16,
-absolute and relative kvstore paths) and T5X-layout orbax checkpoints."""
+absolute and relative kvstore paths), T5X-layout orbax checkpoints and runs written the way
+t5x's orbax CheckpointManager writes them."""
 
 import os
 import shutil
@@ -11,11 +12,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import tensorstore as ts
+from etils import epath
 from flax import serialization
 
 from t5pt import checkpoint_import
 from t5pt import network
+from t5pt import partitioning
 from t5pt import t5x_legacy
+from t5pt import trained_model
 from t5pt import vocabularies
 from t5pt.errors import UserError
 from tests import hf_models
@@ -178,8 +182,9 @@ def test_corrupt_msgpack_is_a_clear_error(tmp_path):
     checkpoint_import.open_checkpoint(str(tmp_path))
 
 
-@pytest.mark.parametrize('prefix', ['target', 'optimizer/target'])
-def test_t5x_layout_orbax_checkpoint_loads(tmp_path, prefix):
+def test_t5x_layout_orbax_checkpoint_under_optimizer_target_loads(tmp_path):
+  """Parameters under optimizer/target/ (target/: test_t5x_orbax_run_loads_*)."""
+  prefix = 'optimizer/target'
   model = hf_models.make_hf_t5('t5_1_0_relu_tied')
   model.save_pretrained(tmp_path / 'hf')
   reference = checkpoint_import.read_params_as_numpy(str(tmp_path / 'hf'))
@@ -203,3 +208,110 @@ def test_t5x_layout_orbax_checkpoint_loads(tmp_path, prefix):
   theirs = hf_models.hf_logits(model, inputs, decoder_inputs)
   np.testing.assert_allclose(ours[targets > 0], theirs[targets > 0], atol=1e-4, rtol=1e-4)
   assert isinstance(jax.tree.leaves(params)[0], jax.Array)
+
+
+def _t5x_state_dict(params: dict[str, np.ndarray], step: int) -> dict:
+  """What t5x's `train_state.state_dict()` holds under Adafactor: the parameters under
+  target/, and state/param_states/<parameter path>/ slots (factored v_row [rows] and v_col
+  [cols] for 2D kernels, a full v otherwise; unused slots are [1] zeros)."""
+  flat = {f'target/{k}': v for k, v in params.items()}
+  flat['state/step'] = np.int32(step)
+  one = np.zeros((1,), np.float32)
+  for name, value in params.items():
+    rows, cols = value.shape if value.ndim == 2 else (None, None)
+    slots = dict(
+      v_row=one if rows is None else np.full((rows,), 0.5, np.float32),
+      v_col=one if cols is None else np.full((cols,), 0.5, np.float32),
+      v=np.full(value.shape, 0.5, np.float32) if rows is None else one,
+      m=one,
+    )
+    flat.update({f'state/param_states/{name}/{k}': v for k, v in slots.items()})
+  return partitioning.unflatten(flat)
+
+
+def _save_t5x_run(model_dir, params_by_step: dict[int, dict[str, np.ndarray]]) -> None:
+  """Saves each {step: params} as t5x's OrbaxCheckpointManagerInterface does (without its
+  `dataset` item): model_dir/checkpoint_<step>/state (OCDBT) and _CHECKPOINT_METADATA."""
+  manager = ocp.CheckpointManager(
+    model_dir,
+    options=ocp.CheckpointManagerOptions(step_prefix='checkpoint'),
+    item_handlers={'state': ocp.PyTreeCheckpointHandler(use_ocdbt=True)},
+  )
+  for step, params in params_by_step.items():
+    state = ocp.args.PyTreeSave(_t5x_state_dict(params, step))
+    manager.save(step, args=ocp.args.Composite(state=state))
+  manager.wait_until_finished()
+  manager.close()
+
+
+@pytest.fixture(scope='module')
+def t5x_run(tmp_path_factory):
+  """(HF model, its params {t5x path: array}, a T5X model_dir): checkpoint_1 holds other
+  values, checkpoint_2 the HF model's, and step 3 is a save orbax left unfinished."""
+  root = tmp_path_factory.mktemp('t5x_run')
+  model = hf_models.make_hf_t5('t5_1_0_relu_tied')
+  model.save_pretrained(root / 'hf')
+  reference = checkpoint_import.read_params_as_numpy(str(root / 'hf'))
+  model_dir = root / 'model_dir'
+  _save_t5x_run(model_dir, {1: {k: v + 1 for k, v in reference.items()}, 2: reference})
+  # What a save interrupted on local disk leaves: its temporary directory, never renamed.
+  unfinished = model_dir / 'checkpoint_3.orbax-checkpoint-tmp-1700000000000000'
+  shutil.copytree(model_dir / 'checkpoint_1', unfinished)
+  (unfinished / '_CHECKPOINT_METADATA').unlink()
+  return model, reference, model_dir
+
+
+@pytest.mark.parametrize('where', ['', 'checkpoint_2', 'checkpoint_2/state'])
+def test_t5x_orbax_run_loads_from_model_dir_step_or_item(t5x_run, where):
+  model, _, model_dir = t5x_run
+  config, params = checkpoint_import.load_model(
+    str(model_dir / where), network.T5Config(relative_attention_max_distance=20)
+  )
+  assert config.logits_via_embedding and config.mlp_activations == ('relu',)
+  inputs, decoder_inputs, targets = hf_models.token_batch()
+  ours = hf_models.t5pt_logits(config, params, inputs, decoder_inputs, targets)
+  theirs = hf_models.hf_logits(model, inputs, decoder_inputs)
+  np.testing.assert_allclose(ours[targets > 0], theirs[targets > 0], atol=1e-4, rtol=1e-4)
+
+
+def test_t5x_orbax_run_reads_the_newest_finished_step_and_no_optimizer_slot(t5x_run):
+  _, reference, model_dir = t5x_run
+  checkpoint = checkpoint_import.open_checkpoint(str(model_dir))
+  assert checkpoint.path == str(model_dir / 'checkpoint_2')
+  assert checkpoint.shapes() == {k: v.shape for k, v in reference.items()}
+  for name, value in checkpoint_import.read_params_as_numpy(str(model_dir)).items():
+    np.testing.assert_array_equal(value, reference[name])
+
+
+@pytest.mark.parametrize('where', ['', 'checkpoint_2'])
+def test_infer_and_eval_checkpoint_path_may_be_a_t5x_run(t5x_run, where):
+  # What infer.sh / t5pt.eval do with CHECKPOINT_PATH: a bare base, no prompt.
+  _, reference, model_dir = t5x_run
+  loaded = trained_model.load(str(model_dir / where))
+  assert loaded.run is None
+  flat = partitioning.flatten(loaded.params)
+  np.testing.assert_array_equal(flat[network.EMBEDDING_PATH], reference[network.EMBEDDING_PATH])
+  with pytest.raises(UserError, match=r"^CHECKPOINT_PATH='.*missing' does not exist"):
+    trained_model.load(str(model_dir / 'missing'))
+
+
+def test_object_store_step_without_commit_marker_is_skipped(gcs_dir):
+  params = {network.EMBEDDING_PATH: np.arange(8, dtype=np.float32).reshape(4, 2)}
+  _save_t5x_run(gcs_dir, {1: params, 2: params})
+  # On an object store orbax writes in place and marks a finished step with this file.
+  marker = ocp.path.atomicity.COMMIT_SUCCESS_FILE
+  assert (epath.Path(gcs_dir) / 'checkpoint_2' / marker).exists()
+  (epath.Path(gcs_dir) / 'checkpoint_2' / marker).unlink()
+  assert checkpoint_import.open_checkpoint(gcs_dir).path == f'{gcs_dir}/checkpoint_1'
+  (epath.Path(gcs_dir) / 'checkpoint_1' / marker).unlink()
+  with pytest.raises(UserError, match=r'^CHECKPOINT_PATH=.*none is a finished save'):
+    checkpoint_import.open_checkpoint(gcs_dir, setting='CHECKPOINT_PATH')
+
+
+def test_unrecognised_checkpoint_path_errors_name_the_setting(tmp_path):
+  with pytest.raises(UserError, match=r'^CHECKPOINT_PATH=.* does not exist'):
+    checkpoint_import.load_model(str(tmp_path / 'nowhere'), setting='CHECKPOINT_PATH')
+  with pytest.raises(UserError, match=r'^CHECKPOINT_PATH=.* recognises: .*state/_METADATA'):
+    checkpoint_import.load_model(str(tmp_path), setting='CHECKPOINT_PATH')
+  with pytest.raises(UserError, match=r'^INITIAL_CHECKPOINT_PATH=.* recognises'):
+    checkpoint_import.open_checkpoint(str(tmp_path))
