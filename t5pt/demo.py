@@ -50,7 +50,7 @@ def _run_stage(gin_file: str, bindings: list[str]) -> dict:
 def _accuracy_line(name: str, metrics: dict, decoded: dict) -> str:
   return (
     f'  {name:<28} decoded exact match {decoded["sequence_accuracy"]:5.1f}%   '
-    f'token accuracy {100 * metrics["token_accuracy"]:5.1f}%   '
+    f'token accuracy {metrics["token_accuracy"]:5.1f}%   '
     f'loss {metrics["loss"]:.3f}'
   )
 
@@ -113,7 +113,7 @@ def demo() -> None:
   print(
     f'\nTrained {tuned["trainable_parameters"]} prompt parameters; the frozen base '
     f'was trained on the instruction mixture (eval: '
-    f'{100 * base["eval"]["sequence_accuracy"]:.1f}% sequence accuracy).'
+    f'{base["eval"]["sequence_accuracy"]:.1f}% sequence accuracy).'
   )
   print(f'Run directory: {run_dir}  (tensorboard --logdir {run_dir})')
 

@@ -198,7 +198,7 @@ class RunEvaluator:
       sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
     teacher_forced = models.summarize(jax.device_get(sums))
     self._log.write('eval', step, teacher_forced)
-    _say(f'eval @ step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in teacher_forced.items()))
+    _say(f'eval @ step {step}: {metrics_log.describe(teacher_forced)}')
     results = {'eval' + suffix: teacher_forced}
     if self._decoded:
       decoded = self._decoded.evaluate(steps.combine(setup.frozen_tree, params), step)
@@ -208,7 +208,7 @@ class RunEvaluator:
         for name, value in values.items()
       }
       self._log.write('infer_eval', step, flat)
-      _say(f'decoded eval @ step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in flat.items()))
+      _say(f'decoded eval @ step {step}: {metrics_log.describe(flat)}')
       results['infer_eval' + suffix] = decoded
     return results
 
@@ -293,8 +293,6 @@ def evaluate(
   step = loaded.run.step if loaded.run else 0
   results = evaluator.evaluate(loaded.params, step)
   for name, values in results.items():
-    tqdm.tqdm.write(
-      f'{name} @ step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in sorted(values.items()))
-    )
+    tqdm.tqdm.write(f'{name} @ step {step}: {metrics_log.describe(dict(sorted(values.items())))}')
   tqdm.tqdm.write(f'metrics -> {output_dir}')
   return results

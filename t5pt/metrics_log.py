@@ -1,10 +1,16 @@
 """Metrics files: JSON lines and TensorBoard scalars, through t5pt.fs (local or gs://).
 
+Units follow t5's metric functions: every accuracy-like metric (token_accuracy,
+sequence_accuracy, accuracy, exact_match, em, f1, rouge*, bleu) is a percentage, 0-100, in
+metrics.jsonl, in TensorBoard (whose tags carry the unit in their description) and in
+every printed line (`token_accuracy=74.20%`). Losses and rates have their natural units.
+
 Object stores cannot append, so both files are rewritten whole at every write. They stay
 small (a line or a few scalars per log period), and a reader never sees half a file.
 """
 
 import json
+import re
 import socket
 import time
 from typing import Mapping, Optional
@@ -15,6 +21,21 @@ from tensorboard.compat.proto import summary_pb2
 from tensorboard.summary.writer import record_writer
 
 from t5pt import fs
+
+_PERCENTAGE = re.compile(r'((^|_)(accuracy|exact_match|em|f1|bleu)|^rouge\w*)$')
+
+
+def is_percentage(name: str) -> bool:
+  """Whether metric `name` (possibly 'task/name') is on t5's 0-100 scale."""
+  return bool(_PERCENTAGE.search(name.rsplit('/', 1)[-1]))
+
+
+def describe(values: Mapping[str, float]) -> str:
+  """'loss=0.4123, token_accuracy=74.20%' for a printed line."""
+  return ', '.join(
+    f'{name}={value:.2f}%' if is_percentage(name) else f'{name}={value:.4g}'
+    for name, value in values.items()
+  )
 
 
 class _ByteSink:
@@ -51,7 +72,7 @@ class EventFile:
   def write(self, step: int, values: Mapping[str, float]) -> None:
     summary = summary_pb2.Summary(
       value=[
-        summary_pb2.Summary.Value(tag=name, simple_value=float(value))
+        summary_pb2.Summary.Value(tag=name, simple_value=float(value), metadata=_metadata(name))
         for name, value in values.items()
       ]
     )
@@ -59,6 +80,14 @@ class EventFile:
       event_pb2.Event(wall_time=time.time(), step=step, summary=summary).SerializeToString()
     )
     fs.write_bytes(self.path, b''.join(self._sink.chunks))
+
+
+def _metadata(name: str) -> Optional[summary_pb2.SummaryMetadata]:
+  if not is_percentage(name):
+    return None
+  return summary_pb2.SummaryMetadata(
+    display_name=f'{name} (%)', summary_description='percent, 0-100 (t5 metric convention)'
+  )
 
 
 class JsonLines:

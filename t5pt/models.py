@@ -126,13 +126,13 @@ class EncoderDecoderModel:
 
 
 def summarize(metric_sums: Mapping[str, float]) -> dict[str, float]:
-  """Turns summed metrics into per-token loss and accuracies (0-1)."""
+  """Turns summed metrics into per-token loss and accuracies, the accuracies in percent
+  (0-100) like t5's and seqio's metric functions (see metrics_log.is_percentage)."""
   tokens = max(float(metric_sums['weight_sum']), 1.0)
+  sequences = max(float(metric_sums['num_sequences']), 1.0)
   return {
     'loss': float(metric_sums['loss_sum']) / tokens,
     'z_loss': float(metric_sums['z_loss_sum']) / tokens,
-    'token_accuracy': float(metric_sums['correct_tokens']) / tokens,
-    'sequence_accuracy': (
-      float(metric_sums['correct_sequences']) / max(float(metric_sums['num_sequences']), 1.0)
-    ),
+    'token_accuracy': 100.0 * float(metric_sums['correct_tokens']) / tokens,
+    'sequence_accuracy': 100.0 * float(metric_sums['correct_sequences']) / sequences,
   }

@@ -4,6 +4,8 @@ import nltk
 import pytest
 
 from tasks import metrics
+from t5pt import metrics_log
+from t5pt import models
 
 
 def test_accuracy_strips_whitespace_but_not_case():
@@ -98,3 +100,38 @@ def test_macro_f1_averages_each_labels_f1():
   assert metrics.macro_f1(['yes', 'no', 'maybe'])(targets, predictions) == pytest.approx(
     {'macro_f1': 50.0}
   )
+
+
+def test_every_accuracy_is_a_percentage_and_says_so():
+  # Teacher-forced accuracies share the 0-100 scale of t5's decoded metrics.
+  sums = dict(
+    loss_sum=3.0, z_loss_sum=0.0, weight_sum=4.0, correct_tokens=3.0,
+    correct_sequences=1.0, num_sequences=4.0,
+  )  # fmt: skip
+  summary = models.summarize(sums)
+  assert summary['token_accuracy'] == 75.0 and summary['sequence_accuracy'] == 25.0
+  assert summary['loss'] == 0.75
+  line = metrics_log.describe({**summary, 'task/exact_match': 7.42, 'learning_rate': 0.3})
+  assert 'token_accuracy=75.00%' in line and 'sequence_accuracy=25.00%' in line
+  assert 'task/exact_match=7.42%' in line
+  assert 'loss=0.75,' in line and 'learning_rate=0.3' in line and 'loss=0.75%' not in line
+  for name in ('accuracy', 'em', 'f1', 'macro_f1', 'rouge1', 'rougeLsum', 'bleu'):
+    assert metrics_log.is_percentage(name), name
+  for name in ('loss', 'z_loss', 'tokens_per_second', 'learning_rate', 'system'):
+    assert not metrics_log.is_percentage(name), name
+
+
+def test_tensorboard_tags_of_percentages_carry_the_unit(tmp_path):
+  from tensorboard.backend.event_processing import plugin_event_accumulator
+  from tensorboard.util import tensor_util
+
+  events = metrics_log.EventFile(str(tmp_path))
+  events.write(3, {'token_accuracy': 74.2, 'loss': 0.5})
+  accumulator = plugin_event_accumulator.EventAccumulator(str(tmp_path))
+  accumulator.Reload()
+  (event,) = accumulator.Tensors('token_accuracy')
+  assert tensor_util.make_ndarray(event.tensor_proto) == pytest.approx(74.2)
+  percent = accumulator.SummaryMetadata('token_accuracy')
+  assert percent.display_name == 'token_accuracy (%)'
+  assert 'percent' in percent.summary_description
+  assert accumulator.SummaryMetadata('loss').display_name == 'loss'
