@@ -8,6 +8,7 @@ import seqio
 from t5pt import data
 from t5pt.errors import UserError
 from tasks import files
+from tasks import templates
 from tests.conftest import train_in_process
 from tests.test_infer import infer_in_process
 
@@ -75,18 +76,210 @@ def test_csv_and_tsv_with_one_file_per_split(tmp_path, extension, delimiter):
   assert _texts(f'table_{extension}', 'train') == [('cab', 'c'), ('x, y', 'y')]  # Unquoted.
 
 
-def test_alpaca_json_joins_instruction_and_input(tmp_path):
+ALPACA = [
+  {'instruction': 'Give the largest letter.', 'input': 'cab', 'output': 'c', 'example_input': 'ab'},
+  {'instruction': 'Say hi.', 'input': '', 'output': 'hi', 'example_input': 'yo'},
+]
+
+
+def _alpaca(tmp_path):
   path = tmp_path / 'alpaca.json'
-  path.write_text(
-    json.dumps(
-      [
-        {'instruction': 'Give the largest letter.', 'input': 'cab', 'output': 'c'},
-        {'instruction': 'Say hi.', 'input': '', 'output': 'hi'},
-      ]
-    )
-  )
-  files.register_file_task('alpaca', split_paths={'train': str(path)}, vocabulary=BYTES)
+  path.write_text(json.dumps(ALPACA))
+  return {'train': str(path)}
+
+
+def test_alpaca_plain_and_stanford_prompts(tmp_path):
+  files.register_file_task('alpaca', split_paths=_alpaca(tmp_path), vocabulary=BYTES)
   assert _texts('alpaca', 'train') == [('Give the largest letter.\n\ncab', 'c'), ('Say hi.', 'hi')]
+  files.register_file_task(
+    'alpaca_stanford', split_paths=_alpaca(tmp_path), vocabulary=BYTES, alpaca_prompt='stanford'
+  )
+  assert _texts('alpaca_stanford', 'train') == [
+    (
+      'Below is an instruction that describes a task, paired with an input that provides '
+      'further context. Write a response that appropriately completes the request.\n\n'
+      '### Instruction:\nGive the largest letter.\n\n### Input:\ncab\n\n### Response:',
+      'c',
+    ),
+    (
+      'Below is an instruction that describes a task. Write a response that appropriately '
+      'completes the request.\n\n### Instruction:\nSay hi.\n\n### Response:',
+      'hi',
+    ),
+  ]
+  with pytest.raises(
+    UserError, match=r"alpaca_prompt='vicuna' is not one of \['plain', 'stanford'\]"
+  ):
+    files.register_file_task(
+      'alpaca_x', split_paths=_alpaca(tmp_path), vocabulary=BYTES, alpaca_prompt='vicuna'
+    )
+
+
+def test_extra_alpaca_keys_reach_a_fields_function(tmp_path):
+  files.register_file_task(
+    'alpaca_extra',
+    split_paths=_alpaca(tmp_path),
+    vocabulary=BYTES,
+    fields=lambda r: {
+      'inputs': files.alpaca_inputs(r) + f"\n\nExample: {r['example_input']}",
+      'targets': r['output'],
+    },
+  )
+  assert _texts('alpaca_extra', 'train') == [
+    ('Give the largest letter.\n\ncab\n\nExample: ab', 'c'),
+    ('Say hi.\n\nExample: yo', 'hi'),
+  ]
+
+
+def _reviews(tmp_path, name='reviews.tsv', rows=(('good film', '1'), ('dull plot', '0'))):
+  path = tmp_path / name
+  path.write_text('sentence\tlabel\n' + ''.join(f'{s}\t{l}\n' for s, l in rows))
+  return str(path)
+
+
+LABELS = {'0': 'negative', '1': 'positive'}
+
+
+def test_targets_map_turns_labels_into_words(tmp_path):
+  files.register_file_task(
+    'reviews',
+    split_paths={'train': _reviews(tmp_path)},
+    vocabulary=BYTES,
+    inputs_field='sentence',
+    targets_field='label',
+    targets_map=LABELS,
+  )
+  assert _texts('reviews', 'train') == [('good film', 'positive'), ('dull plot', 'negative')]
+  numbers = _jsonl(tmp_path / 'numbers.jsonl', [{'inputs': 'x', 'targets': 0}])  # JSON 0 -> '0'.
+  files.register_file_task(
+    'numbers', split_paths={'train': numbers}, vocabulary=BYTES, targets_map=LABELS
+  )
+  assert _texts('numbers', 'train') == [('x', 'negative')]
+
+
+def test_a_value_missing_from_targets_map_names_file_line_and_keys_or_is_skipped(tmp_path):
+  path = _reviews(tmp_path, rows=(('good film', '1'), ('meh', '2'), ('dull plot', '0')))
+  settings = dict(
+    split_paths={'train': path},
+    vocabulary=BYTES,
+    inputs_field='sentence',
+    targets_field='label',
+    targets_map=LABELS,
+  )
+  with pytest.raises(
+    UserError,
+    match=r"reviews.tsv:3: label value '2' is not a key of targets_map \(keys: \['0', '1'\]\)",
+  ):
+    files.register_file_task('unmapped', **settings)
+  files.register_file_task('unmapped', **settings, on_error='skip')
+  assert files.skipped['unmapped'] == 1
+  assert _texts('unmapped', 'train') == [('good film', 'positive'), ('dull plot', 'negative')]
+
+
+def test_a_fields_function_builds_drops_and_fails_at_its_record(tmp_path):
+  path = _jsonl(
+    tmp_path / 'nli.jsonl',
+    [
+      {'premise': 'p0', 'hypothesis': 'h0', 'label': 0},
+      {'premise': 'p1', 'hypothesis': 'h1', 'label': -1},
+      {'premise': 'p2', 'hypothesis': 'h2', 'label': 2},
+    ],
+  )
+
+  def nli(record):
+    if record['label'] < 0:
+      return None
+    return {
+      'inputs': f"premise: {record['premise']} hypothesis: {record['hypothesis']}",
+      'targets': ['entailment', 'neutral', 'contradiction'][record['label']],
+    }
+
+  files.register_file_task('nli', split_paths={'train': path}, vocabulary=BYTES, fields=nli)
+  assert _texts('nli', 'train') == [
+    ('premise: p0 hypothesis: h0', 'entailment'),
+    ('premise: p2 hypothesis: h2', 'contradiction'),
+  ]
+  assert (files.dropped['nli'], files.skipped['nli']) == (1, 0)
+  with pytest.raises(UserError, match=r"nli.jsonl:3: the fields= function raised IndexError"):
+    files.register_file_task(
+      'nli_bad',
+      split_paths={'train': path},
+      vocabulary=BYTES,
+      fields=lambda r: {'inputs': r['premise'], 'targets': ['yes', 'no'][r['label']]},  # 2: no.
+    )
+  with pytest.raises(UserError, match=r"nli.jsonl:1: the fields= function returned \('p0', 0\)"):
+    files.register_file_task(
+      'nli_bad',
+      split_paths={'train': path},
+      vocabulary=BYTES,
+      fields=lambda r: (r['premise'], r['label']),
+    )
+
+
+def test_options_that_conflict_are_refused(tmp_path):
+  reviews = {'train': _reviews(tmp_path)}
+  with pytest.raises(
+    UserError, match=r"fields= builds inputs and targets itself, so drop targets_map="
+  ):
+    files.register_file_task(
+      'x', split_paths=reviews, vocabulary=BYTES, targets_map=LABELS, fields=lambda r: None
+    )
+  with pytest.raises(UserError, match=r"has fixed keys .* drop inputs_field="):
+    files.register_file_task(
+      'x', split_paths=_alpaca(tmp_path), vocabulary=BYTES, inputs_field='instruction'
+    )
+  with pytest.raises(UserError, match=r"alpaca_prompt= applies to Alpaca JSON files, not the tsv"):
+    files.register_file_task('x', split_paths=reviews, vocabulary=BYTES, alpaca_prompt='plain')
+  with pytest.raises(UserError, match=r"targets_map must map .* got \{0: 'negative'\}"):
+    files.register_file_task(
+      'x', split_paths=reviews, vocabulary=BYTES, targets_map={0: 'negative'}
+    )
+
+
+def test_file_records_with_flan_templates(tmp_path):
+  rows = [(f'film {i} was {"good" if i % 2 else "dull"}', str(i % 2)) for i in range(8)]
+  source = files.file_source(
+    split_paths={
+      'train': _reviews(tmp_path, 'train.tsv', rows),
+      'validation': _reviews(tmp_path, 'dev.tsv', [('a fine film', '1')]),
+    }
+  )
+  words = list(LABELS.values())
+  spec = templates.TaskSpec(
+    name='file_reviews',
+    source=source,
+    fields=lambda ex: {
+      'sentence': ex['sentence'],
+      'answer': words[int(ex['label'])],
+      'options': words,
+    },
+    templates=[templates.Template('{sentence}\n\nIs this review positive or negative?{options_}')],
+  )
+  names = templates.register(spec, BYTES, num_shots=2)
+  assert names == [f'file_reviews_{v}' for v in ('zsopt', 'zsnoopt', 'fsopt', 'fsnoopt')]
+  question = 'a fine film\n\nIs this review positive or negative?'
+  assert _texts('file_reviews_zsopt', 'validation') == [
+    (question + '\n\nOPTIONS:\n- negative\n- positive', 'positive')
+  ]
+  assert _texts('file_reviews_zsnoopt', 'validation') == [(question, 'positive')]
+  [(inputs, targets)] = _texts('file_reviews_fsnoopt', 'validation')
+  *shots, query = inputs.split(templates.FEW_SHOT_SEPARATOR)
+  assert targets == 'positive' and question in query and len(shots) == 2
+  for shot in shots:
+    sentence = shot.split('\n\n')[0].split(': ')[-1]
+    assert shot.endswith(words[int(dict(rows)[sentence])])
+
+
+def test_file_source_passes_every_key_as_text(tmp_path):
+  path = _jsonl(
+    tmp_path / 'raw.jsonl',
+    [{'text': 'a', 'n': 1, 'ok': True, 'tags': ['x', 'y'], 'none': None}, {'text': 'b'}],
+  )
+  source = files.file_source(split_paths={'train': path})
+  assert list(source.get_dataset('train', shuffle=False).as_numpy_iterator()) == [
+    {'text': b'a', 'n': b'1', 'ok': b'true', 'tags': b'["x", "y"]', 'none': b''},
+    {'text': b'b', 'n': b'', 'ok': b'', 'tags': b'', 'none': b''},
+  ]
 
 
 def test_malformed_records_name_file_and_line_or_are_counted_when_skipping(tmp_path):
