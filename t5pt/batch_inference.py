@@ -198,8 +198,6 @@ def infer(
   task, lengths = trained_model.task_and_lengths(
     model_info, mixture_or_task_name, mixture_or_task_module, task_feature_lengths
   )
-  if input_file and not mixture_or_task_name:
-    task = None  # A file is tokenized with the checkpoint's vocabulary, not the run's task.
   if not lengths:
     raise UserError(
       'TASK_FEATURE_LENGTHS is not set and the checkpoint does not record '
@@ -209,11 +207,12 @@ def infer(
   config = model_info.config
   input_length = data.converter_lengths(lengths, config.prompt_length)['inputs']
   if input_file:
-    vocabulary = (
-      data.vocabulary(task)
-      if task
-      else vocabularies.sentencepiece(vocabulary_path or model_info.base_path)
-    )
+    # The file's text is tokenized as the task (given, else the run's) tokenizes its
+    # inputs; VOCABULARY_PATH overrides, and a bare base checkpoint brings its own.
+    if vocabulary_path or not task:
+      vocabulary = vocabularies.sentencepiece(vocabulary_path or model_info.base_path)
+    else:
+      vocabulary = data.vocabulary(task)
     source = file_source(input_file, vocabulary, input_length)
   elif task:
     source = task_source(task, split, input_length)

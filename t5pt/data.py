@@ -7,6 +7,7 @@ exactly TASK_FEATURE_LENGTHS['inputs'] positions.
 
 import difflib
 import importlib
+import os
 from typing import Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -26,10 +27,19 @@ def import_task_modules(modules: Union[None, str, Sequence[str]]) -> None:
     try:
       importlib.import_module(name)
     except ImportError as e:
+      missing = e.name and (name == e.name or name.startswith(e.name + '.'))
+      if not missing:  # The module was found; an import inside it failed.
+        raise UserError(f'MIXTURE_OR_TASK_MODULE={name!r} failed to import: {e}') from e
+      file = name.replace('.', os.sep) + '.py'
       raise UserError(
-        f'MIXTURE_OR_TASK_MODULE={name!r} cannot be imported ({e}). Give a '
-        'module path importable from the working directory, e.g. '
-        "'tasks.synthetic'."
+        f'MIXTURE_OR_TASK_MODULE={name!r} cannot be imported ({e}). Modules are imported '
+        f'from the working directory ({os.getcwd()}) and PYTHONPATH: run from the folder '
+        f'that holds {file}, or add that folder to PYTHONPATH '
+        '(PYTHONPATH=/path/to/folder ./launch.sh ...).'
+      ) from e
+    except SyntaxError as e:
+      raise UserError(
+        f'{e.filename}:{e.lineno}: MIXTURE_OR_TASK_MODULE={name!r} has a syntax error: {e.msg}'
       ) from e
 
 

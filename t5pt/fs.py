@@ -33,7 +33,9 @@ PathLike = Union[str, os.PathLike]
 
 
 def path(p: PathLike) -> epath.Path:
-  return epath.Path(p)
+  """`p` as an epath; a relative local path is resolved against the working directory
+  now (orbax and tensorstore accept only absolute ones)."""
+  return epath.Path(absolute(p))
 
 
 def is_remote(p: PathLike) -> bool:

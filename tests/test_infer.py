@@ -112,12 +112,13 @@ def test_resume_with_other_settings_is_refused(prompt_run, tmp_path, monkeypatch
 
 def test_text_and_jsonl_input_files(prompt_run, tmp_path):
   (tmp_path / 'inputs.txt').write_text('cab\nhgf\n\nabc\n')
+  # Only CHECKPOINT_PATH: the run's recorded task tokenizes the file (a byte vocabulary,
+  # which no SentencePiece file could stand in for).
   txt = _read(
     infer_in_process(
       tmp_path / 'out',
       CHECKPOINT_PATH=prompt_run,
       INPUT_FILE=str(tmp_path / 'inputs.txt'),
-      MIXTURE_OR_TASK_NAME=TASK,
       BATCH_SIZE=2,
     )
   )
