@@ -20,6 +20,7 @@ import tqdm
 
 from t5pt import checkpoints
 from t5pt import data
+from t5pt import data_report
 from t5pt import evaluation
 from t5pt import fs
 from t5pt import metrics_log
@@ -76,6 +77,15 @@ def train(
     f'mesh: data={setup.mesh.shape["data"]} x model={setup.mesh.shape["model"]} over '
     f'{setup.mesh.devices.size} {jax.default_backend()} device(s)'
   )
+  if jax.process_index() == 0 and not use_cached_tasks:
+    for line in data_report.lines(
+      mixture_or_task_name,
+      train_split,
+      task_feature_lengths,
+      setup.network_config.prompt_length,
+      packed=setup.train_ds if pack else None,
+    ):
+      _say(line)
 
   # ---- Nothing above wrote to disk; from here on the run directory exists. ----
   fs.makedirs(model_dir)
@@ -129,7 +139,7 @@ def train(
       if 'tokens_per_second' in values:
         bar.set_postfix(
           loss=f"{values['loss']:.3f}",
-          acc=f"{values['token_accuracy']:.3f}",
+          acc=f"{values['token_accuracy']:.1f}%",
           tok_s=f"{values['tokens_per_second']:.0f}",
         )
       log.write('train', done, values)

@@ -20,10 +20,11 @@ import seqio
 from absl import flags
 
 from t5pt import data
+from t5pt import data_report
+from t5pt.data_report import FEATURES
 from t5pt import gin_utils
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
-FEATURES = ('inputs', 'targets')
 _MODULES = flags.DEFINE_multi_string('module', [], 'Module(s) that register the task.')
 _SPLIT = flags.DEFINE_string('split', 'validation', 'Split to show.')
 _NUM = flags.DEFINE_integer('num', 5, 'How many examples.')
@@ -49,22 +50,13 @@ def example_lines(
   provider: seqio.DatasetProviderBase, split: str, num: int, lengths: dict, prompt_length: int
 ) -> Iterator[str]:
   budget = data.converter_lengths(lengths, prompt_length)
-  # With the budget, as in training (few-shot tasks prune exemplars to it); the counts
-  # come from the untrimmed text that seqio keeps as `<feature>_pretokenized`.
-  extra = (
-    {'passthrough_features': [f'{f}_pretokenized' for f in FEATURES]}
-    if isinstance(provider, seqio.Mixture)
-    else {}
-  )
-  ds = provider.get_dataset(budget, split=split, shuffle=False, seed=0, **extra)
+  ds = data_report.pretokenized(provider, split, budget)
   for i, ex in enumerate(ds.take(num).as_numpy_iterator()):
     yield f'--- example {i}'
     for feature in FEATURES:
-      vocabulary = provider.output_features[feature].vocabulary
-      text = ex[f'{feature}_pretokenized'].decode()
-      count = len(vocabulary.encode(text)) + 1  # EOS
+      count = data_report.token_count(provider, feature, ex)
       note = f', truncated to {budget[feature]}' if count > budget[feature] else ''
-      yield f'{feature} ({count} tokens{note}): {text!r}'
+      yield f'{feature} ({count} tokens{note}): {ex[f"{feature}_pretokenized"].decode()!r}'
   yield (
     f'encoder budget: {lengths["inputs"]} positions = {prompt_length} prompt + '
     f'{budget["inputs"]} input tokens; decoder: {budget["targets"]} target tokens'

@@ -31,9 +31,11 @@ TINY = dict(
 
 def train_in_process(gin_file: str, model_dir: str, bindings=(), **macros) -> dict:
   """Runs trainer.train under `gin_file` with MODEL_DIR, macro overrides and raw
-  gin `bindings`. Decoded evaluation (INFER_EVAL) is off unless a test turns it on."""
-  from t5pt import gin_utils, trainer  # pylint: disable=import-outside-toplevel
+  gin `bindings`. Decoded evaluation (INFER_EVAL) is off unless a test turns it on, and
+  the data report samples fewer examples (tests/test_data_report.py checks it)."""
+  from t5pt import data_report, gin_utils, trainer  # pylint: disable=import-outside-toplevel
 
+  data_report.SAMPLE_EXAMPLES = 64
   macros.setdefault('INFER_EVAL', False)
   gin.clear_config()
   bindings = (
