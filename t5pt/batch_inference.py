@@ -102,6 +102,17 @@ def file_source(path: str, vocabulary: seqio.Vocabulary, input_length: int) -> S
   return Source(f'{stem}-{extension.lstrip(".")}', examples, vocabulary)
 
 
+def _started_step(checkpoint_path: str, output_dir: str) -> Optional[int]:
+  """The checkpoint step an unfinished run of infer into `output_dir` began with, when
+  CHECKPOINT_PATH is the same run directory: its newest step may have moved on since (the
+  run is still training), and one output must not mix two checkpoints' predictions."""
+  for settings_file in fs.glob(output_dir, '*.jsonl.parts/settings.json'):
+    settings = json.loads(fs.read_text(settings_file))
+    if settings.get('checkpoint_path') == checkpoint_path:
+      return settings.get('checkpoint_step')
+  return None
+
+
 class ChunkedOutput:
   """Results written as numbered chunk files, joined into one JSONL at the end."""
 
@@ -194,7 +205,10 @@ def infer(
   errors.require_macros(CHECKPOINT_PATH=checkpoint_path, INFER_OUTPUT_DIR=output_dir)
   mesh = partition.make_mesh()
   partitioning.host_batch_size(batch_size, mesh)
-  model_info = trained_model.load(checkpoint_path, base_checkpoint_path, frozen_dtype, mesh)
+  pinned = _started_step(checkpoint_path, output_dir)
+  model_info = trained_model.load(
+    checkpoint_path, base_checkpoint_path, frozen_dtype, mesh, step=pinned
+  )
   task, lengths = trained_model.task_and_lengths(
     model_info, mixture_or_task_name, mixture_or_task_module, task_feature_lengths
   )
@@ -224,6 +238,7 @@ def infer(
 
   settings = {
     'checkpoint_path': checkpoint_path,
+    'checkpoint_step': model_info.run.step if model_info.run else None,
     'split': split,
     'input_file': input_file,
     'batch_size': batch_size,
@@ -237,6 +252,8 @@ def infer(
     tqdm.tqdm.write(f'{final_path} is already complete; delete it to decode again.')
     return final_path
   output = ChunkedOutput(output_dir, source.name, settings)
+  if pinned is not None:
+    tqdm.tqdm.write(f'Continuing {output.final_path} with checkpoint step {pinned}, as it began.')
   model = models.EncoderDecoderModel(config)
   predict = jax.jit(
     functools.partial(inference.predict_batch, model, max_length=lengths['targets'], config=decode)

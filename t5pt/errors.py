@@ -8,6 +8,13 @@ class UserError(Exception):
   """
 
 
+class TrainingStopped(UserError):
+  """The run cannot go on (e.g. its loss became NaN); entry points print the message and
+  exit with `exit_status`. Nothing bad was saved: the newest checkpoint is intact."""
+
+  exit_status = 1
+
+
 def require_macros(**values) -> None:
   """Raises a UserError naming the first gin macro (keyword) whose value is unset."""
   for macro, value in values.items():

@@ -135,4 +135,4 @@ def _exit_with(error: UserError) -> None:
   # message already names the binding, so keep only the user's part.
   message = str(error).split('\n  In call to configurable')[0]
   print(f'\nt5pt: error: {message}', file=sys.stderr)
-  sys.exit(2)
+  sys.exit(getattr(error, 'exit_status', 2))

@@ -10,6 +10,7 @@ small (a line or a few scalars per log period), and a reader never sees half a f
 """
 
 import json
+import math
 import re
 import socket
 import time
@@ -105,7 +106,11 @@ class JsonLines:
       ]
 
   def append(self, record: Mapping) -> None:
-    self._lines.append(json.dumps(record) + '\n')
+    # NaN and Inf are not JSON: a non-finite value is written as null.
+    record = {
+      k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()
+    }
+    self._lines.append(json.dumps(record, allow_nan=False) + '\n')
     fs.write_text(self.path, ''.join(self._lines))
 
 

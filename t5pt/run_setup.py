@@ -9,7 +9,9 @@ Neither writes to MODEL_DIR; the trainer creates it only after both succeed.
 
 import dataclasses
 import functools
-from typing import Callable, Mapping, Optional, Sequence
+import itertools
+import sys
+from typing import Callable, Iterator, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -116,6 +118,7 @@ class RunSetup:
       mixture_or_task_name=c.mixture_or_task_name,
       mixture_or_task_module=c.mixture_or_task_module,
       task_feature_lengths=dict(c.task_feature_lengths),
+      batch_size=c.batch_size,
     )
 
 
@@ -156,7 +159,7 @@ def prepare(config: TrainConfig) -> RunSetup:
   )
   _check_adapters(network_config, list(shapes), frozen_paths)
   _check_int8(network_config, shapes, trainable_paths, base)
-  resume_from = _resume_record(config.model_dir, trainable_paths)
+  resume_from = _resume_record(config, network_config, trainable_paths)
 
   frozen_targets = {
     k: jax.ShapeDtypeStruct(
@@ -242,13 +245,17 @@ def _datasets(config: TrainConfig, prompt_length: int):
   return train_ds, eval_ds
 
 
-def _resume_record(model_dir: str, trainable_paths: Sequence[str]) -> Optional[checkpoints.RunMeta]:
+def _resume_record(
+  config: TrainConfig, network_config: network.T5Config, trainable_paths: Sequence[str]
+) -> Optional[checkpoints.RunMeta]:
   """The newest checkpoint's record when MODEL_DIR holds a run to resume, checked
   against this configuration."""
-  step = checkpoints.latest_step(model_dir)
-  if step is None:
+  model_dir = config.model_dir
+  meta = next(_readable_records(model_dir), None)
+  if meta is None:
+    if checkpoints.all_steps(model_dir):
+      raise _all_damaged(model_dir)
     return None
-  meta = checkpoints.read_meta(model_dir, step)
   if meta.imported_from is not None:
     raise UserError(
       f'{model_dir} holds an imported adapter (from python -m '
@@ -262,16 +269,89 @@ def _resume_record(model_dir: str, trainable_paths: Sequence[str]) -> Optional[c
       f'{list(trainable_paths)}; use a new MODEL_DIR or restore the old '
       'TRAINABLE.'
     )
+  _check_unchanged(meta, config, network_config)
   return meta
 
 
-def initial_state(setup: RunSetup):
-  """(trainable params, optimizer state, step, batches consumed): restored from the
-  newest checkpoint, or freshly initialised at step 0 (the prompt from PROMPT_INIT)."""
+def _readable_records(model_dir: str, below: Optional[int] = None) -> Iterator[checkpoints.RunMeta]:
+  """The records of the run's checkpoints (of steps before `below`), newest first,
+  warning past those that do not read back."""
+  for step in checkpoints.all_steps(model_dir):
+    if below is not None and step >= below:
+      continue
+    try:
+      yield checkpoints.read_meta(model_dir, step)
+    except checkpoints.DamagedCheckpoint as e:
+      _warn(f'{e}; trying the checkpoint before it.')
+
+
+def _all_damaged(model_dir: str) -> UserError:
+  return UserError(
+    f'No checkpoint in {model_dir} reads back as it was saved (see the warnings above). '
+    'Restore the directory from a copy, or train into a new MODEL_DIR.'
+  )
+
+
+def _warn(message: str) -> None:
+  if jax.process_index() == 0:
+    print(f't5pt: warning: {message}', file=sys.stderr)
+
+
+def _check_unchanged(
+  meta: checkpoints.RunMeta, config: TrainConfig, network_config: network.T5Config
+) -> None:
+  """Refuses to resume under settings that would silently change what the run trains on:
+  another task, lengths, batch size (the data position counts batches), prompt, base or
+  seed. TRAIN_STEPS, periods and the like may change. Fields an older run did not record
+  are not checked."""
+  recorded_prompt = meta.network_config.prompt_length if meta.network_config else None
+  base = config.initial_checkpoint_path
+  now = {
+    'MIXTURE_OR_TASK_NAME': (meta.mixture_or_task_name, config.mixture_or_task_name),
+    'TASK_FEATURE_LENGTHS': (
+      meta.task_feature_lengths,
+      dict(config.task_feature_lengths),
+    ),
+    'BATCH_SIZE': (meta.batch_size, config.batch_size),
+    'PROMPT_LENGTH': (recorded_prompt, network_config.prompt_length),
+    'INITIAL_CHECKPOINT_PATH': (meta.initial_checkpoint_path, fs.absolute(base) if base else None),
+    'SEED': (meta.seed, config.seed),
+  }
+  changed = [
+    f'{macro} was {recorded!r}, now {current!r}'
+    for macro, (recorded, current) in now.items()
+    if recorded is not None
+    and (dict(recorded) if isinstance(recorded, Mapping) else recorded) != current
+  ]
+  if changed:
+    raise UserError(
+      f'{config.model_dir} holds a run (step {meta.step}) trained with other settings: '
+      + '; '.join(changed)
+      + '. Resuming would mix data or models. Restore those settings to continue the run, '
+      'or train into a new MODEL_DIR (INITIAL_CHECKPOINT_PATH stays the frozen base; '
+      'PROMPT_INIT = @prompts.from_file starts from an exported prompt).'
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class InitialState:
+  """Where training starts: fresh at step 0, or restored from the newest good checkpoint."""
+
+  params: dict  # trainable, nested, on the mesh
+  opt_state: object
+  step: int
+  batches_consumed: int
+  damaged_steps: tuple[int, ...] = ()  # newer checkpoints that did not read back
+
+
+def initial_state(setup: RunSetup) -> InitialState:
+  """Restores the newest checkpoint that reads back as saved (checksums included),
+  falling back past damaged ones; or initialises step 0 (the prompt from PROMPT_INIT).
+  Writes nothing."""
   tx = setup.optimizer.transform
   if setup.resume_from is None:
     params = _initial_trainable(setup)
-    return params, jax.jit(tx.init)(params), 0, 0
+    return InitialState(params, jax.jit(tx.init)(params), 0, 0)
   abstract_params = partitioning.unflatten(
     {
       k: jax.ShapeDtypeStruct(
@@ -286,11 +366,19 @@ def initial_state(setup: RunSetup):
     jax.eval_shape(tx.init, abstract_params),
     opt_shardings,
   )
-  step = setup.resume_from.step
-  params, opt_state = checkpoints.restore(
-    setup.config.model_dir, step, abstract_params, abstract_opt
+  model_dir = setup.config.model_dir
+  candidates = itertools.chain(
+    [setup.resume_from], _readable_records(model_dir, below=setup.resume_from.step)
   )
-  return params, opt_state, step, setup.resume_from.batches_consumed
+  for meta in candidates:
+    try:
+      params, opt_state = checkpoints.restore(model_dir, meta, abstract_params, abstract_opt)
+    except checkpoints.DamagedCheckpoint as e:
+      _warn(f'{e}; trying the checkpoint before it.')
+      continue
+    newer = tuple(s for s in checkpoints.all_steps(model_dir) if s > meta.step)
+    return InitialState(params, opt_state, meta.step, meta.batches_consumed, newer)
+  raise _all_damaged(model_dir)
 
 
 def _rngs(seed: int) -> dict[str, jax.Array]:

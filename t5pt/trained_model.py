@@ -37,7 +37,15 @@ class TrainedRun:
       raise UserError(f'{model_dir} has no checkpoint for step {self.step} (newest: {latest}).')
     self.model_dir = model_dir
     self.meta = checkpoints.read_meta(model_dir, self.step)
-    self.params = checkpoint_import.read_params_as_numpy(step_dir)
+    if not fs.exists(fs.join(step_dir, 'params', '_METADATA')):
+      raise checkpoints.DamagedCheckpoint(step_dir, 'its params are missing')
+    try:
+      self.params = checkpoint_import.read_params_as_numpy(step_dir)
+    except UserError:
+      raise
+    except Exception as e:  # A missing or truncated array file: whatever orbax raises.
+      raise checkpoints.DamagedCheckpoint(step_dir, f'its arrays cannot be read ({e!r})') from e
+    checkpoints.verify(self.meta, step_dir, {'params': partitioning.unflatten(self.params)})
 
   @property
   def prompt(self) -> Optional[np.ndarray]:
@@ -86,8 +94,10 @@ def load(
   base_path: Optional[str] = None,
   dtype: str = 'float32',
   mesh: Optional[jax.sharding.Mesh] = None,
+  step: Optional[int] = None,
 ) -> LoadedModel:
-  """The model at `path`: a t5pt run merged onto its base, or a bare base checkpoint.
+  """The model at `path`: a t5pt run (at `step`, default the one `path` names or the
+  newest) merged onto its base, or a bare base checkpoint.
 
   The base is read as `dtype` (e.g. 'bfloat16'); trained parameters stay float32.
   """
@@ -97,7 +107,7 @@ def load(
       path, dtype=dtype, mesh=mesh, setting='CHECKPOINT_PATH'
     )
     return LoadedModel(config, params, None, path)
-  run = TrainedRun(path)
+  run = TrainedRun(path, step)
   if not (base_path or run.meta.initial_checkpoint_path):
     return _load_self_contained(run, mesh)
   base = run.base_path(base_path)

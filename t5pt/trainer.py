@@ -9,18 +9,24 @@
 MODEL_DIR (local or gs://) is created only once everything has been checked.
 """
 
+import contextlib
+import math
+import signal
+import threading
 import time
 from typing import Callable, Mapping, Optional, Sequence
 
 import gin
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import numpy as np
 import tqdm
 
 from t5pt import checkpoints
 from t5pt import data
 from t5pt import data_report
+from t5pt import errors
 from t5pt import evaluation
 from t5pt import fs
 from t5pt import metrics_log
@@ -72,7 +78,8 @@ def train(
   """
   config = run_setup.TrainConfig(**locals())
   setup = run_setup.prepare(config)
-  params, opt_state, start_step, batches_consumed = run_setup.initial_state(setup)
+  start = run_setup.initial_state(setup)
+  params, opt_state, start_step = start.params, start.opt_state, start.step
   _say(
     f'mesh: data={setup.mesh.shape["data"]} x model={setup.mesh.shape["model"]} over '
     f'{setup.mesh.devices.size} {jax.default_backend()} device(s)'
@@ -91,6 +98,9 @@ def train(
   fs.makedirs(model_dir)
   if jax.process_index() == 0:
     fs.write_text(fs.join(model_dir, 'config.gin'), gin.config_str())
+  if jax.process_index() == 0:
+    for step in start.damaged_steps:  # Out of the way of this run's own saves.
+      _say(f'Set aside the damaged checkpoint_{step} as {checkpoints.set_aside(model_dir, step)}')
   checkpointer = checkpoints.RunCheckpointer(model_dir, keep_checkpoints)
   log = metrics_log.MetricsLog(model_dir, resume_step=start_step if setup.resume_from else None)
   evaluator = evaluation.RunEvaluator(setup, log)
@@ -109,7 +119,7 @@ def train(
     summary.update(evaluator.evaluate(0, params, suffix='_at_start'))
 
   batches = data.iterate_batches(
-    setup.train_ds, setup.host_batch_size, drop_remainder=True, skip_batches=batches_consumed
+    setup.train_ds, setup.host_batch_size, drop_remainder=True, skip_batches=start.batches_consumed
   )
   bar = tqdm.tqdm(
     total=train_steps,
@@ -122,41 +132,110 @@ def train(
   )
   meter = _Throughput(start_step)
   sums = None
-  for step in range(start_step, train_steps):
-    batch = next(batches)
-    meter.count(batch)
-    params, opt_state, metrics = train_step(
-      params, opt_state, setup.frozen_tree, setup.to_device(batch), step
-    )
-    sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
-    done = step + 1
-    meter.started(done, metrics)
-    bar.update(1)
-    if done % log_period == 0 or done == train_steps:
-      values = models.summarize(jax.device_get(sums))
-      values['learning_rate'] = float(setup.optimizer.learning_rate(step))
-      values.update(meter.rates(done))
-      if 'tokens_per_second' in values:
-        bar.set_postfix(
-          loss=f"{values['loss']:.3f}",
-          acc=f"{values['token_accuracy']:.1f}%",
-          tok_s=f"{values['tokens_per_second']:.0f}",
+  finite = jax.jit(_all_finite)
+  with _StopSignals() as stop, contextlib.closing(checkpointer):
+    for step in range(start_step, train_steps):
+      batch = next(batches)
+      meter.count(batch)
+      params, opt_state, metrics = train_step(
+        params, opt_state, setup.frozen_tree, setup.to_device(batch), step
+      )
+      sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+      done = step + 1
+      meter.started(done, metrics)
+      bar.update(1)
+      stopping = stop.reached(done)
+      if done % log_period == 0 or done == train_steps or stopping:
+        values = models.summarize(jax.device_get(sums))
+        values['learning_rate'] = float(setup.optimizer.learning_rate(step))
+        values.update(meter.rates(done))
+        if 'tokens_per_second' in values:
+          bar.set_postfix(
+            loss=f"{values['loss']:.3f}",
+            acc=f"{values['token_accuracy']:.1f}%",
+            tok_s=f"{values['tokens_per_second']:.0f}",
+          )
+        log.write('train', done, values)
+        summary['train'] = values
+        sums = None
+        if not math.isfinite(values['loss']):
+          raise _diverged(done, log_period, checkpointer)
+      if done % checkpoint_period == 0 or done == train_steps or stopping:
+        if not finite((params, opt_state)):
+          raise _diverged(done, log_period, checkpointer)
+        checkpointer.save(params, opt_state, setup.run_meta(done))
+      if stopping:
+        bar.close()
+        checkpointer.wait_until_finished()
+        _say(
+          f'Stopped by {stop.received} after step {done}: checkpoint_{done} saved in '
+          f'{model_dir}. Rerun the same command to resume.'
         )
-      log.write('train', done, values)
-      summary['train'] = values
-      sums = None
-    if done % checkpoint_period == 0 or done == train_steps:
-      checkpointer.save(params, opt_state, setup.run_meta(done))
-    if done % eval_period == 0 or done == train_steps:
-      summary.update(evaluator.evaluate(done, params))
-  bar.close()
-  checkpointer.wait_until_finished()
-  checkpointer.close()
+        summary.update(params=jax.device_get(params), step=done, stopped_by=stop.received)
+        return summary
+      if done % eval_period == 0 or done == train_steps:
+        summary.update(evaluator.evaluate(done, params))
+    bar.close()
+    checkpointer.wait_until_finished()
   if 'eval' not in summary:  # Resumed at the last step: report where the run stands.
     summary.update(evaluator.evaluate(train_steps, params))
   summary['params'] = jax.device_get(params)
   summary['step'] = train_steps
   return summary
+
+
+def _all_finite(tree) -> jax.Array:
+  """Whether every floating-point value in `tree` is finite (a scalar bool)."""
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+  return jnp.all(jnp.array([jnp.isfinite(x).all() for x in leaves]))
+
+
+def _diverged(step: int, log_period: int, checkpointer) -> errors.TrainingStopped:
+  checkpointer.wait_until_finished()
+  newest = checkpointer.latest_step()
+  kept = (
+    f'the newest checkpoint, checkpoint_{newest}, holds finite values'
+    if newest is not None
+    else 'no checkpoint was written'
+  )
+  return errors.TrainingStopped(
+    f'The loss or the trained parameters became NaN or Inf by step {step} (checked every '
+    f'LOG_PERIOD={log_period} steps and before each checkpoint); training stopped and '
+    f'{kept}. Lower the learning rate (OPTIMIZER), check the data for empty targets, or '
+    'keep activations in float32; the rerun resumes from that checkpoint.'
+  )
+
+
+class _StopSignals:
+  """SIGTERM (a preemption notice) and SIGINT ask the loop to finish its step, save a
+  checkpoint there and return. On several hosts JAX's preemption service catches
+  SIGTERM and names one step for every host (`reached_preemption_sync_point`)."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __enter__(self):
+    self.received = None
+    self._previous = {}
+    if threading.current_thread() is threading.main_thread():
+      for sig in self.SIGNALS if jax.process_count() == 1 else (signal.SIGINT,):
+        self._previous[sig] = signal.signal(sig, self._note)
+    return self
+
+  def _note(self, signum, frame) -> None:
+    del frame
+    if self.received and signum == signal.SIGINT:  # A second Ctrl-C: stop now.
+      raise KeyboardInterrupt
+    self.received = signal.Signals(signum).name
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() > 1 and multihost_utils.reached_preemption_sync_point(step):
+      self.received = self.received or 'SIGTERM'
+      return True
+    return self.received is not None and jax.process_count() == 1
+
+  def __exit__(self, *exc) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
 
 
 class _Throughput:

@@ -1,4 +1,5 @@
-"""End-to-end runs of `python -m t5pt.train` in subprocesses: 8-device mesh, SIGKILL."""
+"""End-to-end runs of `python -m t5pt.train` in subprocesses: 8-device mesh, SIGTERM and
+SIGKILL."""
 
 import json
 import os
@@ -62,6 +63,7 @@ def test_2x4_mesh_on_8_devices_matches_one_device(tmp_path, base_checkpoint, met
     '--gin.BATCH_SIZE=8',
     '--gin.LOG_PERIOD=1',
     '--gin.DROPOUT_RATE=0.0',
+    '--gin.INFER_EVAL=False',  # Decoding on a mesh has its own test below.
   ]
   single = run_module('t5pt.train', *_args(tmp_path / 'one', base_checkpoint, *common))
   assert single.returncode == 0, single.stderr[-3000:]
@@ -86,36 +88,59 @@ def test_2x4_mesh_on_8_devices_matches_one_device(tmp_path, base_checkpoint, met
     np.testing.assert_allclose(trained_eight[name], value, atol=1e-4, err_msg=name)
 
 
-def test_sigkill_then_rerun_gives_the_uninterrupted_prompt(tmp_path, base_checkpoint):
+def _start(model_dir, base, common) -> subprocess.Popen:
+  argv = [sys.executable, '-m', 't5pt.train', *_args(model_dir, base, *common)]
+  env = {**os.environ, 'PYTHONPATH': REPO}
+  return subprocess.Popen(
+    argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+  )
+
+
+def _wait_for(proc, path) -> None:
+  deadline = time.time() + 300
+  while not path.exists():
+    assert proc.poll() is None, 'the run ended before it could be stopped'
+    assert time.time() < deadline
+    time.sleep(0.02)
+
+
+def test_sigterm_then_sigkill_then_rerun_gives_the_uninterrupted_prompt(tmp_path, base_checkpoint):
   common = [
     '--gin.TRAIN_STEPS=240',
     '--gin.CHECKPOINT_PERIOD=20',
     '--gin.EVAL_PERIOD=1000',
     '--gin.DROPOUT_RATE=0.1',
     '--gin.LOG_PERIOD=20',
+    '--gin.INFER_EVAL=False',
   ]
   straight = run_module('t5pt.train', *_args(tmp_path / 'straight', base_checkpoint, *common))
   assert straight.returncode == 0, straight.stderr[-3000:]
 
-  killed_dir = tmp_path / 'killed'
-  argv = [sys.executable, '-m', 't5pt.train', *_args(killed_dir, base_checkpoint, *common)]
-  env = {**os.environ, 'PYTHONPATH': REPO}
-  proc = subprocess.Popen(
-    argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-  )
-  deadline = time.time() + 300
-  while not (killed_dir / 'checkpoint_40').exists():
-    assert proc.poll() is None, 'the run ended before it could be killed'
-    assert time.time() < deadline
-    time.sleep(0.02)
+  # A preemption notice: the step in flight finishes, is saved, and the run exits 0.
+  stopped_dir = tmp_path / 'stopped'
+  proc = _start(stopped_dir, base_checkpoint, common)
+  _wait_for(proc, stopped_dir / 'checkpoint_20')
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 0, out[-3000:]
+  (line,) = [l for l in out.splitlines() if l.startswith('Stopped by SIGTERM after step ')]
+  step = int(line.split()[5].rstrip(':'))
+  assert 20 <= step < 240 and (stopped_dir / f'checkpoint_{step}').is_dir()
+
+  # Then SIGKILL, which saves nothing: the rerun goes back to the newest checkpoint.
+  proc = _start(stopped_dir, base_checkpoint, common)
+  _wait_for(proc, stopped_dir / 'checkpoint_100')
   proc.send_signal(signal.SIGKILL)
   assert proc.wait() == -signal.SIGKILL
-  assert not (killed_dir / 'checkpoint_240').exists()
+  assert not (stopped_dir / 'checkpoint_240').exists()
 
-  resumed = run_module('t5pt.train', *_args(killed_dir, base_checkpoint, *common))
+  resumed = run_module('t5pt.train', *_args(stopped_dir, base_checkpoint, *common))
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert 'Resuming' in resumed.stdout + resumed.stderr
-  np.testing.assert_array_equal(_prompt(killed_dir, 240), _prompt(tmp_path / 'straight', 240))
+  np.testing.assert_array_equal(_prompt(stopped_dir, 240), _prompt(tmp_path / 'straight', 240))
+  with open(stopped_dir / 'metrics.jsonl') as f:
+    logged = [(l['split'], l['step']) for l in map(json.loads, f)]
+  assert len(logged) == len(set(logged)), 'a step was logged twice'
 
 
 def test_beam_search_inference_on_a_2x4_mesh_matches_one_device(tmp_path, prompt_run):
