@@ -21,7 +21,12 @@ from tests.conftest import train_in_process
 from tests.test_infer import infer_in_process
 
 PROMPT_GIN = 'gin/t5_1_1_tiny_prompt.gin'
-SHORT = dict(BATCH_SIZE=8, EVAL_PERIOD=1000, LOG_PERIOD=2, CHECKPOINT_PERIOD=2)
+SHORT = dict(BATCH_SIZE=8, LOG_PERIOD=2, CHECKPOINT_PERIOD=2)
+
+
+def _train(model_dir, **macros) -> dict:
+  """A few steps of prompt tuning, without evaluation (nothing here looks at it)."""
+  return train_in_process(PROMPT_GIN, str(model_dir), ['trainer.train.eval_split = None'], **macros)
 
 
 def test_a_nan_stops_the_run_and_keeps_the_last_finite_checkpoint(
@@ -42,9 +47,7 @@ def test_a_nan_stops_the_run_and_keeps_the_last_finite_checkpoint(
   monkeypatch.setattr(trainer.steps, 'build_train_step', poisoned_from_step_3)
   model_dir = tmp_path / 'run'
   with pytest.raises(errors.TrainingStopped, match=r'NaN or Inf by step 4 .*checkpoint_2, holds'):
-    train_in_process(
-      PROMPT_GIN, str(model_dir), INITIAL_CHECKPOINT_PATH=base_checkpoint, TRAIN_STEPS=10, **SHORT
-    )
+    _train(str(model_dir), INITIAL_CHECKPOINT_PATH=base_checkpoint, TRAIN_STEPS=10, **SHORT)
   assert checkpoints.latest_step(str(model_dir)) == 2
   prompt = checkpoint_import.read_params_as_numpy(str(model_dir))['encoder/prompt/prompt']
   assert np.isfinite(prompt).all()
@@ -56,17 +59,15 @@ def test_a_nan_stops_the_run_and_keeps_the_last_finite_checkpoint(
 def test_resuming_under_other_settings_is_refused_naming_both_values(base_checkpoint, tmp_path):
   model_dir = str(tmp_path / 'run')
   common = dict(INITIAL_CHECKPOINT_PATH=base_checkpoint, TRAIN_STEPS=2, **SHORT)
-  train_in_process(PROMPT_GIN, model_dir, **common)
+  _train(model_dir, **common)
   changed = dict(common, BATCH_SIZE=16, SEED=3, TRAIN_STEPS=4)
   with pytest.raises(UserError, match=r'BATCH_SIZE was 8, now 16; SEED was 0, now 3\. Resuming'):
-    train_in_process(PROMPT_GIN, model_dir, **changed)
+    _train(model_dir, **changed)
   with pytest.raises(UserError, match=r"TASK_FEATURE_LENGTHS was \{'inputs': 24, 'targets': 10\}"):
-    train_in_process(
-      PROMPT_GIN, model_dir, **dict(common, TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 10})
-    )
+    _train(model_dir, **dict(common, TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 10}))
   assert checkpoints.latest_step(model_dir) == 2
   # More steps under the same settings is what resuming is for.
-  assert train_in_process(PROMPT_GIN, model_dir, **dict(common, TRAIN_STEPS=4))['step'] == 4
+  assert _train(model_dir, **dict(common, TRAIN_STEPS=4))['step'] == 4
 
 
 def test_a_resumed_infer_keeps_the_checkpoint_it_began_with(prompt_run, tmp_path, monkeypatch):
@@ -121,7 +122,7 @@ def test_a_damaged_newest_checkpoint_is_named_and_the_one_before_it_resumes(
 ):
   model_dir = tmp_path / 'run'
   common = dict(INITIAL_CHECKPOINT_PATH=base_checkpoint, TRAIN_STEPS=4, **SHORT)
-  train_in_process(PROMPT_GIN, str(model_dir), **common)
+  _train(str(model_dir), **common)
   newest = model_dir / 'checkpoint_4'
   if damage == 'flipped bit':
     _flip_a_bit_in_the_largest_file(newest / 'params')
@@ -135,7 +136,7 @@ def test_a_damaged_newest_checkpoint_is_named_and_the_one_before_it_resumes(
     trained_model.TrainedRun(str(model_dir))  # What infer, eval and export read.
   capsys.readouterr()
 
-  summary = train_in_process(PROMPT_GIN, str(model_dir), **dict(common, TRAIN_STEPS=6))
+  summary = _train(str(model_dir), **dict(common, TRAIN_STEPS=6))
   captured = capsys.readouterr()
   assert f'{newest} is damaged' in captured.err, captured.err
   assert 'trying the checkpoint before it' in captured.err
