@@ -98,7 +98,6 @@ def train(
   fs.makedirs(model_dir)
   if jax.process_index() == 0:
     fs.write_text(fs.join(model_dir, 'config.gin'), gin.config_str())
-  if jax.process_index() == 0:
     for step in start.damaged_steps:  # Out of the way of this run's own saves.
       _say(f'Set aside the damaged checkpoint_{step} as {checkpoints.set_aside(model_dir, step)}')
   checkpointer = checkpoints.RunCheckpointer(model_dir, keep_checkpoints)

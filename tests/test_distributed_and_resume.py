@@ -106,7 +106,7 @@ def _wait_for(proc, path) -> None:
 
 def test_sigterm_then_sigkill_then_rerun_gives_the_uninterrupted_prompt(tmp_path, base_checkpoint):
   common = [
-    '--gin.TRAIN_STEPS=240',
+    '--gin.TRAIN_STEPS=120',
     '--gin.CHECKPOINT_PERIOD=20',
     '--gin.EVAL_PERIOD=1000',
     '--gin.DROPOUT_RATE=0.1',
@@ -125,19 +125,19 @@ def test_sigterm_then_sigkill_then_rerun_gives_the_uninterrupted_prompt(tmp_path
   assert proc.returncode == 0, out[-3000:]
   (line,) = [l for l in out.splitlines() if l.startswith('Stopped by SIGTERM after step ')]
   step = int(line.split()[5].rstrip(':'))
-  assert 20 <= step < 240 and (stopped_dir / f'checkpoint_{step}').is_dir()
+  assert 20 <= step < 120 and (stopped_dir / f'checkpoint_{step}').is_dir()
 
   # Then SIGKILL, which saves nothing: the rerun goes back to the newest checkpoint.
   proc = _start(stopped_dir, base_checkpoint, common)
-  _wait_for(proc, stopped_dir / 'checkpoint_100')
+  _wait_for(proc, stopped_dir / 'checkpoint_60')
   proc.send_signal(signal.SIGKILL)
   assert proc.wait() == -signal.SIGKILL
-  assert not (stopped_dir / 'checkpoint_240').exists()
+  assert not (stopped_dir / 'checkpoint_120').exists()
 
   resumed = run_module('t5pt.train', *_args(stopped_dir, base_checkpoint, *common))
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert 'Resuming' in resumed.stdout + resumed.stderr
-  np.testing.assert_array_equal(_prompt(stopped_dir, 240), _prompt(tmp_path / 'straight', 240))
+  np.testing.assert_array_equal(_prompt(stopped_dir, 120), _prompt(tmp_path / 'straight', 120))
   with open(stopped_dir / 'metrics.jsonl') as f:
     logged = [(l['split'], l['step']) for l in map(json.loads, f)]
   assert len(logged) == len(set(logged)), 'a step was logged twice'
