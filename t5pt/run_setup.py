@@ -320,8 +320,7 @@ def _check_unchanged(
   changed = [
     f'{macro} was {recorded!r}, now {current!r}'
     for macro, (recorded, current) in now.items()
-    if recorded is not None
-    and (dict(recorded) if isinstance(recorded, Mapping) else recorded) != current
+    if recorded is not None and recorded != current
   ]
   if changed:
     raise UserError(
