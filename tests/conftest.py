@@ -1,9 +1,17 @@
-"""Shared fixtures: tiny in-process training runs and a subprocess runner."""
+"""Shared fixtures: tiny in-process training runs and a subprocess runner.
+
+The suite runs on pytest-xdist workers (pyproject.toml), one test file per worker at a
+time. Every process of one test run, workers and the entry points they start, shares one
+persistent JAX compilation cache, and the session's trained base and prompt are made once
+for all workers."""
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
+import filelock
 import gin
 import pytest
 
@@ -64,27 +72,72 @@ def run_module(
   )
 
 
+def pytest_configure(config):
+  """The controller (or a run without workers) makes the run's compilation cache; the
+  workers and every subprocess inherit it through the environment."""
+  if not hasattr(config, 'workerinput') and 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+    config.t5pt_jax_cache = tempfile.mkdtemp(prefix='t5pt-tests-jax-cache-')
+    os.environ['JAX_COMPILATION_CACHE_DIR'] = config.t5pt_jax_cache
+    # Programs compiled in under 0.3 s cost more to look up than to compile again.
+    os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0.3'
+
+
+def pytest_unconfigure(config):
+  if getattr(config, 't5pt_jax_cache', None):
+    shutil.rmtree(config.t5pt_jax_cache, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(items):
+  """Files with the most end-to-end (slow) tests first, so that no worker starts a long
+  file while the others run out of work."""
+  slow = {}
+  for item in items:
+    slow[item.path] = slow.get(item.path, 0) + (item.get_closest_marker('slow') is not None)
+  items.sort(key=lambda item: -slow[item.path])  # stable: file order otherwise kept
+
+
+def _made_once(tmp_path_factory, name: str, make) -> str:
+  """The directory `name`, filled by `make(directory)` once per test run: the first
+  worker to ask makes it while the others wait on a lock."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    root = root.parent  # shared by the run's workers
+  directory = root / name
+  with filelock.FileLock(str(directory) + '.lock'):
+    done = directory / '.made'
+    if not done.exists():
+      shutil.rmtree(directory, ignore_errors=True)  # a worker failed half-way before
+      directory.mkdir()
+      make(str(directory))
+      done.touch()
+  return str(directory)
+
+
 @pytest.fixture(scope='session')
 def base_checkpoint(tmp_path_factory) -> str:
   """A briefly trained tiny base model (every parameter trainable, no prompt)."""
-  model_dir = str(tmp_path_factory.mktemp('base'))
-  train_in_process(
-    'gin/demo/base_tiny.gin', model_dir, TRAIN_STEPS=60, CHECKPOINT_PERIOD=60, EVAL_PERIOD=1000
+  return _made_once(
+    tmp_path_factory,
+    'base',
+    lambda model_dir: train_in_process(
+      'gin/demo/base_tiny.gin', model_dir, TRAIN_STEPS=60, CHECKPOINT_PERIOD=60, EVAL_PERIOD=1000
+    ),
   )
-  return model_dir
 
 
 @pytest.fixture(scope='session')
 def prompt_run(base_checkpoint, tmp_path_factory) -> str:
   """A prompt briefly trained on `base_checkpoint` for the held-out synthetic task."""
-  model_dir = str(tmp_path_factory.mktemp('prompt_run'))
-  train_in_process(
-    'gin/t5_1_1_tiny_prompt.gin',
-    model_dir,
-    INITIAL_CHECKPOINT_PATH=base_checkpoint,
-    TRAIN_STEPS=10,
-    CHECKPOINT_PERIOD=10,
-    EVAL_PERIOD=1000,
-    BATCH_SIZE=16,
+  return _made_once(
+    tmp_path_factory,
+    'prompt_run',
+    lambda model_dir: train_in_process(
+      'gin/t5_1_1_tiny_prompt.gin',
+      model_dir,
+      INITIAL_CHECKPOINT_PATH=base_checkpoint,
+      TRAIN_STEPS=10,
+      CHECKPOINT_PERIOD=10,
+      EVAL_PERIOD=1000,
+      BATCH_SIZE=16,
+    ),
   )
-  return model_dir
