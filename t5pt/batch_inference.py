@@ -25,7 +25,9 @@ import numpy as np
 import seqio
 import tqdm
 
+from t5pt import checks
 from t5pt import data
+from t5pt import distributed
 from t5pt import errors
 from t5pt import fs
 from t5pt import inference
@@ -114,21 +116,28 @@ def _started_step(checkpoint_path: str, output_dir: str) -> Optional[int]:
 
 
 class ChunkedOutput:
-  """Results written as numbered chunk files, joined into one JSONL at the end."""
+  """Results written as numbered chunk files, joined into one JSONL at the end. Every
+  process reads where the output stands; process 0 alone writes, after `start`."""
 
   def __init__(self, output_dir: str, name: str, settings: Mapping):
     self.final_path = fs.join(output_dir, f'{name}.jsonl')
     self.parts_dir = self.final_path + '.parts'
-    settings_file = fs.join(self.parts_dir, 'settings.json')
-    if fs.exists(settings_file):
-      previous = json.loads(fs.read_text(settings_file))
-      if previous != json.loads(json.dumps(settings)):
+    self._settings_file = fs.join(self.parts_dir, 'settings.json')
+    self._settings = json.loads(json.dumps(settings))
+    self._writes = distributed.is_writer()
+    if fs.exists(self._settings_file):
+      previous = json.loads(fs.read_text(self._settings_file))
+      if previous != self._settings:
         raise UserError(
           f'{self.parts_dir} holds a partial run with other settings '
           f'({previous}); delete it or choose another INFER_OUTPUT_DIR.'
         )
-    else:
-      fs.write_text(settings_file, json.dumps(settings, sort_keys=True))
+
+  def start(self) -> None:
+    """Records the settings (once every process has read the output's state)."""
+    distributed.barrier('t5pt infer: output state read')
+    if self._writes and not fs.exists(self._settings_file):
+      fs.write_text(self._settings_file, json.dumps(self._settings, sort_keys=True))
 
   def _chunk(self, index: int) -> str:
     return fs.join(self.parts_dir, f'chunk-{index:05d}.jsonl')
@@ -140,11 +149,14 @@ class ChunkedOutput:
     return next((i for i, n in enumerate(done) if i != n), len(done))
 
   def write_chunk(self, index: int, lines: Sequence[dict]) -> None:
-    fs.write_text(self._chunk(index), ''.join(json.dumps(l) + '\n' for l in lines))
+    if self._writes:
+      fs.write_text(self._chunk(index), ''.join(json.dumps(l) + '\n' for l in lines))
 
   def finish(self, num_chunks: int) -> None:
-    fs.write_text(self.final_path, ''.join(fs.read_text(self._chunk(i)) for i in range(num_chunks)))
-    fs.remove(self.parts_dir)
+    if self._writes:
+      lines = ''.join(fs.read_text(self._chunk(i)) for i in range(num_chunks))
+      fs.write_text(self.final_path, lines)
+      fs.remove(self.parts_dir)
 
 
 def _batches(
@@ -203,8 +215,10 @@ def infer(
   """Decodes a task split or an input file with a trained run (or a base checkpoint);
   returns the path of the finished JSONL file."""
   errors.require_macros(CHECKPOINT_PATH=checkpoint_path, INFER_OUTPUT_DIR=output_dir)
+  checks.inference_values('batch_inference.infer', 'INFER_OUTPUT_DIR', locals())
+  fs.check_output_dir(output_dir, 'INFER_OUTPUT_DIR')
   mesh = partition.make_mesh()
-  partitioning.host_batch_size(batch_size, mesh)
+  partitioning.check_batch_size(batch_size, mesh)
   pinned = _started_step(checkpoint_path, output_dir)
   model_info = trained_model.load(
     checkpoint_path, base_checkpoint_path, frozen_dtype, mesh, step=pinned
@@ -249,11 +263,13 @@ def infer(
   }
   final_path = fs.join(output_dir, f'{source.name}.jsonl')
   if fs.exists(final_path):
-    tqdm.tqdm.write(f'{final_path} is already complete; delete it to decode again.')
+    _say(f'{final_path} is already complete; delete it to decode again.')
     return final_path
   output = ChunkedOutput(output_dir, source.name, settings)
+  start_chunk = output.completed_chunks()
+  output.start()
   if pinned is not None:
-    tqdm.tqdm.write(f'Continuing {output.final_path} with checkpoint step {pinned}, as it began.')
+    _say(f'Continuing {output.final_path} with checkpoint step {pinned}, as it began.')
   model = models.EncoderDecoderModel(config)
   predict = jax.jit(
     functools.partial(inference.predict_batch, model, max_length=lengths['targets'], config=decode)
@@ -261,22 +277,20 @@ def infer(
   batch_sharding = partitioning.batch_sharding(mesh)
   chunk_size = batch_size * chunk_batches
   num_chunks = -(-len(source.examples) // chunk_size)
-  start_chunk = output.completed_chunks()
   bar = tqdm.tqdm(
     total=len(source.examples),
     initial=min(start_chunk * chunk_size, len(source.examples)),
     unit='ex',
     desc=f'infer {source.name}',
-    disable=not progress_bar,
+    disable=not progress_bar or not distributed.is_writer(),
     dynamic_ncols=True,
   )
   for chunk in range(start_chunk, num_chunks):
     examples = source.examples[chunk * chunk_size : (chunk + 1) * chunk_size]
     lines = []
     for tokens, real in _batches(examples, batch_size, input_length):
-      out, scores = jax.device_get(
-        predict(model_info.params, jax.device_put(tokens, batch_sharding))
-      )
+      placed = partitioning.place_batch({'tokens': tokens}, batch_sharding)['tokens']
+      out, scores = distributed.fetch(predict(model_info.params, placed))
       lines += _lines(
         examples[len(lines) : len(lines) + real], out[:real], scores[:real], source.vocabulary
       )
@@ -284,5 +298,10 @@ def infer(
     output.write_chunk(chunk, lines)
   bar.close()
   output.finish(num_chunks)
-  tqdm.tqdm.write(f'{len(source.examples)} predictions -> {output.final_path}')
+  _say(f'{len(source.examples)} predictions -> {output.final_path}')
   return output.final_path
+
+
+def _say(message: str) -> None:
+  if distributed.is_writer():
+    tqdm.tqdm.write(message)

@@ -88,10 +88,11 @@ def get_dataset(
   repeat: bool = True,
   pack: bool = False,
   use_cached: bool = False,
-  shard_index: int = 0,
-  num_shards: int = 1,
 ) -> tf.data.Dataset:
-  """Unbatched converted examples (this host's shard) of a task or mixture split."""
+  """Unbatched converted examples of a task or mixture split. Every host reads the same
+  stream and keeps its rows of each global batch (partitioning.place_batch): the batches,
+  and so the trained result, do not depend on how many hosts there are, and a run resumes
+  exactly on another number of hosts."""
   provider = get_provider(name)
   lengths = converter_lengths(task_feature_lengths, prompt_length)
   if split not in provider.splits:
@@ -102,8 +103,6 @@ def get_dataset(
     use_cached=use_cached,
     shuffle=shuffle,
     seed=seed,
-    # No ShardInfo for one host: seqio would list the source's files for nothing.
-    shard_info=seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None,
     num_epochs=None if repeat else 1,
     trim_output_features=True,
   )

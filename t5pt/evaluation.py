@@ -20,7 +20,9 @@ import numpy as np
 import seqio
 import tqdm
 
+from t5pt import checks
 from t5pt import data
+from t5pt import distributed
 from t5pt import errors
 from t5pt import fs
 from t5pt import inference
@@ -83,8 +85,7 @@ class InferenceEvaluator:
     def run(ds, fn):
       results = []
       for indices, batch in _batches(ds, self._batch_size):
-        placed = {k: jax.device_put(v, self._sharding) for k, v in batch.items()}
-        output = jax.device_get(fn(placed))
+        output = distributed.fetch(fn(partitioning.place_batch(batch, self._sharding)))
         results += [(int(i), output[row]) for row, i in enumerate(indices)]
       return results
 
@@ -193,7 +194,7 @@ class RunEvaluator:
     if setup.eval_ds is None:
       return {}
     sums = None
-    for batch in data.iterate_batches(setup.eval_ds, setup.host_batch_size, drop_remainder=False):
+    for batch in data.iterate_batches(setup.eval_ds, setup.config.batch_size, drop_remainder=False):
       m = self._eval_step(params, setup.frozen_tree, setup.to_device(batch))
       sums = m if sums is None else jax.tree.map(jnp.add, sums, m)
     teacher_forced = models.summarize(jax.device_get(sums))
@@ -263,8 +264,10 @@ def evaluate(
 ) -> dict[str, dict[str, float]]:
   """Evaluates a trained run (or a base checkpoint) on a task split; returns the metrics."""
   errors.require_macros(CHECKPOINT_PATH=checkpoint_path, EVAL_OUTPUT_DIR=output_dir)
+  checks.inference_values('evaluation.evaluate', 'EVAL_OUTPUT_DIR', locals())
+  fs.check_output_dir(output_dir, 'EVAL_OUTPUT_DIR')
   mesh = partition.make_mesh()
-  partitioning.host_batch_size(batch_size, mesh)
+  partitioning.check_batch_size(batch_size, mesh)
   loaded = trained_model.load(checkpoint_path, base_checkpoint_path, frozen_dtype, mesh)
   task, lengths = trained_model.task_and_lengths(
     loaded, mixture_or_task_name, mixture_or_task_module, task_feature_lengths
@@ -293,6 +296,6 @@ def evaluate(
   step = loaded.run.step if loaded.run else 0
   results = evaluator.evaluate(loaded.params, step)
   for name, values in results.items():
-    tqdm.tqdm.write(f'{name} @ step {step}: {metrics_log.describe(dict(sorted(values.items())))}')
-  tqdm.tqdm.write(f'metrics -> {output_dir}')
+    _say(f'{name} @ step {step}: {metrics_log.describe(dict(sorted(values.items())))}')
+  _say(f'metrics -> {output_dir}')
   return results

@@ -25,6 +25,8 @@ from typing import Iterator, Union
 
 from etils import epath
 
+from t5pt.errors import UserError
+
 # Read by etils at the first gs:// operation of the process, so importing t5pt.fs is early
 # enough.
 os.environ.setdefault('EPATH_USE_TF', 'false')
@@ -64,8 +66,43 @@ def makedirs(p: PathLike) -> None:
   path(p).mkdir(parents=True, exist_ok=True)
 
 
+def check_output_dir(p: PathLike, setting: str) -> None:
+  """Raises a UserError unless `p` is, or can be made, a directory this process may write;
+  `setting` names it as the user set it (e.g. 'MODEL_DIR'). A remote bucket's permissions
+  show only at the first write."""
+  if exists(p) and not isdir(p):
+    raise UserError(
+      f'{setting}={os.fspath(p)!r} is a file, not a directory; choose another {setting}.'
+    )
+  if is_remote(p):
+    return
+  nearest = path(p)
+  while not nearest.exists():
+    nearest = nearest.parent
+  if not nearest.is_dir():
+    raise UserError(
+      f'{setting}={os.fspath(p)!r} cannot be created: {nearest} is a file, not a directory.'
+    )
+  if not os.access(nearest, os.W_OK | os.X_OK):
+    raise UserError(
+      f'{setting}={os.fspath(p)!r} cannot be written: {nearest} is read-only (a read-only '
+      f'file system, or no write permission for this user); choose another {setting}.'
+    )
+
+
 def read_text(p: PathLike) -> str:
-  return path(p).read_text()
+  """The UTF-8 text of `p`, exactly as stored (no newline translation); bytes that are
+  not UTF-8 are a UserError naming the file and line."""
+  data = read_bytes(p)
+  try:
+    return data.decode('utf-8')
+  except UnicodeDecodeError as e:
+    line = data.count(b'\n', 0, e.start) + 1
+    column = e.start - (data.rfind(b'\n', 0, e.start) + 1) + 1
+    raise UserError(
+      f'{os.fspath(p)}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x} at column '
+      f'{column}); save the file as UTF-8.'
+    ) from e
 
 
 def read_bytes(p: PathLike) -> bytes:
@@ -73,7 +110,11 @@ def read_bytes(p: PathLike) -> bytes:
 
 
 def read_json(p: PathLike):
-  return json.loads(read_text(p))
+  """The JSON value in `p`; malformed JSON is a UserError naming the file and line."""
+  try:
+    return json.loads(read_text(p))
+  except json.JSONDecodeError as e:
+    raise UserError(f'{os.fspath(p)}:{e.lineno}:{e.colno}: not valid JSON ({e.msg}).') from e
 
 
 def glob(directory: PathLike, pattern: str) -> list[str]:

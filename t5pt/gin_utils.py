@@ -17,6 +17,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from t5pt import checks
+from t5pt import distributed
 from t5pt.errors import UserError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -100,13 +102,16 @@ def parse(
     try:
       gin.parse_config(binding)
     except (ValueError, SyntaxError) as e:
-      raise UserError(f'Invalid gin binding {binding!r}: {e}') from e
+      hint = ''
+      if '=' in binding and not re.search(r"=\s*(['\"\[{(@%]|-?[\d.]|None|True|False)", binding):
+        hint = ' Gin values are Python literals: ' + checks.QUOTES + '.'
+      raise UserError(f'Invalid gin binding {binding!r}: {e}.{hint}') from e
 
 
 def run(main_fn, parse_gin_flags: bool = True, default_gin_files: Sequence[str] = ()) -> None:
   """Parses the gin flags absl has read (unless told not to; `default_gin_files` when no
-  --gin_file was given), calls main_fn(), and exits with status 2 and a one-paragraph
-  message on a UserError."""
+  --gin_file was given), joins the other processes of a multi-host run, calls main_fn(),
+  and exits with status 2 and a one-paragraph message on a UserError."""
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # Keep the progress bar readable.
   try:
@@ -116,17 +121,22 @@ def run(main_fn, parse_gin_flags: bool = True, default_gin_files: Sequence[str] 
         flags.FLAGS.gin_bindings,
         flags.FLAGS.gin_search_paths,
       )
+    distributed.initialize()
     main_fn()
   except UserError as e:
     _exit_with(e)
 
 
 def app_run(main) -> None:
-  """absl's app.run for t5pt entry points, after the `--gin.NAME=value` rewrite."""
+  """absl's app.run for t5pt entry points, after the `--gin.NAME=value` rewrite; a flag
+  absl cannot parse exits 2 with one line, like every other bad value."""
   try:
     argv = rewrite_gin_args(sys.argv)
+    flags.FLAGS(argv)
   except UserError as e:
     _exit_with(e)
+  except flags.Error as e:
+    _exit_with(UserError(f'{e} (--helpfull lists the flags).'))
   app.run(main, argv=argv)
 
 

@@ -7,12 +7,18 @@ import gin
 import optax
 from flax import traverse_util
 
+from t5pt import checks
 from t5pt.errors import UserError
 
 
 class Optimizer(NamedTuple):
   transform: optax.GradientTransformation
   learning_rate: Callable[[int], float]
+
+
+def _check_clipping(clip_grad_norm, name: str) -> None:
+  if clip_grad_norm is not None:
+    checks.number(clip_grad_norm, name, 0.0, float('inf'))
 
 
 def _with_clipping(tx: optax.GradientTransformation, clip_grad_norm: Optional[float]):
@@ -31,6 +37,13 @@ def adafactor(
   clip_grad_norm: Optional[float] = None,
 ) -> Optimizer:
   """Lester et al.'s prompt-tuning recipe: constant lr 0.3, decay 0.8, wd 1e-5, no scaling."""
+  checks.positive_number(learning_rate, 'optimizers.adafactor.learning_rate')
+  checks.number(decay_rate, 'optimizers.adafactor.decay_rate', 0.0, 1.0)
+  if weight_decay_rate is not None:
+    checks.number(weight_decay_rate, 'optimizers.adafactor.weight_decay_rate', 0.0, 1.0)
+  if clipping_threshold is not None:
+    checks.positive_number(clipping_threshold, 'optimizers.adafactor.clipping_threshold')
+  _check_clipping(clip_grad_norm, 'optimizers.adafactor.clip_grad_norm')
   schedule = optax.constant_schedule(learning_rate)
   tx = optax.adafactor(
     schedule,
@@ -54,6 +67,14 @@ def adamw(
   clip_grad_norm: Optional[float] = 1.0,
 ) -> Optimizer:
   """AdamW with linear warmup and cosine decay to `end_learning_rate`, plus clipping."""
+  checks.positive_number(peak_learning_rate, 'optimizers.adamw.peak_learning_rate')
+  checks.integer(warmup_steps, 'optimizers.adamw.warmup_steps', 0)
+  checks.integer(decay_steps, 'optimizers.adamw.decay_steps (default: TRAIN_STEPS)', 1)
+  checks.number(end_learning_rate, 'optimizers.adamw.end_learning_rate', 0.0, float('inf'))
+  checks.number(weight_decay, 'optimizers.adamw.weight_decay', 0.0, 1.0)
+  checks.number(b1, 'optimizers.adamw.b1', 0.0, 1.0)
+  checks.number(b2, 'optimizers.adamw.b2', 0.0, 1.0)
+  _check_clipping(clip_grad_norm, 'optimizers.adamw.clip_grad_norm')
   schedule = optax.warmup_cosine_decay_schedule(
     0.0, peak_learning_rate, warmup_steps, max(decay_steps, warmup_steps + 1), end_learning_rate
   )

@@ -74,15 +74,31 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec('data'))
 
 
-def host_batch_size(batch_size: int, mesh: Mesh) -> int:
-  """The per-host batch size, after checking the global BATCH_SIZE divides evenly."""
+def check_batch_size(batch_size: int, mesh: Mesh, macro: str = 'BATCH_SIZE') -> None:
+  """The global batch must split evenly over the mesh's 'data' axis."""
   data_size = mesh.shape['data']
-  if batch_size % data_size or batch_size % jax.process_count():
+  if batch_size < 1 or batch_size % data_size:
     raise UserError(
-      f'BATCH_SIZE={batch_size} must be divisible by the data-parallel mesh '
-      f'size ({data_size}) and the number of hosts ({jax.process_count()}).'
+      f'{macro}={batch_size} must be a positive multiple of the data-parallel mesh size '
+      f'({data_size} = {mesh.devices.size} devices / NUM_PARTITIONS={mesh.shape["model"]}).'
     )
-  return batch_size // jax.process_count()
+
+
+def place_batch(batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict:
+  """Global arrays [batch, ...] from the whole batch, which every process holds: each
+  process hands JAX only the rows its own devices keep. With one process this is
+  jax.device_put."""
+  return {k: _place_rows(v, sharding) for k, v in batch.items()}
+
+
+def _place_rows(value: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  if jax.process_count() == 1:
+    return jax.device_put(value, sharding)
+  index = sharding.addressable_devices_indices_map(value.shape).values()
+  starts = [rows.start or 0 for rows, *_ in index]
+  stops = [value.shape[0] if rows.stop is None else rows.stop for rows, *_ in index]
+  local = value[min(starts) : max(stops)]
+  return jax.make_array_from_process_local_data(sharding, local, value.shape)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -24,6 +24,7 @@ from absl import logging
 from t5pt import adapters
 from t5pt import checkpoint_import
 from t5pt import checkpoints
+from t5pt import checks
 from t5pt import data
 from t5pt import errors
 from t5pt import fs
@@ -78,7 +79,6 @@ class RunSetup:
   model: models.EncoderDecoderModel
   mesh: jax.sharding.Mesh
   vocabulary: seqio.Vocabulary
-  host_batch_size: int
   train_ds: tf.data.Dataset
   eval_ds: Optional[tf.data.Dataset]
   shapes: Mapping[str, jax.ShapeDtypeStruct]  # every parameter, by path
@@ -96,12 +96,9 @@ class RunSetup:
   def batch_sharding(self) -> jax.sharding.NamedSharding:
     return partitioning.batch_sharding(self.mesh)
 
-  def to_device(self, host_batch: Mapping[str, np.ndarray]) -> dict:
-    """This host's rows [host_batch, length] as global arrays sharded over the mesh."""
-    return {
-      k: jax.make_array_from_process_local_data(self.batch_sharding, v)
-      for k, v in host_batch.items()
-    }
+  def to_device(self, batch: Mapping[str, np.ndarray]) -> dict:
+    """A global batch [batch, length] (the same on every host) sharded over the mesh."""
+    return partitioning.place_batch(batch, self.batch_sharding)
 
   def run_meta(self, step: int) -> checkpoints.RunMeta:
     """The record saved with the checkpoint of `step`."""
@@ -122,11 +119,65 @@ class RunSetup:
     )
 
 
-def prepare(config: TrainConfig) -> RunSetup:
-  """Validates `config` and builds the run; writes nothing."""
+def check_values(config: TrainConfig) -> None:
+  """Type and range of every value trainer.train was given (see t5pt/checks.py)."""
   errors.require_macros(
     MODEL_DIR=config.model_dir, MIXTURE_OR_TASK_NAME=config.mixture_or_task_name
   )
+  c, b = config, 'trainer.train.'
+  checks.string(c.model_dir, f'MODEL_DIR ({b}model_dir)')
+  checks.string(c.mixture_or_task_name, f'MIXTURE_OR_TASK_NAME ({b}mixture_or_task_name)')
+  checks.module_names(
+    c.mixture_or_task_module, f'MIXTURE_OR_TASK_MODULE ({b}mixture_or_task_module)'
+  )
+  checks.feature_lengths(c.task_feature_lengths, f'TASK_FEATURE_LENGTHS ({b}task_feature_lengths)')
+  checks.integer(c.train_steps, f'TRAIN_STEPS ({b}train_steps)', 0)  # 0: evaluate the start
+  checks.integer(c.batch_size, f'BATCH_SIZE ({b}batch_size)', 1)
+  checks.string(
+    c.initial_checkpoint_path,
+    f'INITIAL_CHECKPOINT_PATH ({b}initial_checkpoint_path)',
+    optional=True,
+  )
+  for macro, name in (
+    ('USE_CACHED_TASKS', 'use_cached_tasks'),
+    ('PACK', 'pack'),
+    ('INFER_EVAL', 'infer_eval'),
+    (None, 'eval_at_start'),
+    (None, 'progress_bar'),
+  ):
+    checks.boolean(getattr(c, name), f'{macro} ({b}{name})' if macro else b + name)
+  checks.regexes(c.trainable, f'TRAINABLE ({b}trainable)')
+  checks.float_dtype(c.frozen_dtype, f'FROZEN_DTYPE ({b}frozen_dtype)')
+  checks.integer(c.seed, f'SEED ({b}seed)', 0)
+  checks.string(c.train_split, f'{b}train_split')
+  checks.string(c.eval_split, f'{b}eval_split', optional=True)
+  for macro, name in (
+    ('EVAL_PERIOD', 'eval_period'),
+    ('CHECKPOINT_PERIOD', 'checkpoint_period'),
+    ('LOG_PERIOD', 'log_period'),
+  ):
+    checks.integer(getattr(c, name), f'{macro} ({b}{name})', 1)
+  checks.optional_integer(c.keep_checkpoints, f'{b}keep_checkpoints', 1)
+  checks.network_config(c.network_config)
+  checks.partition_config(c.partition)
+  checks.number(c.loss.z_loss, 'models.LossConfig.z_loss', 0.0, float('inf'))
+  checks.number(c.loss.label_smoothing, 'models.LossConfig.label_smoothing', 0.0, 1.0)
+  if c.optimizer is not None and not isinstance(c.optimizer, optimizers.Optimizer):
+    raise UserError(
+      f'OPTIMIZER ({b}optimizer) = {c.optimizer!r}: must be an optimizer, e.g. '
+      '@optimizers.adafactor() or @optimizers.adamw() (note the @ and the parentheses).'
+    )
+  if not callable(c.prompt_init):
+    raise UserError(
+      f'PROMPT_INIT ({b}prompt_init) = {c.prompt_init!r}: must be an initialiser, e.g. '
+      '@prompts.sampled_vocab or @prompts.from_file (note the @).'
+    )
+  fs.check_output_dir(c.model_dir, 'MODEL_DIR')
+
+
+def prepare(config: TrainConfig) -> RunSetup:
+  """Validates `config` and builds the run; writes nothing."""
+  check_values(config)
   data.import_task_modules(config.mixture_or_task_module)
   prompt_length = config.network_config.prompt_length
   data.converter_lengths(config.task_feature_lengths, prompt_length)
@@ -145,7 +196,7 @@ def prepare(config: TrainConfig) -> RunSetup:
     config.initial_checkpoint_path,
   )
   mesh = config.partition.make_mesh()
-  host_batch_size = partitioning.host_batch_size(config.batch_size, mesh)
+  partitioning.check_batch_size(config.batch_size, mesh)
   train_ds, eval_ds = _datasets(config, prompt_length)
 
   model = models.EncoderDecoderModel(network_config, config.loss)
@@ -184,7 +235,6 @@ def prepare(config: TrainConfig) -> RunSetup:
     model=model,
     mesh=mesh,
     vocabulary=vocabulary,
-    host_batch_size=host_batch_size,
     train_ds=train_ds,
     eval_ds=eval_ds,
     shapes=shapes,
@@ -214,13 +264,8 @@ def trainable_patterns(
 
 
 def _datasets(config: TrainConfig, prompt_length: int):
-  """(train, eval or None): this host's shard of each split."""
-  common = dict(
-    prompt_length=prompt_length,
-    use_cached=config.use_cached_tasks,
-    shard_index=jax.process_index(),
-    num_shards=jax.process_count(),
-  )
+  """(train, eval or None): each split's whole stream (see data.get_dataset)."""
+  common = dict(prompt_length=prompt_length, use_cached=config.use_cached_tasks)
   train_ds = data.get_dataset(
     config.mixture_or_task_name,
     config.task_feature_lengths,
@@ -348,9 +393,6 @@ def initial_state(setup: RunSetup) -> InitialState:
   falling back past damaged ones; or initialises step 0 (the prompt from PROMPT_INIT).
   Writes nothing."""
   tx = setup.optimizer.transform
-  if setup.resume_from is None:
-    params = _initial_trainable(setup)
-    return InitialState(params, jax.jit(tx.init)(params), 0, 0)
   abstract_params = partitioning.unflatten(
     {
       k: jax.ShapeDtypeStruct(
@@ -359,12 +401,11 @@ def initial_state(setup: RunSetup) -> InitialState:
       for k in setup.trainable_paths
     }
   )
-  opt_shardings = jax.jit(tx.init).lower(abstract_params).compile().output_shardings
-  abstract_opt = jax.tree.map(
-    lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-    jax.eval_shape(tx.init, abstract_params),
-    opt_shardings,
-  )
+  abstract_opt = _abstract_opt_state(tx, abstract_params, setup.mesh)
+  if setup.resume_from is None:
+    params = _initial_trainable(setup)
+    shardings = jax.tree.map(lambda a: a.sharding, abstract_opt)
+    return InitialState(params, jax.jit(tx.init, out_shardings=shardings)(params), 0, 0)
   model_dir = setup.config.model_dir
   candidates = itertools.chain(
     [setup.resume_from], _readable_records(model_dir, below=setup.resume_from.step)
@@ -378,6 +419,20 @@ def initial_state(setup: RunSetup) -> InitialState:
     newer = tuple(s for s in checkpoints.all_steps(model_dir) if s > meta.step)
     return InitialState(params, opt_state, meta.step, meta.batches_consumed, newer)
   raise _all_damaged(model_dir)
+
+
+def _abstract_opt_state(tx, abstract_params, mesh):
+  """The optimizer state's shapes, dtypes and shardings: each leaf where XLA places it
+  given the parameters' shardings, and replicated over the whole mesh where XLA names
+  no mesh (scalars such as the step count, which would otherwise live on one device)."""
+
+  def on_mesh(shape, sharding):
+    if not isinstance(sharding, jax.sharding.NamedSharding):
+      sharding = partitioning.replicated(mesh)
+    return jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=sharding)
+
+  compiled = jax.jit(tx.init).lower(abstract_params).compile()
+  return jax.tree.map(on_mesh, jax.eval_shape(tx.init, abstract_params), compiled.output_shardings)
 
 
 def _rngs(seed: int) -> dict[str, jax.Array]:

@@ -26,6 +26,7 @@ import tqdm
 from t5pt import checkpoints
 from t5pt import data
 from t5pt import data_report
+from t5pt import distributed
 from t5pt import errors
 from t5pt import evaluation
 from t5pt import fs
@@ -95,92 +96,114 @@ def train(
       _say(line)
 
   # ---- Nothing above wrote to disk; from here on the run directory exists. ----
-  fs.makedirs(model_dir)
-  if jax.process_index() == 0:
-    fs.write_text(fs.join(model_dir, 'config.gin'), gin.config_str())
-    for step in start.damaged_steps:  # Out of the way of this run's own saves.
-      _say(f'Set aside the damaged checkpoint_{step} as {checkpoints.set_aside(model_dir, step)}')
-  checkpointer = checkpoints.RunCheckpointer(model_dir, keep_checkpoints)
-  log = metrics_log.MetricsLog(model_dir, resume_step=start_step if setup.resume_from else None)
-  evaluator = evaluation.RunEvaluator(setup, log)
-  if start_step:
-    _say(f'Resuming {model_dir} from step {start_step}.')
-  train_step = jax.jit(
-    steps.build_train_step(setup.model, setup.optimizer.transform, run_setup.dropout_rng(setup)),
-    donate_argnums=(0, 1),
-  )
-  summary = {
-    'model_dir': model_dir,
-    'start_step': start_step,
-    'trainable_parameters': setup.trainable_parameters,
-  }
-  if eval_at_start and not start_step:
-    summary.update(evaluator.evaluate(0, params, suffix='_at_start'))
+  with _write_errors_explained(model_dir):
+    fs.makedirs(model_dir)
+    if jax.process_index() == 0:
+      fs.write_text(fs.join(model_dir, 'config.gin'), gin.config_str())
+      for step in start.damaged_steps:  # Out of the way of this run's own saves.
+        _say(f'Set aside the damaged checkpoint_{step} as {checkpoints.set_aside(model_dir, step)}')
+    distributed.barrier('t5pt train: run directory ready')
+    checkpointer = checkpoints.RunCheckpointer(model_dir, keep_checkpoints)
+    log = metrics_log.MetricsLog(model_dir, resume_step=start_step if setup.resume_from else None)
+    evaluator = evaluation.RunEvaluator(setup, log)
+    if start_step:
+      _say(f'Resuming {model_dir} from step {start_step}.')
+    train_step = jax.jit(
+      steps.build_train_step(setup.model, setup.optimizer.transform, run_setup.dropout_rng(setup)),
+      donate_argnums=(0, 1),
+    )
+    summary = {
+      'model_dir': model_dir,
+      'start_step': start_step,
+      'trainable_parameters': setup.trainable_parameters,
+    }
+    if eval_at_start and not start_step:
+      summary.update(evaluator.evaluate(0, params, suffix='_at_start'))
 
-  batches = data.iterate_batches(
-    setup.train_ds, setup.host_batch_size, drop_remainder=True, skip_batches=start.batches_consumed
-  )
-  bar = tqdm.tqdm(
-    total=train_steps,
-    initial=start_step,
-    unit='step',
-    desc='train',
-    disable=not progress_bar or jax.process_index() != 0,
-    mininterval=1.0,
-    dynamic_ncols=True,
-  )
-  meter = _Throughput(start_step)
-  sums = None
-  finite = jax.jit(_all_finite)
-  with _StopSignals() as stop, contextlib.closing(checkpointer):
-    for step in range(start_step, train_steps):
-      batch = next(batches)
-      meter.count(batch)
-      params, opt_state, metrics = train_step(
-        params, opt_state, setup.frozen_tree, setup.to_device(batch), step
-      )
-      sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
-      done = step + 1
-      meter.started(done, metrics)
-      bar.update(1)
-      stopping = stop.reached(done)
-      if done % log_period == 0 or done == train_steps or stopping:
-        values = models.summarize(jax.device_get(sums))
-        values['learning_rate'] = float(setup.optimizer.learning_rate(step))
-        values.update(meter.rates(done))
-        if 'tokens_per_second' in values:
-          bar.set_postfix(
-            loss=f"{values['loss']:.3f}",
-            acc=f"{values['token_accuracy']:.1f}%",
-            tok_s=f"{values['tokens_per_second']:.0f}",
-          )
-        log.write('train', done, values)
-        summary['train'] = values
-        sums = None
-        if not math.isfinite(values['loss']):
-          raise _diverged(done, log_period, checkpointer)
-      if done % checkpoint_period == 0 or done == train_steps or stopping:
-        if not finite((params, opt_state)):
-          raise _diverged(done, log_period, checkpointer)
-        checkpointer.save(params, opt_state, setup.run_meta(done))
-      if stopping:
-        bar.close()
-        checkpointer.wait_until_finished()
-        _say(
-          f'Stopped by {stop.received} after step {done}: checkpoint_{done} saved in '
-          f'{model_dir}. Rerun the same command to resume.'
+    batches = data.iterate_batches(
+      setup.train_ds, batch_size, drop_remainder=True, skip_batches=start.batches_consumed
+    )
+    bar = tqdm.tqdm(
+      total=train_steps,
+      initial=start_step,
+      unit='step',
+      desc='train',
+      disable=not progress_bar or jax.process_index() != 0,
+      mininterval=1.0,
+      dynamic_ncols=True,
+    )
+    meter = _Throughput(start_step)
+    sums = None
+    finite = jax.jit(_all_finite)
+    with _StopSignals() as stop, contextlib.closing(checkpointer):
+      for step in range(start_step, train_steps):
+        batch = next(batches)
+        meter.count(batch)
+        params, opt_state, metrics = train_step(
+          params, opt_state, setup.frozen_tree, setup.to_device(batch), step
         )
-        summary.update(params=jax.device_get(params), step=done, stopped_by=stop.received)
-        return summary
-      if done % eval_period == 0 or done == train_steps:
-        summary.update(evaluator.evaluate(done, params))
-    bar.close()
-    checkpointer.wait_until_finished()
-  if 'eval' not in summary:  # Resumed at the last step: report where the run stands.
-    summary.update(evaluator.evaluate(train_steps, params))
-  summary['params'] = jax.device_get(params)
-  summary['step'] = train_steps
-  return summary
+        sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+        done = step + 1
+        meter.started(done, metrics)
+        bar.update(1)
+        stopping = stop.reached(done)
+        if done % log_period == 0 or done == train_steps or stopping:
+          values = models.summarize(jax.device_get(sums))
+          values['learning_rate'] = float(setup.optimizer.learning_rate(step))
+          values.update(meter.rates(done))
+          if 'tokens_per_second' in values:
+            bar.set_postfix(
+              loss=f"{values['loss']:.3f}",
+              acc=f"{values['token_accuracy']:.1f}%",
+              tok_s=f"{values['tokens_per_second']:.0f}",
+            )
+          log.write('train', done, values)
+          summary['train'] = values
+          sums = None
+          if not math.isfinite(values['loss']):
+            raise _diverged(done, log_period, checkpointer)
+        if done % checkpoint_period == 0 or done == train_steps or stopping:
+          if not finite((params, opt_state)):
+            raise _diverged(done, log_period, checkpointer)
+          checkpointer.save(params, opt_state, setup.run_meta(done))
+        if stopping:
+          bar.close()
+          checkpointer.wait_until_finished()
+          _say(
+            f'Stopped by {stop.received} after step {done}: checkpoint_{done} saved in '
+            f'{model_dir}. Rerun the same command to resume.'
+          )
+          summary.update(params=distributed.fetch(params), step=done, stopped_by=stop.received)
+          return summary
+        if done % eval_period == 0 or done == train_steps:
+          summary.update(evaluator.evaluate(done, params))
+      bar.close()
+      checkpointer.wait_until_finished()
+    if 'eval' not in summary:  # Resumed at the last step: report where the run stands.
+      summary.update(evaluator.evaluate(train_steps, params))
+    summary['params'] = distributed.fetch(params)
+    summary['step'] = train_steps
+    return summary
+
+
+@contextlib.contextmanager
+def _write_errors_explained(model_dir: str):
+  """A full disk, a read-only or vanished MODEL_DIR, a lost permission: one message saying
+  what still holds (orbax never finishes a checkpoint it could not write completely)."""
+  try:
+    yield
+  except OSError as e:
+    newest = checkpoints.latest_step(model_dir) if fs.isdir(model_dir) else None
+    kept = (
+      f'the newest complete checkpoint, checkpoint_{newest}, is intact'
+      if newest is not None
+      else 'no checkpoint was complete'
+    )
+    raise errors.TrainingStopped(
+      f'Writing to MODEL_DIR={model_dir} failed: {e}. Training stopped and {kept} (an '
+      'unfinished one is removed when the run restarts). Free space or fix the '
+      'permissions, then rerun the same command to resume.'
+    ) from e
 
 
 def _all_finite(tree) -> jax.Array:
@@ -244,13 +267,9 @@ class _Throughput:
   def __init__(self, start_step: int):
     self._tokens, self._tick, self._from = 0, None, start_step
 
-  def count(self, host_batch: Mapping[str, np.ndarray]) -> None:
-    self._tokens += (
-      int(
-        (host_batch['encoder_input_tokens'] > 0).sum()
-        + (host_batch['decoder_target_tokens'] > 0).sum()
-      )
-      * jax.process_count()
+  def count(self, batch: Mapping[str, np.ndarray]) -> None:
+    self._tokens += int(
+      (batch['encoder_input_tokens'] > 0).sum() + (batch['decoder_target_tokens'] > 0).sum()
     )
 
   def started(self, done: int, metrics) -> None:

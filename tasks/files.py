@@ -184,7 +184,7 @@ class _Reader:
     if not fs.exists(self.path):
       raise UserError(f'Task file {self.path!r} does not exist.')
     # Decoded as is, without newline translation: a quoted CSV field keeps its \r\n.
-    text = fs.read_bytes(self.path).decode('utf-8')
+    text = fs.read_text(self.path)
     for line, record in getattr(self, f'_rows_{self.format}')(text):
       if self._is_object(line, record):
         yield line, record

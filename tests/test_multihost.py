@@ -1,0 +1,132 @@
+"""Two processes on localhost as two hosts (jax.distributed over gloo, t5x's flags):
+preempted together, resumed, and equal to one process with the same global batch."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from t5pt import checkpoint_import
+from tests.conftest import REPO
+from tests.conftest import run_module
+from tests.gcs_emulator import free_port
+
+pytestmark = pytest.mark.slow
+
+COMMON = [
+  '--gin.BATCH_SIZE=8',
+  '--gin.DROPOUT_RATE=0.0',  # the same masks for one and two processes are not promised
+  '--gin.LOG_PERIOD=10',
+  '--gin.EVAL_PERIOD=1000',
+  '--gin.CHECKPOINT_PERIOD=10',
+  '--gin.INFER_EVAL=False',
+]
+
+
+def _start_two(module: str, *args: str) -> list[subprocess.Popen]:
+  """Both processes of a 2-host run of `python -m module args`."""
+  address = f'localhost:{free_port()}'
+  env = {**os.environ, 'PYTHONPATH': REPO}
+  return [
+    subprocess.Popen(
+      [
+        sys.executable,
+        '-m',
+        module,
+        *args,
+        '--multiprocess_gpu',
+        f'--coordinator_address={address}',
+        '--process_count=2',
+        f'--process_index={index}',
+      ],
+      cwd=REPO,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for index in (0, 1)
+  ]
+
+
+def _finish(procs) -> list[str]:
+  outputs = [p.communicate(timeout=600)[0] for p in procs]
+  for proc, out in zip(procs, outputs):
+    assert proc.returncode == 0, out[-3000:]
+  return outputs
+
+
+def _train_args(model_dir, base, steps):
+  return [
+    '--gin_file=gin/t5_1_1_tiny_prompt.gin',
+    f"--gin.MODEL_DIR='{model_dir}'",
+    f"--gin.INITIAL_CHECKPOINT_PATH='{base}'",
+    f'--gin.TRAIN_STEPS={steps}',
+    *COMMON,
+  ]
+
+
+def _metrics(path) -> list[dict]:
+  with open(path if path.suffix == '.jsonl' else path / 'metrics.jsonl') as f:
+    return [json.loads(l) for l in f]
+
+
+def test_two_hosts_preempted_and_resumed_train_like_one(tmp_path, base_checkpoint):
+  two, one = tmp_path / 'two', tmp_path / 'one'
+  procs = _start_two('t5pt.train', *_train_args(two, base_checkpoint, 400))
+  deadline = time.time() + 300
+  while not (two / 'checkpoint_10').is_dir():
+    assert all(p.poll() is None for p in procs) and time.time() < deadline
+    time.sleep(0.05)
+  # The notice reaches one host; JAX's preemption sync point stops both at one step.
+  procs[1].send_signal(signal.SIGTERM)
+  out = _finish(procs)
+  (line,) = [l for l in out[0].splitlines() if l.startswith('Stopped by SIGTERM after step ')]
+  stopped = int(line.split()[5].rstrip(':'))
+  assert 10 <= stopped < 400 and (two / f'checkpoint_{stopped}').is_dir()
+  assert 'Stopped by' not in out[1], 'process 1 prints nothing of its own'
+
+  # The rerun on two hosts finishes a shorter run; one process trains it straight.
+  finish = stopped + 10
+  _finish(_start_two('t5pt.train', *_train_args(two, base_checkpoint, finish)))
+  single = run_module('t5pt.train', *_train_args(one, base_checkpoint, finish))
+  assert single.returncode == 0, single.stderr[-3000:]
+
+  def prompt(run):
+    flat = checkpoint_import.read_params_as_numpy(str(run / f'checkpoint_{finish}'))
+    return flat['encoder/prompt/prompt']
+
+  lines = {run: _metrics(run) for run in (one, two)}
+  steps = [(l['split'], l['step']) for l in lines[two]]
+  assert len(steps) == len(set(steps)), 'no metrics line is written twice'
+  assert ('train', stopped) in steps and ('train', finish) in steps
+  losses = {
+    run: {l['step']: l['loss'] for l in lines[run] if l['split'] == 'train'} for run in lines
+  }
+  for step, loss in losses[one].items():
+    if step > stopped:  # the resumed run's first line averages fewer steps
+      break
+    np.testing.assert_allclose(losses[two][step], loss, rtol=1e-4, err_msg=f'step {step}')
+  # The two hosts sum the batch in another order; over ~100 Adafactor steps (normalised
+  # updates at learning rate 0.3) those float32 roundings grow to a few 1e-4.
+  np.testing.assert_allclose(prompt(two), prompt(one), atol=2e-3, err_msg=f'{finish} steps')
+
+  # infer on two hosts writes what one process writes; eval on two hosts scores it.
+  args = [f"--gin.CHECKPOINT_PATH='{two}'", '--gin.BATCH_SIZE=8']
+  _finish(_start_two('t5pt.infer', *args, f"--gin.INFER_OUTPUT_DIR='{tmp_path / 'infer2'}'"))
+  single = run_module('t5pt.infer', *args, f"--gin.INFER_OUTPUT_DIR='{tmp_path / 'infer1'}'")
+  assert single.returncode == 0, single.stderr[-3000:]
+  name = 'synthetic_heldout_max-validation.jsonl'
+  decoded = (tmp_path / 'infer2' / name).read_text()
+  assert decoded == (tmp_path / 'infer1' / name).read_text()
+  predictions = [json.loads(l) for l in decoded.splitlines()]
+  assert len(predictions) == 512
+  _finish(_start_two('t5pt.eval', *args, f"--gin.EVAL_OUTPUT_DIR='{tmp_path / 'eval2'}'"))
+  (metrics,) = _metrics(tmp_path / 'eval2' / 'synthetic_heldout_max-metrics.jsonl')
+  right = sum(p['prediction'] == p['targets'] for p in predictions)
+  assert metrics['sequence_accuracy'] == pytest.approx(100 * right / 512)
