@@ -52,7 +52,7 @@ def make_inputs(workdir: Path, size: str) -> None:
   import transformers  # pylint: disable=import-outside-toplevel
 
   sys.path.insert(0, str(ROOT))
-  from t5pt import checkpoints  # pylint: disable=import-outside-toplevel
+  from t5pt import checkpoints, network  # pylint: disable=import-outside-toplevel
 
   torch.manual_seed(0)
   config = transformers.T5Config(
@@ -73,16 +73,15 @@ def make_inputs(workdir: Path, size: str) -> None:
     }
   }
   saver.save(
-    1,
     prompt,
     {'count': np.zeros((), np.int32)},
-    {
-      'step': 1,
-      'batches_consumed': 1,
-      'trainable': ['encoder/prompt/prompt'],
-      'initial_checkpoint_path': str(workdir / 'hf'),
-      'network_config': {'prompt_length': 100},
-    },
+    checkpoints.RunMeta(
+      step=1,
+      trainable=('encoder/prompt/prompt',),
+      batches_consumed=1,
+      network_config=network.T5Config(prompt_length=100),
+      initial_checkpoint_path=str(workdir / 'hf'),
+    ),
   )
   saver.wait_until_finished()
   saver.close()

@@ -55,6 +55,7 @@ from train_step import (
   describe_shapes,
   hf_t5_model,
   jax_measurements,
+  print_mfu,
   run_workers,
   sizes,
   torch_inputs,
@@ -311,6 +312,7 @@ def main() -> int:
   print(describe_shapes(args, 'for prompt methods'))
   rows = run_workers(selected, args, __file__)
   print_table(rows)
+  print_mfu(rows, label='method')
   print_ratios(rows)
   for r in rows:
     if r.get('note'):

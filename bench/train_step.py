@@ -201,13 +201,17 @@ def jax_measurements(model, opt, trainable, frozen, args, base_mib: float) -> di
   """Timing, memory, trainable-parameter count, last loss, device and version of t5pt's
   jitted training step on trainable / frozen (nested) parameters, --batch examples."""
   import jax
+
+  import mfu
   from t5pt.steps import build_train_step
 
   opt_state = jax.jit(opt.transform.init)(trainable)
-  train_step = jax.jit(
-    build_train_step(model, opt.transform, jax.random.PRNGKey(1)), donate_argnums=(0, 1)
-  )
   batch = jax.device_put(make_batch(args.batch))
+  train_step = (
+    jax.jit(build_train_step(model, opt.transform, jax.random.PRNGKey(1)), donate_argnums=(0, 1))
+    .lower(trainable, opt_state, frozen, batch, 0)
+    .compile()
+  )
   count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(trainable))
   index, metrics = 0, None
 
@@ -217,6 +221,7 @@ def jax_measurements(model, opt, trainable, frozen, args, base_mib: float) -> di
     index += 1
 
   timing = time_steps(step, lambda: jax.block_until_ready((trainable, metrics)), args.steps)
+  peak, peak_source = mfu.device_peak()
   device = jax.devices()[0]
   memory = (
     cpu_memory(base_mib)
@@ -227,6 +232,8 @@ def jax_measurements(model, opt, trainable, frozen, args, base_mib: float) -> di
   )
   return {
     **timing,
+    **mfu.utilisation(mfu.step_flops(train_step), timing['steps_per_s'], peak),
+    'peak_source': peak_source,
     'trainable_params': count,
     **memory,
     'loss': float(metrics['loss_sum'] / metrics['weight_sum']),
@@ -412,6 +419,18 @@ def print_table(rows: list[dict]) -> None:
     )
 
 
+def print_mfu(rows: list[dict], label: str = 'mode') -> None:
+  """One line per t5pt row: XLA's FLOPs per step, FLOP/s achieved, and the fraction of the
+  device's peak (see bench/mfu.py)."""
+  for r in rows:
+    if 'mfu' in r:
+      print(
+        f"MFU t5pt {r[label]}: {r['step_gflop']:.1f} GFLOP/step x {r['steps_per_s']:.3f} "
+        f"steps/s = {r['achieved_tflop_s'] * 1e3:.1f} GFLOP/s of {r['peak_tflop_s'] * 1e3:.1f} "
+        f"({r['peak_source']}): {100 * r['mfu']:.1f}%"
+      )
+
+
 def print_ratios(rows: list[dict]) -> None:
   found = {(r['framework'].split('+')[0], r['mode']): r for r in rows}
   pairs = [(f't5pt / HF, {m}', ('t5pt', m), ('HF', m)) for m in ('prompt', 'full')]
@@ -439,6 +458,7 @@ def main() -> int:
   print(describe_shapes(args, 'in prompt mode'))
   rows = run_workers(selected, args, __file__)
   print_table(rows)
+  print_mfu(rows)
   print_ratios(rows)
   return 0 if len(rows) == len(selected) else 1
 

@@ -137,6 +137,9 @@ def decode_config(config) -> None:
   integer(config.seed, prefix + 'seed')
 
 
+REMAT_POLICIES = ('none', 'minimal', 'dots', 'full')  # network.REMAT_POLICIES' names
+
+
 def network_config(config) -> None:
   """The tuning-method values of a network.T5Config (architecture sizes come from the
   model file or the checkpoint and are reconciled with it)."""
@@ -147,6 +150,7 @@ def network_config(config) -> None:
   integer(config.prefix_length, 'PREFIX_LENGTH (network.T5Config.prefix_length)', 0)
   integer(config.decoder_prefix_length, 'network.T5Config.decoder_prefix_length', 0)
   float_dtype(config.dtype, 'network.T5Config.dtype')
+  choice(config.remat_policy, 'REMAT_POLICY (network.T5Config.remat_policy)', REMAT_POLICIES)
   string(config.ia3_pattern, 'network.T5Config.ia3_pattern', optional=True)
   for rule in config.lora_rules:
     if len(rule) != 3:

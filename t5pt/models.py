@@ -59,11 +59,22 @@ def _sequence_correct(
   correct_or_ignored: jax.Array, segments: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
   """Counts sequences (segments, when packed) whose every target token is right."""
-  length = segments.shape[1]
-  one_hot = jax.nn.one_hot(segments, length + 1, dtype=jnp.int32)[..., 1:]  # [b, len, seg]
-  wrong = jnp.einsum('bl,bls->bs', (~correct_or_ignored).astype(jnp.int32), one_hot)
-  exists = one_hot.sum(axis=1) > 0
+  positions = jnp.ones(segments.shape, jnp.float32)
+  wrong, length = _per_sequence((~correct_or_ignored).astype(jnp.float32), positions, segments)
+  exists = length > 0
   return (exists & (wrong == 0)).sum(), exists.sum()
+
+
+def _segments(batch: Batch, weights: jax.Array) -> jax.Array:
+  """[batch, target_length] sequence ids: the packed segments, else 1 per row (0: padding)."""
+  return batch.get('decoder_segment_ids', (weights > 0).astype(jnp.int32))
+
+
+def _per_sequence(values: jax.Array, weights: jax.Array, segments: jax.Array):
+  """Sums of `values` and `weights` [batch, length] per sequence: ([batch, length] each,
+  indexed by segment id - 1; a packed row holds several sequences)."""
+  one_hot = jax.nn.one_hot(segments, segments.shape[1] + 1, dtype=jnp.float32)[..., 1:]
+  return jnp.einsum('bl,bls->bs', values, one_hot), jnp.einsum('bl,bls->bs', weights, one_hot)
 
 
 class EncoderDecoderModel:
@@ -94,25 +105,43 @@ class EncoderDecoderModel:
       rngs=rngs,
     )
 
-  def loss_and_metrics(self, params, batch: Batch, dropout_rng=None):
-    """Returns (scalar loss to minimise, dict of metric sums for aggregation)."""
+  def loss_weights(self, batch: Batch) -> jax.Array:
+    """[batch, target_length] float32: 1 for real target tokens, 0 for padding."""
+    targets = batch['decoder_target_tokens']
+    return batch.get('decoder_loss_weights', (targets > 0).astype(jnp.float32)).astype(jnp.float32)
+
+  def loss_normaliser(self, batch: Batch) -> jax.Array:
+    """What the batch's summed loss is divided by (see LossConfig): the real target
+    tokens, the sequences with targets, or a constant. Microbatches divide by the whole
+    batch's, so that their gradients add up to the big batch's."""
+    weights = self.loss_weights(batch)
+    factor = self.loss_config.loss_normalizing_factor
+    if factor == 'NUM_REAL_TARGET_TOKENS':
+      return jnp.maximum(weights.sum(), 1.0)
+    if factor == 'AVERAGE_PER_SEQUENCE':
+      _, sequence_weights = _per_sequence(weights, weights, _segments(batch, weights))
+      return jnp.maximum((sequence_weights > 0).sum(), 1).astype(jnp.float32)
+    return jnp.asarray(float(factor), jnp.float32)
+
+  def loss_and_metrics(self, params, batch: Batch, dropout_rng=None, normaliser=None):
+    """Returns (scalar loss to minimise, dict of metric sums for aggregation).
+
+    The loss is the summed per-token (or per-sequence) loss over `normaliser`, by default
+    this batch's `loss_normaliser`."""
     cfg = self.loss_config
     logits = self.logits(params, batch, dropout_rng)
     targets = batch['decoder_target_tokens']
-    weights = batch.get('decoder_loss_weights', (targets > 0).astype(jnp.float32))
-    weights = weights.astype(jnp.float32)
+    weights = self.loss_weights(batch)
     token_loss, token_z = cross_entropy(logits, targets, cfg.z_loss, cfg.label_smoothing)
     loss_sum = (token_loss * weights).sum()
-    factor = cfg.loss_normalizing_factor
-    if factor == 'NUM_REAL_TARGET_TOKENS':
-      loss = loss_sum / jnp.maximum(weights.sum(), 1.0)
-    elif factor == 'AVERAGE_PER_SEQUENCE':
-      per_seq = (token_loss * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
-      loss = per_seq.sum() / jnp.maximum((weights.sum(1) > 0).sum(), 1)
+    segments = _segments(batch, weights)
+    if cfg.loss_normalizing_factor == 'AVERAGE_PER_SEQUENCE':
+      sequence_loss, sequence_weights = _per_sequence(token_loss * weights, weights, segments)
+      summed = (sequence_loss / jnp.maximum(sequence_weights, 1.0)).sum()
     else:
-      loss = loss_sum / float(factor)
+      summed = loss_sum
+    loss = summed / (self.loss_normaliser(batch) if normaliser is None else normaliser)
     correct = (logits.argmax(-1) == targets) | (weights == 0)
-    segments = batch.get('decoder_segment_ids', (weights > 0).astype(jnp.int32))
     seq_correct, seq_total = _sequence_correct(correct, segments)
     metrics = {
       'loss_sum': loss_sum,

@@ -104,6 +104,7 @@ class T5Config:
   prefix_length: int = 0  # deep prompts: per-layer key/value prefixes, encoder
   decoder_prefix_length: int = 0  # ... and decoder self- and cross-attention
   int8_kernels: bool = False  # dense kernels int8 + kernel_scale; see quantization.py
+  remat_policy: str = 'none'  # what a layer keeps for the backward pass: REMAT_POLICIES
 
   def __post_init__(self):
     # gin and JSON give lists; the config must stay hashable.
@@ -179,6 +180,26 @@ class T5Config:
       if getattr(self, name) is None and name not in updates:
         updates[name] = value
     return dataclasses.replace(self, **updates)
+
+
+# What an encoder/decoder layer saves for the backward pass; the rest is recomputed there.
+# t5x's scalable_t5 names: 'none' (save everything), 'minimal', 'full' (save only the
+# layer's input); 'dots' keeps attention scores too.
+REMAT_POLICIES = {
+  'none': None,
+  'dots': jax.checkpoint_policies.checkpoint_dots,  # every matmul output
+  'minimal': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,  # projections only
+  'full': jax.checkpoint_policies.nothing_saveable,
+}
+
+
+def _rematerialised(layer_cls, policy_name: str, static_argnums: tuple[int, ...]):
+  """`layer_cls`, recomputing its activations in the backward pass under the named policy
+  (same parameters and results; less memory, about one more forward pass of compute)."""
+  policy = REMAT_POLICIES[policy_name]
+  if policy is None:
+    return layer_cls
+  return nn.remat(layer_cls, policy=policy, static_argnums=static_argnums)
 
 
 def _normalise(value):
@@ -355,8 +376,9 @@ class Encoder(nn.Module):
     mask = attention_mask(valid, valid, segments, segments, is_prompt)
     bias = _relpos(cfg, 'relpos_bias')(x.shape[1], x.shape[1], bidirectional=True)
     x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
+    layer = _rematerialised(EncoderLayer, cfg.remat_policy, static_argnums=(4,))
     for i in range(cfg.num_encoder_layers):
-      x = EncoderLayer(cfg, name=f'layers_{i}')(x, mask, bias, deterministic)
+      x = layer(cfg, name=f'layers_{i}')(x, mask, bias, deterministic)
     x = layers.RMSNorm(dtype, name='encoder_norm')(x)
     return nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
 
@@ -418,8 +440,10 @@ class Decoder(nn.Module):
       bias = relpos(length, length, bidirectional=False)
     y = self.shared_embedding(decoder_input_tokens.astype(jnp.int32))
     y = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic)
+    # Decoding one position at a time has no backward pass to save memory for.
+    layer = _rematerialised(DecoderLayer, 'none' if decode else cfg.remat_policy, (6, 7))
     for i in range(cfg.num_decoder_layers):
-      y = DecoderLayer(cfg, name=f'layers_{i}')(
+      y = layer(cfg, name=f'layers_{i}')(
         y, encoded, self_mask, cross_mask, bias, deterministic, decode
       )
     y = layers.RMSNorm(dtype, name='decoder_norm')(y)

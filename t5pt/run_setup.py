@@ -47,6 +47,7 @@ class TrainConfig:
   train_steps: int
   batch_size: int
   network_config: network.T5Config
+  num_microbatches: int
   mixture_or_task_module: Optional[str]
   initial_checkpoint_path: Optional[str]
   use_cached_tasks: bool
@@ -133,6 +134,13 @@ def check_values(config: TrainConfig) -> None:
   checks.feature_lengths(c.task_feature_lengths, f'TASK_FEATURE_LENGTHS ({b}task_feature_lengths)')
   checks.integer(c.train_steps, f'TRAIN_STEPS ({b}train_steps)', 0)  # 0: evaluate the start
   checks.integer(c.batch_size, f'BATCH_SIZE ({b}batch_size)', 1)
+  checks.integer(c.num_microbatches, f'NUM_MICROBATCHES ({b}num_microbatches)', 1)
+  if c.batch_size % c.num_microbatches:
+    raise UserError(
+      f'NUM_MICROBATCHES ({b}num_microbatches) = {c.num_microbatches} does not divide '
+      f'BATCH_SIZE={c.batch_size}; pick a divisor, e.g. NUM_MICROBATCHES='
+      f'{max(d for d in range(1, c.num_microbatches + 1) if c.batch_size % d == 0)}.'
+    )
   checks.string(
     c.initial_checkpoint_path,
     f'INITIAL_CHECKPOINT_PATH ({b}initial_checkpoint_path)',
@@ -195,16 +203,28 @@ def prepare(config: TrainConfig) -> RunSetup:
     f'MIXTURE_OR_TASK_NAME={config.mixture_or_task_name!r}',
     config.initial_checkpoint_path,
   )
+  if config.pack and prompt_length:
+    _warn(
+      f'PACK=True with a {prompt_length}-position prompt: the prompt cannot attend to a '
+      'packed row\'s inputs, as it does unpacked and at evaluation, so it trains for a '
+      'slightly different computation (google-research/prompt-tuning refuses packing). '
+      'PACK=False is the prompt-tuning default.'
+    )
   mesh = config.partition.make_mesh()
   partitioning.check_batch_size(config.batch_size, mesh)
+  partitioning.check_batch_size(
+    config.batch_size // config.num_microbatches,
+    mesh,
+    f'the microbatch size BATCH_SIZE / NUM_MICROBATCHES ({config.batch_size} / '
+    f'{config.num_microbatches})',
+  )
   train_ds, eval_ds = _datasets(config, prompt_length)
 
   model = models.EncoderDecoderModel(network_config, config.loss)
-  lengths = config.task_feature_lengths
-  init_fn = lambda rng: model.init(rng, lengths['inputs'] - prompt_length, lengths['targets'])
-  boxed = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
-  shardings = partitioning.param_shardings(boxed, mesh, config.partition.logical_axis_rules)
-  shapes = partitioning.flatten(nn.unbox(boxed))
+  lengths = data.converter_lengths(config.task_feature_lengths, prompt_length)
+  init_fn = lambda rng: model.init(rng, lengths['inputs'], lengths['targets'])
+  shapes = abstract_parameters(model, lengths, mesh, config.partition.logical_axis_rules)
+  shardings = {k: s.sharding for k, s in shapes.items()}
   trainable_paths, frozen_paths = partitioning.split_trainable(
     list(shapes), trainable_patterns(config.trainable, network_config)
   )
@@ -244,6 +264,20 @@ def prepare(config: TrainConfig) -> RunSetup:
     init_fn=init_fn,
     resume_from=resume_from,
   )
+
+
+def abstract_parameters(
+  model: models.EncoderDecoderModel, lengths: Mapping[str, int], mesh, rules
+) -> dict[str, jax.ShapeDtypeStruct]:
+  """Every parameter's shape, dtype and sharding on `mesh`, by path; nothing allocated.
+  `lengths`: the converter's (prompt excluded)."""
+  init = lambda rng: model.init(rng, lengths['inputs'], lengths['targets'])
+  boxed = jax.eval_shape(init, jax.random.PRNGKey(0))
+  shardings = partitioning.param_shardings(boxed, mesh, rules)
+  return {
+    k: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=shardings[k])
+    for k, s in partitioning.flatten(nn.unbox(boxed)).items()
+  }
 
 
 def trainable_patterns(
@@ -401,7 +435,7 @@ def initial_state(setup: RunSetup) -> InitialState:
       for k in setup.trainable_paths
     }
   )
-  abstract_opt = _abstract_opt_state(tx, abstract_params, setup.mesh)
+  abstract_opt = abstract_opt_state(tx, abstract_params, setup.mesh)
   if setup.resume_from is None:
     params = _initial_trainable(setup)
     shardings = jax.tree.map(lambda a: a.sharding, abstract_opt)
@@ -421,7 +455,7 @@ def initial_state(setup: RunSetup) -> InitialState:
   raise _all_damaged(model_dir)
 
 
-def _abstract_opt_state(tx, abstract_params, mesh):
+def abstract_opt_state(tx, abstract_params, mesh):
   """The optimizer state's shapes, dtypes and shardings: each leaf where XLA places it
   given the parameters' shardings, and replicated over the whole mesh where XLA names
   no mesh (scalars such as the step count, which would otherwise live on one device)."""

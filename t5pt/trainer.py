@@ -49,6 +49,7 @@ def train(
   train_steps: int = gin.REQUIRED,
   batch_size: int = gin.REQUIRED,
   network_config: network.T5Config = network.T5Config(),
+  num_microbatches: int = 1,
   mixture_or_task_module: Optional[str] = None,
   initial_checkpoint_path: Optional[str] = None,
   use_cached_tasks: bool = False,
@@ -75,7 +76,9 @@ def train(
   Frozen parameters come from `initial_checkpoint_path` (random when None, which is how
   a base model is trained from scratch with trainable=['.*']) and are never saved.
   `trainable` (regexes over parameter paths) defaults to what the tuning method adds:
-  the prompt, LoRA factors, IA3 scales, deep-prompt prefixes.
+  the prompt, LoRA factors, IA3 scales, deep-prompt prefixes. `num_microbatches` splits
+  each batch into that many parts run one after another before one update (the same
+  update, less activation memory; see steps.build_train_step).
   """
   config = run_setup.TrainConfig(**locals())
   setup = run_setup.prepare(config)
@@ -109,7 +112,12 @@ def train(
     if start_step:
       _say(f'Resuming {model_dir} from step {start_step}.')
     train_step = jax.jit(
-      steps.build_train_step(setup.model, setup.optimizer.transform, run_setup.dropout_rng(setup)),
+      steps.build_train_step(
+        setup.model,
+        setup.optimizer.transform,
+        run_setup.dropout_rng(setup),
+        num_microbatches,
+      ),
       donate_argnums=(0, 1),
     )
     summary = {

@@ -1,0 +1,460 @@
+r"""Will a training run fit? Compiles the run's real train step on abstract shapes and
+prints each device's bytes, before any weight is loaded.
+
+  python -m t5pt.plan --gin_file=gin/flan_t5_xxl_prompt.gin --devices=2 --budget_gb=24
+
+The gin files are the training run's own (trainer.train's bindings: sizes, method,
+FROZEN_DTYPE, INT8_BASE, BATCH_SIZE, NUM_MICROBATCHES, REMAT_POLICY, OPTIMIZER,
+NUM_PARTITIONS). Nothing is read from INITIAL_CHECKPOINT_PATH, so the model file
+(gin/models/*.gin) must give the sizes. --devices=N plans for N devices (simulated on
+CPU when this machine has fewer); --mesh=DxM sets the data x model mesh. With
+--budget_gb the planner also searches for what fits: the lightest setting at BATCH_SIZE
+(fewer microbatches and lighter remat first) and the largest batch.
+
+Backends. On a GPU or TPU the temporaries are what XLA allocates there. On CPU (where
+--devices simulates a pod) two figures are printed:
+- `cpu`: what XLA's CPU compiler allocates, i.e. what a CPU run takes (checked against
+  measured runs, bench/RESULTS.md);
+- `accelerator estimate`: the CPU temporaries over CPU_OVER_ACCELERATOR_TEMPS, the ratio
+  measured between XLA:CPU's plan and an H100's peak for the same steps (XLA:CPU computes
+  bfloat16 in float32 and fuses less). XLA's CPU compiler also drops rematerialisation
+  (it removes jax.checkpoint's optimization barriers and merges the recomputation back
+  into the forward pass), so a remat policy's saving is taken from JAX's own account of
+  the residuals the backward pass keeps with and without the policy.
+The budget search uses the accelerator figures.
+"""
+
+import dataclasses
+import inspect
+import os
+import re
+import time
+from typing import Optional, Sequence
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+from jax._src.ad_checkpoint import saved_residuals  # JAX's account of what backward keeps
+
+from t5pt import checks
+from t5pt import data
+from t5pt import gin_utils
+from t5pt import models
+from t5pt import optimizers
+from t5pt import partitioning
+from t5pt import quantization
+from t5pt import run_setup
+from t5pt import steps
+from t5pt import trainer
+from t5pt.errors import UserError
+
+flags.DEFINE_integer('devices', None, 'Devices to plan for (default: those of this machine).')
+flags.DEFINE_string('mesh', None, "Data x model mesh, e.g. '4x2' (default: NUM_PARTITIONS).")
+flags.DEFINE_float('budget_gb', None, 'Memory per device (GB, 10^9 bytes) to fit into.')
+
+GB = 1e9
+MAX_SEARCHED_BATCH = 8192
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+  """What the search may change: the global batch, microbatches, remat policy."""
+
+  batch_size: int
+  num_microbatches: int
+  remat_policy: str
+
+  def describe(self) -> str:
+    return (
+      f'BATCH_SIZE={self.batch_size} NUM_MICROBATCHES={self.num_microbatches} '
+      f"REMAT_POLICY='{self.remat_policy}'"
+    )
+
+
+# XLA:CPU's temporaries over an H100's peak activations for the same train step, by
+# activation dtype (bench/RESULTS.md, "Memory planner"; T5 1.1 small/base/large, prompt
+# tuning and full fine-tuning, within 10% at bfloat16).
+CPU_OVER_ACCELERATOR_TEMPS = {'bfloat16': 2.45, 'float32': 1.3}
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryPlan:
+  """Bytes per device of one training step."""
+
+  setting: Setting
+  frozen: int  # frozen parameters (FROZEN_DTYPE, int8 kernels)
+  trainable: int  # trainable parameters (float32)
+  optimizer: int  # optimizer state
+  batch: int  # the step's input batch
+  activations: int  # temporaries on the accelerator: saved activations, gradients, workspace
+  outputs: int  # outputs that do not reuse a donated input (metrics)
+  backend: str
+  compile_seconds: float
+  cpu_activations: Optional[int] = None  # XLA:CPU's temporaries, planned on CPU
+
+  @property
+  def held(self) -> int:
+    return self.frozen + self.trainable + self.optimizer + self.batch + self.outputs
+
+  @property
+  def total(self) -> int:
+    """Peak bytes per device on the accelerator (estimated when planned on CPU)."""
+    return self.held + self.activations
+
+  @property
+  def cpu_total(self) -> Optional[int]:
+    return None if self.cpu_activations is None else self.held + self.cpu_activations
+
+
+def _train_bindings() -> dict:
+  """trainer.train's arguments as the gin files bind them (defaults where unbound)."""
+  defaults = {
+    name: p.default
+    for name, p in inspect.signature(trainer.train).parameters.items()
+    if p.default is not inspect.Parameter.empty
+  }
+  return {**defaults, **gin.get_bindings(trainer.train)}
+
+
+class Planner:
+  """Compiles the train step of one run's settings for a mesh, on abstract shapes."""
+
+  def __init__(self, bindings: dict, mesh):
+    self._compiled = {}  # Setting -> (XLA memory stats, compile seconds)
+    self.bindings = bindings
+    self.mesh = mesh
+    config = bindings['network_config']
+    checks.network_config(config)
+    self.network_config = config.require_complete()
+    self.lengths = data.converter_lengths(
+      bindings['task_feature_lengths'], self.network_config.prompt_length
+    )
+    self.optimizer = bindings['optimizer'] or optimizers.adafactor()
+    self.loss = bindings['loss'] or models.LossConfig()
+    self.patterns = run_setup.trainable_patterns(bindings['trainable'], self.network_config)
+    self.frozen_dtype = checks.float_dtype(bindings['frozen_dtype'], 'FROZEN_DTYPE')
+
+  def _step_inputs(self, setting: Setting):
+    """(model, train step, its abstract arguments) for one setting."""
+    mesh = self.mesh
+    config = dataclasses.replace(self.network_config, remat_policy=setting.remat_policy)
+    model = models.EncoderDecoderModel(config, self.loss)
+    params = run_setup.abstract_parameters(
+      model, self.lengths, mesh, self.bindings['partition'].logical_axis_rules
+    )
+    trainable_paths, frozen_paths = partitioning.split_trainable(list(params), self.patterns)
+    trainable = partitioning.unflatten({k: params[k] for k in trainable_paths})
+    frozen = {
+      k: _with_dtype(params[k], quantization.storage_dtype(k, params[k].dtype, self.frozen_dtype))
+      for k in frozen_paths
+    }
+    tx = self.optimizer.transform
+    opt_state = run_setup.abstract_opt_state(tx, trainable, mesh)
+    batch = _abstract_batch(
+      setting.batch_size, self.lengths, self.bindings['pack'], partitioning.batch_sharding(mesh)
+    )
+    step = steps.build_train_step(model, tx, jax.random.PRNGKey(0), setting.num_microbatches)
+    return model, jax.jit(step, donate_argnums=(0, 1)), (trainable, opt_state, frozen, batch)
+
+  def held_bytes(self, setting: Setting) -> dict[str, int]:
+    """Per-device bytes of what the step holds from start to end (parameters, optimizer
+    state, batch), from shapes and shardings alone: nothing is compiled."""
+    return _held_bytes(*self._step_inputs(setting)[2])
+
+  def plan(self, setting: Setting) -> MemoryPlan:
+    """Compiles the step (on CPU without remat, which XLA:CPU drops anyway)."""
+    on_cpu = jax.default_backend() == 'cpu'
+    compiled_setting = dataclasses.replace(setting, remat_policy='none') if on_cpu else setting
+    model, step, (trainable, opt_state, frozen, batch) = self._step_inputs(compiled_setting)
+    if compiled_setting not in self._compiled:
+      start = time.perf_counter()
+      lowered = step.lower(trainable, opt_state, partitioning.unflatten(frozen), batch, 0)
+      stats = lowered.compile().memory_analysis()
+      self._compiled[compiled_setting] = (stats, time.perf_counter() - start)
+    stats, seconds = self._compiled[compiled_setting]
+    temps = stats.temp_size_in_bytes
+    accelerator_temps = temps
+    if on_cpu:
+      saving = self._remat_saving(model, trainable, frozen, batch, setting)
+      ratio = CPU_OVER_ACCELERATOR_TEMPS.get(self.network_config.dtype, 1.0)
+      accelerator_temps = max(temps - saving, 0) / ratio
+    return MemoryPlan(
+      setting=setting,
+      **_held_bytes(trainable, opt_state, frozen, batch),
+      activations=int(accelerator_temps),
+      outputs=max(stats.output_size_in_bytes - stats.alias_size_in_bytes, 0),
+      backend=jax.default_backend(),
+      compile_seconds=seconds,
+      cpu_activations=temps if on_cpu else None,
+    )
+
+  def _remat_saving(self, model, trainable, frozen, batch, setting) -> int:
+    """Residual bytes per device that the remat policy does not keep (0 without remat)."""
+    if setting.remat_policy == 'none':
+      return 0
+    rows = setting.batch_size // (self.mesh.shape['data'] * setting.num_microbatches)
+    local = {k: _shaped(v.shape[1:], v.dtype, rows) for k, v in batch.items()}
+    kept = {}
+    for policy in ('none', setting.remat_policy):
+      config = dataclasses.replace(model.config, remat_policy=policy)
+      kept[policy] = activation_residual_bytes(
+        models.EncoderDecoderModel(config, self.loss), trainable, frozen, local
+      )
+    return kept['none'] - kept[setting.remat_policy]
+
+  def measure(self, setting: Setting) -> int:
+    """Peak bytes on the first device while the step runs on stand-in values (ones):
+    the accelerator's peak, or on CPU the growth of the process's resident memory over
+    the step plus the arguments already resident (big buffers must be mmapped, see
+    `measurable_cpu_environment`)."""
+    _, step, abstract = self._step_inputs(setting)
+    trainable, opt_state, frozen, batch = jax.tree.map(_ones, abstract)
+    frozen = partitioning.unflatten(frozen)
+    compiled = step.lower(trainable, opt_state, frozen, batch, 0).compile()
+    run = lambda: jax.block_until_ready(compiled(trainable, opt_state, frozen, batch, 0))
+    device = jax.devices()[0]
+    if device.platform != 'cpu':
+      run()
+      return device.memory_stats()['peak_bytes_in_use']
+    # XLA's CPU runtime keeps a step's buffers for the next call, so only the first
+    # call's growth shows them; its thread pool is started beforehand.
+    jax.block_until_ready(jax.jit(lambda x: x @ x)(jnp.ones((256, 256))))
+    with open('/proc/self/clear_refs', 'w') as f:
+      f.write('5')  # Resets the peak resident size (VmHWM) to the current one.
+    before = _status_kib('VmRSS')
+    run()
+    return (_status_kib('VmHWM') - before) * 1024 + _device_bytes(jax.tree.leaves(abstract))
+
+
+def measurable_cpu_environment() -> dict:
+  """Environment for a process whose CPU step memory `Planner.measure` reads: glibc
+  serves every allocation over 64 KiB with mmap, so freed buffers leave the resident set."""
+  return {'MALLOC_MMAP_THRESHOLD_': '65536', 'MALLOC_TRIM_THRESHOLD_': '65536'}
+
+
+def _status_kib(field: str) -> int:
+  with open('/proc/self/status') as f:
+    return next(int(line.split()[1]) for line in f if line.startswith(field + ':'))
+
+
+def _ones(shape: jax.ShapeDtypeStruct) -> jax.Array:
+  return jax.jit(lambda: jnp.ones(shape.shape, shape.dtype), out_shardings=shape.sharding)()
+
+
+def activation_residual_bytes(model, trainable, frozen: dict, batch: dict) -> int:
+  """Bytes of the activations the backward pass of the loss keeps (JAX's residuals that
+  are neither parameters nor inputs), for abstract `batch` rows."""
+
+  plain = lambda tree: jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), tree)
+  frozen_tree = plain(partitioning.unflatten(frozen))
+
+  def loss(params, frozen_tree, batch):
+    return model.loss_and_metrics(steps.combine(frozen_tree, params), batch)[0]
+
+  residuals = saved_residuals(loss, plain(trainable), frozen_tree, plain(batch))
+  return int(
+    sum(
+      np.prod(aval.shape) * aval.dtype.itemsize
+      for aval, source in residuals
+      if not source.startswith(('from the argument', 'from a constant'))
+    )
+  )
+
+
+def _shaped(shape, dtype, rows: int):
+
+  return jax.ShapeDtypeStruct((rows, *shape), dtype)
+
+
+def _with_dtype(shape, dtype):
+
+  return jax.ShapeDtypeStruct(shape.shape, dtype, sharding=shape.sharding)
+
+
+def _abstract_batch(batch_size: int, lengths: dict, pack: bool, sharding) -> dict:
+  """The features the train step receives, as abstract global arrays [batch, length]."""
+
+  features = {
+    'encoder_input_tokens': lengths['inputs'],
+    'decoder_input_tokens': lengths['targets'],
+    'decoder_target_tokens': lengths['targets'],
+  }
+  if pack:
+    for side, key in (('encoder', 'inputs'), ('decoder', 'targets')):
+      features[f'{side}_segment_ids'] = lengths[key]
+      features[f'{side}_positions'] = lengths[key]
+  batch = {
+    name: jax.ShapeDtypeStruct((batch_size, length), jnp.int32, sharding=sharding)
+    for name, length in features.items()
+  }
+  batch['decoder_loss_weights'] = jax.ShapeDtypeStruct(
+    (batch_size, lengths['targets']), jnp.float32, sharding=sharding
+  )
+  return batch
+
+
+def _held_bytes(trainable, opt_state, frozen: dict, batch: dict) -> dict[str, int]:
+  return dict(
+    frozen=_device_bytes(frozen.values()),
+    trainable=_device_bytes(jax.tree.leaves(trainable)),
+    optimizer=_device_bytes(jax.tree.leaves(opt_state)),
+    batch=_device_bytes(batch.values()),
+  )
+
+
+def _device_bytes(shapes) -> int:
+  """Bytes one device holds of these abstract (sharded) arrays: the largest shard."""
+
+  total = 0
+  for s in shapes:
+    shard = s.sharding.shard_shape(s.shape) if s.sharding is not None else s.shape
+    total += int(np.prod(shard)) * s.dtype.itemsize
+  return total
+
+
+def parse_mesh(text: Optional[str], devices: int, num_partitions: int) -> tuple[int, int]:
+  """(data, model) from --mesh 'DxM', or from the device count and NUM_PARTITIONS."""
+  if text is None:
+    if devices % num_partitions:
+      raise UserError(
+        f'NUM_PARTITIONS={num_partitions} does not divide --devices={devices}; '
+        'set --mesh=DxM or another NUM_PARTITIONS.'
+      )
+    return devices // num_partitions, num_partitions
+  match = re.fullmatch(r'(\d+)x(\d+)', text.strip())
+  if not match or int(match.group(1)) * int(match.group(2)) != devices:
+    raise UserError(
+      f"--mesh={text!r}: write DATAxMODEL with DATA*MODEL = --devices={devices}, e.g. "
+      f"--mesh={devices}x1 or --mesh=1x{devices}."
+    )
+  return int(match.group(1)), int(match.group(2))
+
+
+def search(
+  planner: Planner, start: Setting, budget: float
+) -> tuple[Optional[MemoryPlan], Optional[MemoryPlan]]:
+  """(lightest setting at the configured batch that fits, largest batch that fits with
+  the configured microbatches and remat); either None when nothing fits."""
+  data = planner.mesh.shape['data']
+  lightest = None
+  for remat in ('none', 'minimal', 'full'):
+    m = 1
+    while start.batch_size % m == 0 and (start.batch_size // m) % data == 0:
+      plan = planner.plan(Setting(start.batch_size, m, remat))
+      if plan.total <= budget:
+        lightest = plan
+        break
+      m *= 2
+    if lightest:
+      break
+  # The largest batch: from BATCH_SIZE, doubling while it fits or halving until it does.
+  step = data * start.num_microbatches
+  fitting = lambda b: planner.plan(dataclasses.replace(start, batch_size=b)).total <= budget
+  batch = max(step, start.batch_size // step * step)
+  if fitting(batch):
+    while batch * 2 <= MAX_SEARCHED_BATCH and fitting(batch * 2):
+      batch *= 2
+  else:
+    while batch > step and not fitting(batch):
+      batch = max(step, batch // 2 // step * step)
+  largest = planner.plan(dataclasses.replace(start, batch_size=batch))
+  if largest.total > budget:
+    largest = None
+  return lightest, largest
+
+
+def describe(plan: MemoryPlan) -> str:
+  gb = lambda b: f'{b / GB:8.3f} GB'
+  lines = [
+    f'  {plan.setting.describe()}',
+    f'    frozen parameters   {gb(plan.frozen)}',
+    f'    trainable           {gb(plan.trainable)}',
+    f'    optimizer state     {gb(plan.optimizer)}',
+    f'    batch               {gb(plan.batch)}',
+  ]
+  if plan.cpu_total is None:
+    lines += [
+      f'    activations, temps  {gb(plan.activations)}',
+      f'    total per device    {gb(plan.total)}   ({plan.backend}, compiled in '
+      f'{plan.compile_seconds:.0f} s)',
+    ]
+  else:
+    lines += [
+      f'    activations, temps  {gb(plan.activations)}   accelerator estimate; '
+      f'{plan.cpu_activations / GB:.2f} GB on CPU',
+      f'    total per device    {gb(plan.total)}   accelerator estimate; '
+      f'{plan.cpu_total / GB:.2f} GB on CPU (compiled in {plan.compile_seconds:.0f} s)',
+    ]
+  return '\n'.join(lines)
+
+
+def simulate_devices(count: int) -> None:
+  """Lets the CPU backend offer `count` devices (before jax starts its backends)."""
+  flag = f'--xla_force_host_platform_device_count={count}'
+  os.environ['XLA_FLAGS'] = ' '.join(
+    [f for f in os.environ.get('XLA_FLAGS', '').split() if 'device_count' not in f] + [flag]
+  )
+
+
+def make_mesh(devices: Optional[int], mesh_text: Optional[str], num_partitions: int):
+
+  count = devices or jax.device_count()
+  pool = jax.devices() if jax.device_count() >= count else jax.devices('cpu')
+  if len(pool) < count:
+    raise UserError(f'--devices={count}: only {len(pool)} CPU devices could be simulated.')
+  shape = parse_mesh(mesh_text, count, num_partitions)
+  return jax.sharding.Mesh(np.asarray(pool[:count]).reshape(shape), ('data', 'model'))
+
+
+def main_plan(devices: Optional[int], mesh_text: Optional[str], budget_gb: Optional[float]) -> list:
+  """Plans the run the parsed gin describes; prints and returns the plans made."""
+  bindings = _train_bindings()
+  mesh = make_mesh(devices, mesh_text, bindings['partition'].num_partitions)
+  planner = Planner(bindings, mesh)
+  cfg = planner.network_config
+  start = Setting(bindings['batch_size'], bindings['num_microbatches'], cfg.remat_policy)
+  print(
+    f'Plan: T5 {cfg.emb_dim}d x {cfg.num_encoder_layers}+{cfg.num_decoder_layers} layers, '
+    f'lengths {planner.lengths} (+{cfg.prompt_length} prompt), FROZEN_DTYPE='
+    f"'{planner.frozen_dtype}'{', int8 kernels' if cfg.int8_kernels else ''}, mesh "
+    f"data={mesh.shape['data']} x model={mesh.shape['model']}"
+  )
+  plans = [planner.plan(start)]
+  print(describe(plans[0]))
+  if budget_gb is not None:
+    budget = budget_gb * GB
+    lightest, largest = search(planner, start, budget)
+    print(f'Within {budget_gb:g} GB per device:')
+    print(describe(lightest) if lightest else f'  nothing fits at BATCH_SIZE={start.batch_size}')
+    print(
+      f'  largest batch: {largest.setting.batch_size} ({largest.total / GB:.2f} GB)'
+      if largest
+      else '  no batch fits with these microbatches and remat'
+    )
+    plans += [p for p in (lightest, largest) if p]
+  return plans
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  devices, budget_gb = flags.FLAGS.devices, flags.FLAGS.budget_gb
+
+  def plan():
+    if devices is not None:
+      checks.integer(devices, '--devices', 1)
+      simulate_devices(devices)
+    if budget_gb is not None:
+      checks.positive_number(budget_gb, '--budget_gb')
+    main_plan(devices, flags.FLAGS.mesh, budget_gb)
+
+  gin_utils.run(plan)
+
+
+def console_main():
+  gin_utils.app_run(main)
+
+
+if __name__ == '__main__':
+  console_main()
