@@ -17,10 +17,11 @@ Backends. On a GPU or TPU the temporaries are what XLA allocates there. On CPU (
   measured runs, bench/RESULTS.md);
 - `accelerator estimate`: the CPU temporaries over CPU_OVER_ACCELERATOR_TEMPS, the ratio
   measured between XLA:CPU's plan and an H100's peak for the same steps (XLA:CPU computes
-  bfloat16 in float32 and fuses less). XLA's CPU compiler also drops rematerialisation
-  (it removes jax.checkpoint's optimization barriers and merges the recomputation back
-  into the forward pass), so a remat policy's saving is taken from JAX's own account of
-  the residuals the backward pass keeps with and without the policy.
+  bfloat16 in float32 and fuses less). Microbatches are estimated from one microbatch
+  compiled as a plain step. XLA's CPU compiler drops rematerialisation (it removes
+  jax.checkpoint's optimization barriers and merges the recomputation back into the
+  forward pass), so a remat policy keeps the share of the residuals JAX says it keeps
+  (`saved_residuals` with and without the policy), plus one layer recomputed at a time.
 The budget search uses the accelerator figures.
 """
 
@@ -136,10 +137,14 @@ class Planner:
     self.patterns = run_setup.trainable_patterns(bindings['trainable'], self.network_config)
     self.frozen_dtype = checks.float_dtype(bindings['frozen_dtype'], 'FROZEN_DTYPE')
 
-  def _step_inputs(self, setting: Setting):
-    """(model, train step, its abstract arguments) for one setting."""
+  def _step_inputs(self, setting: Setting, float32_base: bool = False):
+    """(model, train step, its abstract arguments) for one setting; `float32_base` holds
+    the frozen base in float32 whatever FROZEN_DTYPE and INT8_BASE say."""
     mesh = self.mesh
     config = dataclasses.replace(self.network_config, remat_policy=setting.remat_policy)
+    frozen_dtype = self.frozen_dtype
+    if float32_base:
+      config, frozen_dtype = dataclasses.replace(config, int8_kernels=False), 'float32'
     model = models.EncoderDecoderModel(config, self.loss)
     params = run_setup.abstract_parameters(
       model, self.lengths, mesh, self.bindings['partition'].logical_axis_rules
@@ -147,7 +152,7 @@ class Planner:
     trainable_paths, frozen_paths = partitioning.split_trainable(list(params), self.patterns)
     trainable = partitioning.unflatten({k: params[k] for k in trainable_paths})
     frozen = {
-      k: _with_dtype(params[k], quantization.storage_dtype(k, params[k].dtype, self.frozen_dtype))
+      k: _with_dtype(params[k], quantization.storage_dtype(k, params[k].dtype, frozen_dtype))
       for k in frozen_paths
     }
     tx = self.optimizer.transform
@@ -163,46 +168,75 @@ class Planner:
     state, batch), from shapes and shardings alone: nothing is compiled."""
     return _held_bytes(*self._step_inputs(setting)[2])
 
-  def plan(self, setting: Setting) -> MemoryPlan:
-    """Compiles the step (on CPU without remat, which XLA:CPU drops anyway)."""
-    on_cpu = jax.default_backend() == 'cpu'
-    compiled_setting = dataclasses.replace(setting, remat_policy='none') if on_cpu else setting
-    model, step, (trainable, opt_state, frozen, batch) = self._step_inputs(compiled_setting)
-    if compiled_setting not in self._compiled:
+  def _compiled_stats(self, setting: Setting, float32_base: bool = False):
+    """(XLA's memory stats, compile seconds) of the step under `setting`, compiled once."""
+    key = (setting, float32_base)
+    if key not in self._compiled:
+      _, step, (trainable, opt_state, frozen, batch) = self._step_inputs(setting, float32_base)
       start = time.perf_counter()
       lowered = step.lower(trainable, opt_state, partitioning.unflatten(frozen), batch, 0)
       stats = lowered.compile().memory_analysis()
-      self._compiled[compiled_setting] = (stats, time.perf_counter() - start)
-    stats, seconds = self._compiled[compiled_setting]
-    temps = stats.temp_size_in_bytes
-    accelerator_temps = temps
-    if on_cpu:
-      saving = self._remat_saving(model, trainable, frozen, batch, setting)
-      ratio = CPU_OVER_ACCELERATOR_TEMPS.get(self.network_config.dtype, 1.0)
-      accelerator_temps = max(temps - saving, 0) / ratio
+      self._compiled[key] = (stats, time.perf_counter() - start)
+    return self._compiled[key]
+
+  def plan(self, setting: Setting, cpu_figure: bool = True) -> MemoryPlan:
+    """The step's bytes per device. On an accelerator: XLA's plan for it. On CPU: an
+    accelerator estimate (module docstring) and, with `cpu_figure`, XLA:CPU's plan of
+    the step itself (remat compiled away)."""
+    model, _, (trainable, opt_state, frozen, batch) = self._step_inputs(setting)
+    held = _held_bytes(trainable, opt_state, frozen, batch)
+    cpu_activations = None
+    if jax.default_backend() != 'cpu':
+      stats, seconds = self._compiled_stats(setting)
+      activations = stats.temp_size_in_bytes
+    else:
+      activations = self._accelerator_activations(model, trainable, frozen, batch, setting)
+      stats, seconds = self._compiled_stats(self._microbatch(setting), float32_base=True)
+      if cpu_figure:
+        stats, seconds = self._compiled_stats(dataclasses.replace(setting, remat_policy='none'))
+        cpu_activations = stats.temp_size_in_bytes
     return MemoryPlan(
       setting=setting,
-      **_held_bytes(trainable, opt_state, frozen, batch),
-      activations=int(accelerator_temps),
+      **held,
+      activations=int(activations),
       outputs=max(stats.output_size_in_bytes - stats.alias_size_in_bytes, 0),
       backend=jax.default_backend(),
       compile_seconds=seconds,
-      cpu_activations=temps if on_cpu else None,
+      cpu_activations=cpu_activations,
     )
 
-  def _remat_saving(self, model, trainable, frozen, batch, setting) -> int:
-    """Residual bytes per device that the remat policy does not keep (0 without remat)."""
+  @staticmethod
+  def _microbatch(setting: Setting) -> Setting:
+    return Setting(setting.batch_size // setting.num_microbatches, 1, 'none')
+
+  def _accelerator_activations(self, model, trainable, frozen, batch, setting) -> float:
+    """Activation bytes per device on an accelerator, estimated from XLA:CPU.
+
+    One microbatch is compiled as a plain step of BATCH_SIZE / NUM_MICROBATCHES rows on a
+    float32 base, plus the gradient sums the loop carries: XLA:CPU computes in float32,
+    so on a bfloat16 or int8 base it keeps float32 copies of the weights (hoisted out of
+    the microbatch loop, and saved for the backward pass), which an accelerator computing
+    in bfloat16 does not (the H100's int8 base peaked below its bfloat16 one). A remat policy keeps its share of JAX's residuals, plus one layer
+    rematerialised at a time.
+    """
+    rows = setting.batch_size // setting.num_microbatches
+    stats, _ = self._compiled_stats(self._microbatch(setting), float32_base=True)
+    temps = stats.temp_size_in_bytes / CPU_OVER_ACCELERATOR_TEMPS.get(model.config.dtype, 1.0)
+    if setting.num_microbatches > 1:
+      temps += _device_bytes(jax.tree.leaves(trainable))
     if setting.remat_policy == 'none':
-      return 0
-    rows = setting.batch_size // (self.mesh.shape['data'] * setting.num_microbatches)
-    local = {k: _shaped(v.shape[1:], v.dtype, rows) for k, v in batch.items()}
+      return temps
+    local = {
+      k: _shaped(v.shape[1:], v.dtype, rows // self.mesh.shape['data']) for k, v in batch.items()
+    }
     kept = {}
     for policy in ('none', setting.remat_policy):
       config = dataclasses.replace(model.config, remat_policy=policy)
       kept[policy] = activation_residual_bytes(
         models.EncoderDecoderModel(config, self.loss), trainable, frozen, local
       )
-    return kept['none'] - kept[setting.remat_policy]
+    layers = model.config.num_encoder_layers + model.config.num_decoder_layers
+    return temps * min(1.0, kept[setting.remat_policy] / max(kept['none'], 1) + 1 / layers)
 
   def measure(self, setting: Setting) -> int:
     """Peak bytes on the first device while the step runs on stand-in values (ones):
