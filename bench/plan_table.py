@@ -140,11 +140,7 @@ def main() -> int:
     if key in have:
       continue
     row = plan_one(*key)
-    print(
-      f"{key}: {row['activations'] / GB:.2f} GB activations, compiled in "
-      f"{row['compile_seconds']:.0f} s",
-      flush=True,
-    )
+    print(f'{key}: {row}', flush=True)
     with out.open('a') as f:
       f.write(json.dumps(row) + '\n')
     done.append(row)

@@ -123,7 +123,7 @@ class Planner:
   """Compiles the train step of one run's settings for a mesh, on abstract shapes."""
 
   def __init__(self, bindings: dict, mesh):
-    self._compiled = {}  # Setting -> (XLA memory stats, compile seconds)
+    self._compiled = {}  # (Setting, float32_base) -> (XLA memory stats, compile seconds)
     self.bindings = bindings
     self.mesh = mesh
     config = bindings['network_config']
@@ -212,11 +212,11 @@ class Planner:
   def _accelerator_activations(self, model, trainable, frozen, batch, setting) -> float:
     """Activation bytes per device on an accelerator, estimated from XLA:CPU.
 
-    One microbatch is compiled as a plain step of BATCH_SIZE / NUM_MICROBATCHES rows on a
-    float32 base, plus the gradient sums the loop carries: XLA:CPU computes in float32,
-    so on a bfloat16 or int8 base it keeps float32 copies of the weights (hoisted out of
-    the microbatch loop, and saved for the backward pass), which an accelerator computing
-    in bfloat16 does not (the H100's int8 base peaked below its bfloat16 one). A remat policy keeps its share of JAX's residuals, plus one layer
+    One microbatch is compiled as a plain step of BATCH_SIZE / NUM_MICROBATCHES rows, on
+    a float32 base like the H100 steps CPU_OVER_ACCELERATOR_TEMPS was measured on (and
+    since XLA:CPU hoists float32 copies of bf16 weights out of the microbatch loop, which
+    an accelerator computing in bf16 does not need), plus the gradient sums the loop
+    carries. A remat policy keeps its share of JAX's residuals, plus one layer
     rematerialised at a time.
     """
     rows = setting.batch_size // setting.num_microbatches
@@ -340,7 +340,6 @@ def _held_bytes(trainable, opt_state, frozen: dict, batch: dict) -> dict[str, in
 
 def _device_bytes(shapes) -> int:
   """Bytes one device holds of these abstract (sharded) arrays: the largest shard."""
-
   total = 0
   for s in shapes:
     shard = s.sharding.shard_shape(s.shape) if s.sharding is not None else s.shape
