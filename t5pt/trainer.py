@@ -200,7 +200,9 @@ def _write_errors_explained(model_dir: str):
   what still holds (orbax never finishes a checkpoint it could not write completely)."""
   try:
     yield
-  except OSError as e:
+  except (OSError, ValueError) as e:
+    if not _is_storage_error(e):
+      raise
     newest = checkpoints.latest_step(model_dir) if fs.isdir(model_dir) else None
     kept = (
       f'the newest complete checkpoint, checkpoint_{newest}, is intact'
@@ -212,6 +214,13 @@ def _write_errors_explained(model_dir: str):
       'unfinished one is removed when the run restarts). Free space or fix the '
       'permissions, then rerun the same command to resume.'
     ) from e
+
+
+def _is_storage_error(error: Exception) -> bool:
+  """An OSError, or tensorstore's (orbax's array writer) ValueError for the same causes."""
+  return isinstance(error, OSError) or any(
+    mark in str(error) for mark in ('os_error_code', 'RESOURCE_EXHAUSTED', 'PERMISSION_DENIED')
+  )
 
 
 def _all_finite(tree) -> jax.Array:

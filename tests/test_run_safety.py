@@ -34,8 +34,8 @@ def test_a_nan_stops_the_run_and_keeps_the_last_finite_checkpoint(
 ):
   build = steps.build_train_step
 
-  def poisoned_from_step_3(model, tx, dropout_rng):
-    train_step = build(model, tx, dropout_rng)
+  def poisoned_from_step_3(model, tx, dropout_rng, num_microbatches):
+    train_step = build(model, tx, dropout_rng, num_microbatches)
 
     def step_fn(params, opt_state, frozen, batch, step):
       params, opt_state, metrics = train_step(params, opt_state, frozen, batch, step)
