@@ -246,6 +246,7 @@ class EncoderLayer(nn.Module):
 
 class DecoderLayer(nn.Module):
   config: T5Config
+  cache_encoder_projections: bool = True
 
   @nn.compact
   def __call__(
@@ -278,12 +279,17 @@ class DecoderLayer(nn.Module):
     x = x + dropout(y, deterministic=deterministic)
     y = layers.RMSNorm(dtype, name='pre_cross_attention_layer_norm')(x)
     y = attention(name='encoder_decoder_attention')(
-      y, encoded, cross_mask, None, deterministic, 'cross' if decode else None
+      y, encoded, cross_mask, None, deterministic, self._cross_decode(decode)
     )
     x = x + dropout(y, deterministic=deterministic)
     y = layers.RMSNorm(dtype, name='pre_mlp_layer_norm')(x)
     y = _mlp(cfg, dtype)(y, deterministic)
     return x + dropout(y, deterministic=deterministic)
+
+  def _cross_decode(self, decode: bool) -> Optional[str]:
+    # Cached, the encoder's keys and values are projected once per sequence; uncached
+    # (t5x's decoding loop, whose cache is made before the encoder runs), every step.
+    return 'cross' if decode and self.cache_encoder_projections else None
 
 
 def _relpos(cfg: T5Config, name: str) -> layers.RelativePositionBiases:
@@ -386,6 +392,7 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
   config: T5Config
   shared_embedding: nn.Module
+  cache_encoder_projections: bool = True
 
   @nn.compact
   def __call__(
@@ -412,10 +419,11 @@ class Decoder(nn.Module):
     p = cfg.prompt_length
     enc_valid = encoder_key_mask(encoder_input_tokens, p, encoder_prompt_mask)
     relpos = _relpos(cfg, 'relpos_bias')
-    stepping = decode and self.has_variable('cache', 'position')
+    # 'cache_index': t5x's name for a cache's scalar position, which beam search keeps.
+    stepping = decode and self.has_variable('cache', 'cache_index')
     if stepping:
       # One new position: attend to the cached positions up to and including it.
-      position = self.variable('cache', 'position', lambda: jnp.zeros((), jnp.int32))
+      position = self.variable('cache', 'cache_index', lambda: jnp.zeros((), jnp.int32))
       step = position.value
       position.value = step + 1
       self_mask = (jnp.arange(max_decode_length) <= step)[None, None, None, :]
@@ -425,7 +433,7 @@ class Decoder(nn.Module):
       cross_mask = enc_valid[:, None, None, :]
     else:
       if decode:
-        self.variable('cache', 'position', lambda: jnp.zeros((), jnp.int32))
+        self.variable('cache', 'cache_index', lambda: jnp.zeros((), jnp.int32))
       dec_valid = decoder_target_tokens > 0
       self_mask = attention_mask(
         dec_valid, dec_valid, decoder_segment_ids, decoder_segment_ids, causal=True
@@ -443,7 +451,7 @@ class Decoder(nn.Module):
     # Decoding one position at a time has no backward pass to save memory for.
     layer = _rematerialised(DecoderLayer, 'none' if decode else cfg.remat_policy, (6, 7))
     for i in range(cfg.num_decoder_layers):
-      y = layer(cfg, name=f'layers_{i}')(
+      y = layer(cfg, self.cache_encoder_projections, name=f'layers_{i}')(
         y, encoded, self_mask, cross_mask, bias, deterministic, decode
       )
     y = layers.RMSNorm(dtype, name='decoder_norm')(y)
@@ -467,12 +475,13 @@ class Transformer(nn.Module):
   """The full encoder-decoder; call signature as t5x's `network.Transformer`."""
 
   config: T5Config
+  cache_encoder_projections: bool = True
 
   def setup(self):
     cfg = self.config
     self.token_embedder = layers.Embed(cfg.vocab_size, cfg.emb_dim, cfg.activation_dtype)
     self.encoder = Encoder(cfg, self.token_embedder)
-    self.decoder = Decoder(cfg, self.token_embedder)
+    self.decoder = Decoder(cfg, self.token_embedder, self.cache_encoder_projections)
 
   def encode(
     self,
