@@ -61,8 +61,9 @@ def task_source(name: str, split: str, input_length: int) -> Source:
   )
   examples = []
   for ex in ds.as_numpy_iterator():
-    tokens = list(ex['inputs'])[: input_length - 1] + [inference.EOS_ID]
-    example = {'tokens': tokens, 'inputs': _text(ex, 'inputs', provider)}
+    # As the task made them for training and t5x makes them: trimmed to input_length,
+    # with the task's own EOS (one, not a second).
+    example = {'tokens': list(ex['inputs']), 'inputs': _text(ex, 'inputs', provider)}
     if 'targets' in ex:
       example['targets'] = _text(ex, 'targets', provider)
     examples.append(example)

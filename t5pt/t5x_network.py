@@ -147,17 +147,11 @@ class Transformer(network.Transformer):
     enable_dropout=True,
     decode=False,
     max_decode_length=None,
-    prefill=False,
-    prefill_lengths=None,
   ):
     """Logits [batch, tgt_len, vocab]; with decode=True, one step [batch, 1] at the
-    cache's position (t5x's `_compute_logits_from_slice`)."""
-    del decoder_positions, prefill_lengths
-    if prefill:
-      raise UserError(
-        'Decoder prompts (t5x prompt_with_targets / prefill) are not supported by '
-        't5pt.t5x_network; decode without them.'
-      )
+    cache's position (t5x's `_compute_logits_from_slice`). Without a `prefill`
+    argument t5x decodes with no decoder prompt (prompt_with_targets is not supported)."""
+    del decoder_positions
     if decode and max_decode_length is None:
       max_decode_length = decoder_input_tokens.shape[1]
     return self.decoder(

@@ -65,6 +65,92 @@ class TrainedRun:
     return path
 
 
+class T5XRun(TrainedRun):
+  """A checkpoint of real t5x trained with gin/t5x: one tree holds the frozen base and
+  the tuned leaves. The tuned leaves are the run's parameters; the checkpoint itself is
+  its base. Prompt and deep-prompt lengths are read from the shapes; LoRA and IA3 need
+  the gin rules they were trained with (LoRA's alpha is not in the checkpoint)."""
+
+  def __init__(self, path: str, step: Optional[int] = None, setting: str = 'CHECKPOINT_PATH'):
+    model_dir, named_step = _split_step_dir(path)
+    if step and not named_step:
+      path = checkpoints.step_dir(model_dir, step)
+    checkpoint = checkpoint_import.open_checkpoint(path, setting)
+    shapes = checkpoint.shapes()
+    tuned = sorted(k for k in shapes if network.is_added_by_tuning(k))
+    if not tuned:
+      raise UserError(f'{setting}={path!r} holds no prompt or adapter parameters.')
+    self.model_dir = model_dir
+    self.step = _step_of(checkpoint.path)
+    self.params = {k: checkpoint.read(k) for k in tuned}
+    config = checkpoint.reconcile(_tuning_from_shapes(network.T5Config(), shapes, setting, path))
+    self.meta = checkpoints.RunMeta(
+      step=self.step,
+      trainable=config.tuned_parameters(),
+      network_config=config,
+      initial_checkpoint_path=path,
+    )
+    mesh = partitioning.PartitionConfig().make_mesh()
+    missing = set(tuned) - set(checkpoint_import.model_targets(config, 'float32', mesh))
+    if missing:
+      raise UserError(
+        f'{setting}={path!r} holds tuned parameters the gin network.T5Config does not make, '
+        f'e.g. {sorted(missing)[:2]}: bind the lora_rules / ia3_pattern the t5x run used.'
+      )
+
+
+def _tuning_from_shapes(config: network.T5Config, shapes, setting: str, path: str):
+  """`config` with the prompt and deep-prompt lengths the shapes imply (a length gin sets
+  must agree); a UserError if the shapes hold LoRA or IA3 leaves gin has no rule for."""
+  lengths = {}
+  prompt = shapes.get(network.PROMPT_PATH)
+  if prompt:
+    lengths['prompt_length'] = prompt[0]
+  for side, field in (('encoder', 'prefix_length'), ('decoder', 'decoder_prefix_length')):
+    prefixes = [v[0] for k, v in shapes.items() if k.startswith(side) and k.endswith('/prefix_key')]
+    if prefixes:
+      lengths[field] = prefixes[0]
+  for field, value in lengths.items():
+    if getattr(config, field) not in (0, value):
+      raise UserError(
+        f'network.T5Config.{field} = {getattr(config, field)} in gin, but {path} was trained '
+        f'with {value}; drop the binding.'
+      )
+  lora = sorted(k for k in shapes if k.endswith('/lora_a'))
+  if lora and not config.lora_rules:
+    raise UserError(
+      f'{setting}={path!r} holds LoRA factors on {len(lora)} kernels (rank {shapes[lora[0]][1]}), '
+      f'e.g. {lora[0]}. Its alpha is not in the checkpoint: pass the rules the t5x run used, '
+      "e.g. gin/t5x/lora.gin's: --gin.network.T5Config.lora_rules=%adapters.DEFAULT_LORA_RULES"
+    )
+  if any(k.endswith('/ia3_scale') for k in shapes) and not config.ia3_pattern:
+    raise UserError(
+      f'{setting}={path!r} holds IA3 scales: pass the ia3_pattern the t5x run used, e.g. '
+      '--gin.network.T5Config.ia3_pattern="%adapters.DEFAULT_IA3_PATTERN".'
+    )
+  return dataclasses.replace(config, **lengths)
+
+
+def _step_of(checkpoint_path: str) -> int:
+  """The step of a checkpoint_<step> directory (or of its `state` item)."""
+  for name in reversed(checkpoint_path.rstrip('/').split('/')[-2:]):
+    match = checkpoint_import.STEP_DIR.match(name)
+    if match:
+      return int(match.group(1))
+  return 0
+
+
+def open_run(path: str, step: Optional[int] = None, setting: str = 'CHECKPOINT_PATH'):
+  """A t5pt run, or a t5x checkpoint holding tuned leaves (T5XRun)."""
+  return TrainedRun(path, step) if is_run(path) else T5XRun(path, step, setting)
+
+
+def has_tuned_parameters(path: str, setting: str = 'CHECKPOINT_PATH') -> bool:
+  """Whether a checkpoint that is not a t5pt run holds prompt or adapter parameters."""
+  shapes = checkpoint_import.open_checkpoint(path, setting).shapes()
+  return any(network.is_added_by_tuning(k) for k in shapes)
+
+
 def _split_step_dir(path: str) -> tuple[str, Optional[int]]:
   """MODEL_DIR/checkpoint_<step> -> (MODEL_DIR, step); MODEL_DIR -> (MODEL_DIR, None)."""
   trimmed = path.rstrip('/')
@@ -102,12 +188,15 @@ def load(
   The base is read as `dtype` (e.g. 'bfloat16'); trained parameters stay float32.
   """
   mesh = mesh or partitioning.PartitionConfig().make_mesh()
-  if not is_run(path):
+  if is_run(path):
+    run = TrainedRun(path, step)
+  elif has_tuned_parameters(path):
+    run = T5XRun(path, step)
+  else:
     config, params = checkpoint_import.load_model(
       path, dtype=dtype, mesh=mesh, setting='CHECKPOINT_PATH'
     )
     return LoadedModel(config, params, None, path)
-  run = TrainedRun(path, step)
   if not (base_path or run.meta.initial_checkpoint_path):
     return _load_self_contained(run, mesh)
   base = run.base_path(base_path)

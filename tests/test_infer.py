@@ -11,6 +11,7 @@ import seqio
 
 from t5pt import gin_utils
 from t5pt import batch_inference
+from t5pt import data
 from t5pt import inference
 from t5pt import models
 from t5pt import trained_model
@@ -178,3 +179,17 @@ def test_rank_classification_picks_the_right_label(base_checkpoint):
   accuracy = np.mean([options[b] == t for b, t in zip(best, targets)])
   assert accuracy >= 0.95, accuracy
   assert (scores < 0).all()  # Log-likelihoods.
+
+
+def test_a_task_is_fed_as_training_and_t5x_feed_it():
+  """One EOS, the task's own, trimmed as the task trims: the encoder tokens the trainer
+  and the evaluator see (infer used to append a second EOS)."""
+  data.import_task_modules('tasks.synthetic')
+  source = batch_inference.task_source(TASK, 'validation', input_length=6)
+  ds = data.get_dataset(
+    TASK, {'inputs': 6, 'targets': 4}, 'validation', shuffle=False, repeat=False
+  )
+  expected = [[t for t in ex['encoder_input_tokens'] if t] for ex in ds.as_numpy_iterator()]
+  assert [ex['tokens'] for ex in source.examples] == expected
+  assert all(list(tokens).count(1) == 1 for tokens in expected)
+  assert any(len(tokens) == 6 for tokens in expected)  # some were trimmed
