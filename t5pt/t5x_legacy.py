@@ -57,7 +57,8 @@ class LegacyCheckpoint:
 
   def __init__(self, path: str):
     checkpoint_file = fs.join(path, CHECKPOINT_FILE) if fs.isdir(path) else path
-    self.directory = os.path.dirname(checkpoint_file)
+    # Absolute and normalised: tensorstore refuses local paths with ".." in them.
+    self.directory = fs.absolute(os.path.dirname(checkpoint_file))
     try:
       tree = serialization.msgpack_restore(fs.read_bytes(checkpoint_file))
     except Exception as e:  # msgpack raises several unrelated types on corrupt input.

@@ -35,6 +35,7 @@ import numpy as np
 from flax import traverse_util
 from flax.linen import partitioning as flax_partitioning
 
+from t5pt import adapters
 from t5pt import checkpoint_import
 from t5pt import network
 from t5pt import partitioning
@@ -50,6 +51,14 @@ ADDITIONAL_AXIS_RULES = tuple(
 # t5x Adafactor's factoring of the axes t5pt adds: none (a prompt [prompt, embed] or a
 # LoRA factor keeps a full second moment, as google-research/prompt-tuning does).
 ADDITIONAL_FACTOR_RULES = {'prompt': 'none', 'lora_rank': 'none'}
+
+
+# t5x's RestoreCheckpointConfig.assignment_map for restoring a base checkpoint: the tuned
+# leaves (and their optimizer state) are not read from it but start from their
+# initialisers (with fallback_to_scratch).
+_TUNED_LEAVES = (network.PROMPT_PATH.rsplit('/', 1)[1],) + adapters.ADAPTER_LEAVES
+FRESH_TUNED_LEAVES = ((rf'.*/({"|".join(_TUNED_LEAVES)})(/.*)?', None),)
+gin.constant('t5x_network.FRESH_TUNED_LEAVES', FRESH_TUNED_LEAVES)
 
 
 @gin.configurable(module='t5x_network')
