@@ -7,6 +7,7 @@ import shutil
 
 import gin
 import jax
+import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import orbax.checkpoint as ocp
@@ -15,15 +16,18 @@ import tensorstore as ts
 from etils import epath
 from flax import serialization
 
+from t5pt import adapters
 from t5pt import checkpoint_import
 from t5pt import network
 from t5pt import partitioning
 from t5pt import t5x_legacy
+from t5pt import t5x_network
 from t5pt import trained_model
 from t5pt import vocabularies
 from t5pt.errors import UserError
 from tests import hf_models
 from tests.conftest import INTEROP
+from tests.conftest import TINY
 
 FIXTURE = os.path.join(INTEROP, 't5x_tiny')
 LEGACY = os.path.join(FIXTURE, 'test_t5_1_1_tiny', 'checkpoint_3')
@@ -315,3 +319,36 @@ def test_unrecognised_checkpoint_path_errors_name_the_setting(tmp_path):
     checkpoint_import.load_model(str(tmp_path), setting='CHECKPOINT_PATH')
   with pytest.raises(UserError, match=r'^INITIAL_CHECKPOINT_PATH=.* recognises'):
     checkpoint_import.open_checkpoint(str(tmp_path))
+
+
+def test_a_t5x_checkpoint_with_tuned_leaves_is_a_run(tmp_path):
+  """What real t5x writes with gin/t5x: base and tuned leaves in one tree. The prompt
+  length comes from the shapes; LoRA needs its rules from gin (alpha is not stored)."""
+  config = network.T5Config(**TINY, prompt_length=3, lora_rules=adapters.DEFAULT_LORA_RULES)
+  ones = jnp.ones((1, 4), jnp.int32)
+  variables = t5x_network.Transformer(config).init(jax.random.PRNGKey(0), ones, ones, ones)
+  saved = {k: np.asarray(v) for k, v in partitioning.flatten(variables['params']).items()}
+  _save_t5x_run(tmp_path / 'model', {7: saved})
+  sizes_only = [f'network.T5Config.{k} = {v!r}' for k, v in TINY.items()]
+
+  def load(*bindings):
+    gin.clear_config()
+    gin.parse_config(sizes_only + list(bindings))
+    try:
+      return trained_model.load(str(tmp_path / 'model'))
+    finally:
+      gin.clear_config()
+
+  with pytest.raises(UserError, match=r'LoRA factors on 12 kernels \(rank 8\).*lora_rules'):
+    load()
+  with pytest.raises(UserError, match='prompt_length = 5 in gin, but .* trained with 3'):
+    load(
+      'network.T5Config.lora_rules = %adapters.DEFAULT_LORA_RULES',
+      'network.T5Config.prompt_length = 5',
+    )
+  loaded = load('network.T5Config.lora_rules = %adapters.DEFAULT_LORA_RULES')
+  assert isinstance(loaded.run, trained_model.T5XRun) and loaded.run.step == 7
+  assert loaded.config.prompt_length == 3
+  assert sorted(loaded.run.params) == sorted(k for k in saved if network.is_added_by_tuning(k))
+  for name, value in partitioning.flatten(loaded.params).items():
+    np.testing.assert_array_equal(value, saved[name], err_msg=name)
