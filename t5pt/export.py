@@ -342,6 +342,8 @@ def _export_from_flags() -> None:
   f = flags.FLAGS
   if not f.model_dir or not (f.prompt_npy or f.hf_dir or f.peft_dir):
     raise UserError('Pass --model_dir and at least one of --prompt_npy, --hf_dir, --peft_dir.')
+  # E.g. the LoRA rules of a run real t5x trained (--gin.network.T5Config.lora_rules=...).
+  gin_utils.parse_bindings(f.gin_bindings)
   run = trained_model.open_run(f.model_dir, f.step, '--model_dir')
   adapter_type = peft_type(run) if f.peft_dir else None
   if f.prompt_npy:

@@ -88,6 +88,11 @@ def parse(
     raise UserError(f'Invalid gin config: {e}') from e
   finally:
     logging_std.getLogger().removeFilter(quiet)
+  parse_bindings(bindings)
+
+
+def parse_bindings(bindings: Sequence[str]) -> None:
+  """Parses --gin.NAME=value / --gin_bindings after the files, with user-facing errors."""
   known = defined_macros()
   for binding in bindings:
     match = _MACRO.match(binding)

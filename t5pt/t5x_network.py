@@ -48,6 +48,7 @@ Array = jax.Array
 ADDITIONAL_AXIS_RULES = tuple(
   rule for rule in partitioning.STANDARD_LOGICAL_AXIS_RULES if rule[0] in ('prompt', 'lora_rank')
 )
+gin.constant('t5x_network.ADDITIONAL_AXIS_RULES', ADDITIONAL_AXIS_RULES)
 # t5x Adafactor's factoring of the axes t5pt adds: none (a prompt [prompt, embed] or a
 # LoRA factor keeps a full second moment, as google-research/prompt-tuning does).
 ADDITIONAL_FACTOR_RULES = {'prompt': 'none', 'lora_rank': 'none'}

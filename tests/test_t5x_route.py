@@ -347,3 +347,21 @@ def test_t5x_lora_round_trip(tmp_path):
   t5x_lines = _jsonl(str(tmp_path / 't5x' / f'{TASK}-predict.jsonl-00000-of-00001'))
   t5pt_lines = _jsonl(str(tmp_path / 't5pt' / f'{TASK}-validation.jsonl'))
   assert [l['prediction'] for l in t5x_lines] == [l['prediction'] for l in t5pt_lines]
+  _t5pt(
+    't5pt.export',
+    f'--model_dir={model_dir}',
+    f'--peft_dir={tmp_path / "peft"}',
+    '--gin.network.T5Config.lora_rules=%adapters.DEFAULT_LORA_RULES',
+  )
+  with open(tmp_path / 'peft' / 'adapter_config.json') as f:
+    config = json.load(f)
+  assert (config['peft_type'], config['r'], config['lora_alpha']) == ('LORA', 8, 16.0)
+  _t5pt(
+    't5pt.export',
+    f'--model_dir={model_dir}',
+    f'--peft_dir={tmp_path / "peft"}',
+    '--gin.network.T5Config.lora_rules=%adapters.DEFAULT_LORA_RULES',
+  )
+  with open(tmp_path / 'peft' / 'adapter_config.json') as f:
+    config = json.load(f)
+  assert (config['peft_type'], config['r'], config['lora_alpha']) == ('LORA', 8, 16.0)
