@@ -356,12 +356,3 @@ def test_t5x_lora_round_trip(tmp_path):
   with open(tmp_path / 'peft' / 'adapter_config.json') as f:
     config = json.load(f)
   assert (config['peft_type'], config['r'], config['lora_alpha']) == ('LORA', 8, 16.0)
-  _t5pt(
-    't5pt.export',
-    f'--model_dir={model_dir}',
-    f'--peft_dir={tmp_path / "peft"}',
-    '--gin.network.T5Config.lora_rules=%adapters.DEFAULT_LORA_RULES',
-  )
-  with open(tmp_path / 'peft' / 'adapter_config.json') as f:
-    config = json.load(f)
-  assert (config['peft_type'], config['r'], config['lora_alpha']) == ('LORA', 8, 16.0)
