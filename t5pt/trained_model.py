@@ -3,8 +3,9 @@
 A t5pt run stores only what it trained, plus (in each checkpoint's meta) the network
 config, the base checkpoint it was trained on and its task. `load` puts the two back
 together: the base from INITIAL_CHECKPOINT_PATH (any format checkpoint_import reads) and
-the trained parameters from the run. Pointed at a base checkpoint instead (an HF folder,
-a T5X checkpoint), it gives that model with no prompt.
+the trained parameters from the run. A checkpoint of real t5x trained with gin/t5x
+holds both in one tree (T5XRun). Pointed at a base checkpoint instead (an HF folder, a
+T5X checkpoint without tuned leaves), it gives that model with no prompt.
 """
 
 import dataclasses
