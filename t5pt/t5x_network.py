@@ -164,17 +164,16 @@ class Transformer(network.Transformer):
     del decoder_positions
     if decode and max_decode_length is None:
       max_decode_length = decoder_input_tokens.shape[1]
-    return self.decoder(
+    return super().decode(
       encoded,
       encoder_input_tokens,
       decoder_input_tokens,
       decoder_target_tokens,
       encoder_segment_ids,
       decoder_segment_ids,
-      not enable_dropout,
-      None,
-      decode,
-      max_decode_length,
+      enable_dropout=enable_dropout,
+      decode=decode,
+      max_decode_length=max_decode_length,
     )
 
 
