@@ -17,7 +17,7 @@ import dataclasses
 import functools
 import json
 import posixpath
-from typing import Iterator, Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence, Union
 
 import gin
 import jax
@@ -28,11 +28,13 @@ import tqdm
 from t5pt import checks
 from t5pt import data
 from t5pt import distributed
+from t5pt import ensemble
 from t5pt import errors
 from t5pt import fs
 from t5pt import inference
 from t5pt import models
 from t5pt import partitioning
+from t5pt import prompt_bank
 from t5pt import trained_model
 from t5pt import vocabularies
 from t5pt.errors import UserError
@@ -77,8 +79,15 @@ def _text(example, feature: str, provider) -> str:
   return provider.output_features[feature].vocabulary.decode([int(t) for t in example[feature]])
 
 
-def file_source(path: str, vocabulary: seqio.Vocabulary, input_length: int) -> Source:
-  """A .txt (one input per line) or .jsonl ({"inputs": ..., "targets": ...}) file."""
+def file_source(
+  path: str,
+  vocabulary: seqio.Vocabulary,
+  input_length: int,
+  prompt_names: Optional[Sequence[str]] = None,
+) -> Source:
+  """A .txt (one input per line) or .jsonl ({"inputs": ..., "targets": ..., "prompt": ...})
+  file. `prompt_names`: the PROMPTS a line may name in "prompt" (None: lines name none);
+  with a single prompt, lines that name none use it."""
   if not fs.exists(path):
     raise UserError(f'INPUT_FILE={path!r} does not exist.')
   examples = []
@@ -98,21 +107,42 @@ def file_source(path: str, vocabulary: seqio.Vocabulary, input_length: int) -> S
       if isinstance(record.get('targets'), str):
         example['targets'] = record['targets']
     else:
-      example = {'inputs': line}
+      record, example = {}, {'inputs': line}
+    if prompt_names is not None or 'prompt' in record:
+      example['prompt'] = _prompt_of(record, prompt_names, f'{path}:{number}')
     ids = list(vocabulary.encode(example['inputs']))[: input_length - 1]
     examples.append({**example, 'tokens': ids + [inference.EOS_ID]})
   stem, extension = posixpath.splitext(posixpath.basename(path))
   return Source(f'{stem}-{extension.lstrip(".")}', examples, vocabulary)
 
 
-def _started_step(checkpoint_path: str, output_dir: str) -> Optional[int]:
-  """The checkpoint step an unfinished run of infer into `output_dir` began with, when
-  CHECKPOINT_PATH is the same run directory: its newest step may have moved on since (the
-  run is still training), and one output must not mix two checkpoints' predictions."""
+def _prompt_of(record: Mapping, names: Optional[Sequence[str]], where: str) -> str:
+  """The PROMPTS entry a JSONL record names (the only one, when it names none)."""
+  if names is None:
+    raise UserError(
+      f'{where}: the line names a prompt ({record["prompt"]!r}), but only PROMPTS serves '
+      'several prompts: set PROMPTS, or drop the "prompt" field.'
+    )
+  if 'prompt' not in record:
+    if len(names) == 1:
+      return names[0]
+    raise UserError(
+      f'{where}: the line names no prompt; add "prompt": one of {list(names)} (PROMPTS).'
+    )
+  if record['prompt'] not in names:
+    raise UserError(f'{where}: unknown prompt {record["prompt"]!r}; PROMPTS names {list(names)}.')
+  return record['prompt']
+
+
+def _started(output_dir: str, model: Mapping) -> Optional[dict]:
+  """The settings of an unfinished run of infer into `output_dir` with the same `model`
+  (its checkpoint_path, or its PROMPTS / ENSEMBLE): the steps it began with. A run that is
+  still training may have saved newer checkpoints since, and one output must not mix two
+  checkpoints' predictions."""
   for settings_file in fs.glob(output_dir, '*.jsonl.parts/settings.json'):
     settings = json.loads(fs.read_text(settings_file))
-    if settings.get('checkpoint_path') == checkpoint_path:
-      return settings.get('checkpoint_step')
+    if all(settings.get(key) == value for key, value in model.items()):
+      return settings
   return None
 
 
@@ -160,22 +190,197 @@ class ChunkedOutput:
       fs.remove(self.parts_dir)
 
 
-def _batches(
-  examples: Sequence[Example], batch_size: int, input_length: int
-) -> Iterator[tuple[np.ndarray, int]]:
-  """(tokens [batch_size, input_length] zero-padded, number of real rows)."""
-  for start in range(0, len(examples), batch_size):
-    chunk = examples[start : start + batch_size]
-    tokens = np.zeros((batch_size, input_length), np.int32)
-    for i, ex in enumerate(chunk):
-      tokens[i, : len(ex['tokens'])] = ex['tokens']
-    yield tokens, len(chunk)
+@dataclasses.dataclass
+class Served:
+  """The model infer decodes with, whichever way it was named.
+
+  `identity`: the settings that name it (an unfinished output continues only with the same);
+  `input_length`: the longest input in tokens, after the prompt; `lines`: a batch of at most
+  batch_size examples -> their output lines."""
+
+  identity: dict
+  steps: dict
+  task: Optional[str]
+  lengths: dict
+  input_length: int
+  vocabulary: Callable[[], seqio.Vocabulary]  # INPUT_FILE's tokenizer
+  prompt_names: Optional[Sequence[str]]  # what an INPUT_FILE line may name (PROMPTS)
+  vocab_size: int
+  lines: Callable[[Sequence[Example], seqio.Vocabulary], list[dict]]
+
+
+def _one_model(checkpoint_path, output_dir, args, mesh, batch_size, decode) -> Served:
+  """CHECKPOINT_PATH: one run (any tuning method) or a bare base checkpoint."""
+  identity = {'checkpoint_path': checkpoint_path}
+  started = _started(output_dir, identity)
+  pinned = started.get('checkpoint_step') if started else None
+  loaded = trained_model.load(
+    checkpoint_path, args['base_checkpoint_path'], args['frozen_dtype'], mesh, step=pinned
+  )
+  task, lengths = trained_model.task_and_lengths(
+    loaded,
+    args['mixture_or_task_name'],
+    args['mixture_or_task_module'],
+    args['task_feature_lengths'],
+  )
+  lengths = _require_lengths(lengths)
+  input_length = data.converter_lengths(lengths, loaded.config.prompt_length)['inputs']
+
+  def vocabulary():
+    # The file's text is tokenized as the task (given, else the run's) tokenizes its
+    # inputs; VOCABULARY_PATH overrides, and a bare base checkpoint brings its own.
+    if args['vocabulary_path'] or not task:
+      return vocabularies.sentencepiece(args['vocabulary_path'] or loaded.base_path)
+    return data.vocabulary(task)
+
+  model = models.EncoderDecoderModel(loaded.config)
+  predict = jax.jit(
+    functools.partial(inference.predict_batch, model, max_length=lengths['targets'], config=decode)
+  )
+  sharding = partitioning.batch_sharding(mesh)
+
+  def lines(examples, vocab):
+    tokens = _pad_rows([ex['tokens'] for ex in examples], batch_size, input_length)
+    placed = partitioning.place_batch({'tokens': tokens}, sharding)['tokens']
+    out, scores = distributed.fetch(predict(loaded.params, placed))
+    return _lines(examples, out, scores, vocab)
+
+  step = loaded.run.step if loaded.run else None
+  return Served(
+    identity,
+    {'checkpoint_step': step},
+    task,
+    lengths,
+    input_length,
+    vocabulary,
+    None,
+    loaded.config.vocab_size,
+    lines,
+  )
+
+
+def _prompt_bank(macro, entries, output_dir, args, mesh, batch_size, decode, method, options):
+  """PROMPTS (each example with the prompt it names) or ENSEMBLE (each with every prompt),
+  on one frozen base."""
+  named = prompt_bank.named_entries(entries, macro)
+  identity = {macro.lower(): named}
+  if macro == 'ENSEMBLE':
+    identity.update(ensemble_method=method, ensemble_options=options)
+  started = _started(output_dir, identity)
+  bank = prompt_bank.PromptBank(
+    named,
+    macro,
+    args['base_checkpoint_path'],
+    args['frozen_dtype'],
+    mesh,
+    steps=started.get('steps') if started else None,
+  )
+  data.import_task_modules(args['mixture_or_task_module'] or bank.recorded_modules())
+  lengths = _require_lengths(args['task_feature_lengths'] or bank.common('task_feature_lengths'))
+  bank.check_fits(lengths['inputs'])
+  task = args['mixture_or_task_name']
+  if macro == 'ENSEMBLE' and not args['input_file']:  # the runs' task is the source
+    task = task or bank.common('mixture_or_task_name')
+  input_length = lengths['inputs'] - min(bank.prompt_length(n) for n in bank.names)
+
+  def vocabulary():
+    if args['vocabulary_path']:
+      return vocabularies.sentencepiece(args['vocabulary_path'])
+    if task:
+      return data.vocabulary(task)
+    return bank.common_vocabulary() or vocabularies.sentencepiece(bank.base_path)
+
+  max_length = lengths['targets']
+
+  def mixed_lines(examples, vocab):
+    tokens, ids = bank.rows(
+      [ex['tokens'] for ex in examples],
+      [ex['prompt'] for ex in examples],
+      lengths['inputs'],
+      batch_size,
+    )
+    out, scores = bank.predict(tokens, ids, max_length, decode)
+    lines = _lines(examples, out, scores, vocab)
+    return [{**line, 'prompt': ex['prompt']} for line, ex in zip(lines, examples)]
+
+  def ensemble_lines(examples, vocab):
+    option_ids = None
+    if options is not None:
+      option_ids = [_option_ids(o, vocab, max_length) for o in options]
+    decoded = ensemble.decode(
+      bank,
+      [ex['tokens'] for ex in examples],
+      batch_size,
+      lengths['inputs'],
+      max_length,
+      decode,
+      method,
+      option_ids,
+    )
+    lines = []
+    for i, ex in enumerate(examples):
+      members = {
+        name: {'prediction': vocab.decode(tokens), 'score': float(score)}
+        for name, tokens, score in zip(bank.names, decoded.members[i], decoded.member_scores[i])
+      }
+      line = {
+        'inputs': ex['inputs'],
+        'prediction': vocab.decode(decoded.tokens[i]),
+        'score': float(decoded.score[i]),
+        'votes': int(decoded.votes[i]),
+        'members': members,
+      }
+      if 'targets' in ex:
+        line['targets'] = ex['targets']
+      lines.append(line)
+    return lines
+
+  mixed = macro == 'PROMPTS'
+  return Served(
+    identity,
+    {'steps': bank.steps()},
+    task,
+    lengths,
+    input_length,
+    vocabulary,
+    bank.names if mixed else None,
+    bank.config.vocab_size,
+    mixed_lines if mixed else ensemble_lines,
+  )
+
+
+def _option_ids(option: str, vocabulary: seqio.Vocabulary, max_length: int) -> list[int]:
+  ids = list(vocabulary.encode(option)) + [inference.EOS_ID]
+  if len(ids) > max_length:
+    raise UserError(
+      f'ENSEMBLE_OPTIONS: {option!r} is {len(ids)} tokens with EOS, longer than the targets '
+      f"length {max_length}; raise TASK_FEATURE_LENGTHS['targets']."
+    )
+  return ids
+
+
+def _require_lengths(lengths) -> dict:
+  if not lengths:
+    raise UserError(
+      'TASK_FEATURE_LENGTHS is not set and the checkpoint does not record '
+      "one; pass e.g. --gin.TASK_FEATURE_LENGTHS=\"{'inputs': 512, "
+      "'targets': 128}\"."
+    )
+  return dict(lengths)
+
+
+def _pad_rows(rows: Sequence[Sequence[int]], batch_size: int, length: int) -> np.ndarray:
+  """Token lists -> [batch_size, length], zero-padded (rows past the list too)."""
+  tokens = np.zeros((batch_size, length), np.int32)
+  for i, row in enumerate(rows):
+    tokens[i, : len(row)] = row
+  return tokens
 
 
 def _lines(examples, tokens, scores, vocabulary) -> list[dict]:
   lines = []
   for ex, decodes, decode_scores in zip(examples, tokens, scores):
-    texts = [vocabulary.decode(_until_eos(d)) for d in decodes]
+    texts = [vocabulary.decode(inference.until_eos(d)) for d in decodes]
     line = {'inputs': ex['inputs'], 'prediction': texts[0], 'score': float(decode_scores[0])}
     if len(texts) > 1:
       line.update(predictions=texts, scores=[float(s) for s in decode_scores])
@@ -185,19 +390,10 @@ def _lines(examples, tokens, scores, vocabulary) -> list[dict]:
   return lines
 
 
-def _until_eos(tokens) -> list[int]:
-  out = []
-  for t in np.asarray(tokens).tolist():
-    if t == inference.EOS_ID:
-      break
-    out.append(t)
-  return out
-
-
 @gin.configurable(module='batch_inference')
 def infer(
   *,
-  checkpoint_path: str = gin.REQUIRED,
+  checkpoint_path: Optional[str] = None,
   output_dir: str = gin.REQUIRED,
   mixture_or_task_name: Optional[str] = None,
   mixture_or_task_module: Optional[str] = None,
@@ -211,71 +407,74 @@ def infer(
   frozen_dtype: str = 'float32',
   decode: inference.DecodeConfig = inference.DecodeConfig(),
   partition: partitioning.PartitionConfig = partitioning.PartitionConfig(),
+  prompts: Optional[Mapping[str, str]] = None,
+  ensemble_runs: Union[Mapping[str, str], Sequence[str], None] = None,
+  ensemble_method: str = 'vote',
+  ensemble_options: Optional[Sequence[str]] = None,
   progress_bar: bool = True,
 ) -> str:
-  """Decodes a task split or an input file with a trained run (or a base checkpoint);
-  returns the path of the finished JSONL file."""
-  errors.require_macros(CHECKPOINT_PATH=checkpoint_path, INFER_OUTPUT_DIR=output_dir)
+  """Decodes a task split or an input file with a trained run (or a base checkpoint),
+  several prompts on one base (PROMPTS), or a prompt ensemble (ENSEMBLE); returns the path
+  of the finished JSONL file."""
+  which = checks.one_model(CHECKPOINT_PATH=checkpoint_path, PROMPTS=prompts, ENSEMBLE=ensemble_runs)
+  errors.require_macros(INFER_OUTPUT_DIR=output_dir)
   checks.inference_values('batch_inference.infer', 'INFER_OUTPUT_DIR', locals())
+  ensemble.check_method(ensemble_method, ensemble_options)
   fs.check_output_dir(output_dir, 'INFER_OUTPUT_DIR')
   mesh = partition.make_mesh()
   partitioning.check_batch_size(batch_size, mesh)
-  pinned = _started_step(checkpoint_path, output_dir)
-  model_info = trained_model.load(
-    checkpoint_path, base_checkpoint_path, frozen_dtype, mesh, step=pinned
+  args = dict(
+    base_checkpoint_path=base_checkpoint_path,
+    frozen_dtype=frozen_dtype,
+    mixture_or_task_name=mixture_or_task_name,
+    mixture_or_task_module=mixture_or_task_module,
+    task_feature_lengths=task_feature_lengths,
+    vocabulary_path=vocabulary_path,
+    input_file=input_file,
   )
-  task, lengths = trained_model.task_and_lengths(
-    model_info, mixture_or_task_name, mixture_or_task_module, task_feature_lengths
-  )
-  if not lengths:
-    raise UserError(
-      'TASK_FEATURE_LENGTHS is not set and the checkpoint does not record '
-      "one; pass e.g. --gin.TASK_FEATURE_LENGTHS=\"{'inputs': 512, "
-      "'targets': 128}\"."
+  if which == 'CHECKPOINT_PATH':
+    served = _one_model(checkpoint_path, output_dir, args, mesh, batch_size, decode)
+  else:
+    entries = prompts if which == 'PROMPTS' else ensemble_runs
+    served = _prompt_bank(
+      which, entries, output_dir, args, mesh, batch_size, decode, ensemble_method, ensemble_options
     )
-  config = model_info.config
-  input_length = data.converter_lengths(lengths, config.prompt_length)['inputs']
   if input_file:
-    # The file's text is tokenized as the task (given, else the run's) tokenizes its
-    # inputs; VOCABULARY_PATH overrides, and a bare base checkpoint brings its own.
-    if vocabulary_path or not task:
-      vocabulary = vocabularies.sentencepiece(vocabulary_path or model_info.base_path)
-    else:
-      vocabulary = data.vocabulary(task)
-    source = file_source(input_file, vocabulary, input_length)
-  elif task:
-    source = task_source(task, split, input_length)
+    source = file_source(input_file, served.vocabulary(), served.input_length, served.prompt_names)
+  elif which == 'PROMPTS':
+    raise UserError(
+      'PROMPTS serves the prompts an INPUT_FILE\'s lines name ({"inputs": ..., "prompt": '
+      '"name"}); set INPUT_FILE, or decode a task with CHECKPOINT_PATH or ENSEMBLE.'
+    )
+  elif served.task:
+    source = task_source(served.task, split, served.input_length)
   else:
     raise UserError(
       'Nothing to decode: set MIXTURE_OR_TASK_NAME or INPUT_FILE (the checkpoint records no task).'
     )
-  vocabularies.check_fits(source.vocabulary, config.vocab_size, source.name)
+  vocabularies.check_fits(source.vocabulary, served.vocab_size, source.name)
 
   settings = {
-    'checkpoint_path': checkpoint_path,
-    'checkpoint_step': model_info.run.step if model_info.run else None,
+    **served.identity,
+    **served.steps,
     'split': split,
     'input_file': input_file,
     'batch_size': batch_size,
     'chunk_batches': chunk_batches,
     'decode': dataclasses.asdict(decode),
-    'lengths': dict(lengths),
+    'lengths': served.lengths,
     'num_examples': len(source.examples),
   }
   final_path = fs.join(output_dir, f'{source.name}.jsonl')
   if fs.exists(final_path):
     _say(f'{final_path} is already complete; delete it to decode again.')
     return final_path
+  started = _started(output_dir, served.identity)
   output = ChunkedOutput(output_dir, source.name, settings)
   start_chunk = output.completed_chunks()
   output.start()
-  if pinned is not None:
-    _say(f'Continuing {output.final_path} with checkpoint step {pinned}, as it began.')
-  model = models.EncoderDecoderModel(config)
-  predict = jax.jit(
-    functools.partial(inference.predict_batch, model, max_length=lengths['targets'], config=decode)
-  )
-  batch_sharding = partitioning.batch_sharding(mesh)
+  if started is not None and start_chunk:
+    _say(f'Continuing {output.final_path} with the checkpoint steps it began with: {served.steps}.')
   chunk_size = batch_size * chunk_batches
   num_chunks = -(-len(source.examples) // chunk_size)
   bar = tqdm.tqdm(
@@ -289,13 +488,10 @@ def infer(
   for chunk in range(start_chunk, num_chunks):
     examples = source.examples[chunk * chunk_size : (chunk + 1) * chunk_size]
     lines = []
-    for tokens, real in _batches(examples, batch_size, input_length):
-      placed = partitioning.place_batch({'tokens': tokens}, batch_sharding)['tokens']
-      out, scores = distributed.fetch(predict(model_info.params, placed))
-      lines += _lines(
-        examples[len(lines) : len(lines) + real], out[:real], scores[:real], source.vocabulary
-      )
-      bar.update(real)
+    for start in range(0, len(examples), batch_size):
+      batch = examples[start : start + batch_size]
+      lines += served.lines(batch, source.vocabulary)
+      bar.update(len(batch))
     output.write_chunk(chunk, lines)
   bar.close()
   output.finish(num_chunks)

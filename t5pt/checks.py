@@ -168,6 +168,25 @@ def partition_config(config) -> None:
   integer(config.num_partitions, 'NUM_PARTITIONS (partitioning.PartitionConfig.num_partitions)', 1)
 
 
+MODEL_MACROS = {
+  'CHECKPOINT_PATH': "a run or a base checkpoint: --gin.CHECKPOINT_PATH=\"'/runs/x'\"",
+  'PROMPTS': "{'name': run or .npy, ...}: each INPUT_FILE line with the prompt it names",
+  'ENSEMBLE': '[run, run, ...]: every input with each prompt, combined',
+}
+
+
+def one_model(**macros) -> str:
+  """The one macro (of CHECKPOINT_PATH, PROMPTS, ENSEMBLE) that names the model to use; a
+  UserError unless exactly one is set."""
+  given = [macro for macro, value in macros.items() if value]
+  if len(given) == 1:
+    return given[0]
+  ways = '; '.join(f'{macro} ({MODEL_MACROS[macro]})' for macro in macros)
+  if not given:
+    raise UserError(f'CHECKPOINT_PATH is not set. Name the model with one of {ways}.')
+  raise UserError(f'{" and ".join(given)} are both set; set only one of {ways}.')
+
+
 def inference_values(configurable: str, output_macro: str, values: Mapping[str, Any]) -> None:
   """The settings infer.sh and t5pt.eval share (`values`: the function's arguments by
   name; `configurable`: e.g. 'batch_inference.infer'; `output_macro`: the macro of its
@@ -182,7 +201,7 @@ def inference_values(configurable: str, output_macro: str, values: Mapping[str, 
     'vocabulary_path': 'VOCABULARY_PATH',
     'base_checkpoint_path': 'BASE_CHECKPOINT_PATH',
   }
-  string(values['checkpoint_path'], name('checkpoint_path', 'CHECKPOINT_PATH'))
+  string(values['checkpoint_path'], name('checkpoint_path', 'CHECKPOINT_PATH'), optional=True)
   string(values['output_dir'], name('output_dir', output_macro))
   string(values['split'], name('split', 'SPLIT'))
   for param, macro in optional_strings.items():

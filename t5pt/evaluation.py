@@ -10,25 +10,27 @@ the teacher-forced metrics and the same InferenceEvaluator every EVAL_PERIOD ste
 """
 
 import functools
-import json
-from typing import Any, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence, Union
 
 import gin
 import jax
 import jax.numpy as jnp
-import numpy as np
 import seqio
 import tqdm
 
 from t5pt import checks
 from t5pt import data
 from t5pt import distributed
+from t5pt import ensemble
+from t5pt import ensemble_evaluation
 from t5pt import errors
 from t5pt import fs
 from t5pt import inference
 from t5pt import metrics_log
 from t5pt import models
 from t5pt import partitioning
+from t5pt import prompt_bank
+from t5pt import seqio_outputs
 from t5pt import steps
 from t5pt import trained_model
 from t5pt.errors import UserError
@@ -61,7 +63,9 @@ class InferenceEvaluator:
       sequence_length=data.converter_lengths(task_feature_lengths, model.config.prompt_length),
       num_examples=num_examples,
       log_dir=log_dir,
-      logger_cls=[functools.partial(OutputLogger, tensorboard=tensorboard)] if log_dir else (),
+      logger_cls=[functools.partial(seqio_outputs.OutputLogger, tensorboard=tensorboard)]
+      if log_dir
+      else (),
     )
     self._batch_size = batch_size
     self._sharding = partitioning.batch_sharding(mesh)
@@ -84,7 +88,7 @@ class InferenceEvaluator:
 
     def run(ds, fn):
       results = []
-      for indices, batch in _batches(ds, self._batch_size):
+      for indices, batch in seqio_outputs.enumerated_batches(ds, self._batch_size):
         output = distributed.fetch(fn(partitioning.place_batch(batch, self._sharding)))
         results += [(int(i), output[row]) for row, i in enumerate(indices)]
       return results
@@ -98,68 +102,9 @@ class InferenceEvaluator:
       compute_metrics=True, step=step, predict_fn=predict_fn, score_fn=score_fn
     )
     return {
-      task: {name: _scalar(value) for name, value in task_metrics.items()}
+      task: {name: seqio_outputs.scalar(value) for name, value in task_metrics.items()}
       for task, task_metrics in metrics.result().items()
     }
-
-
-class OutputLogger(seqio.Logger):
-  """seqio's results through t5pt.fs: `<task>-metrics.jsonl` (a line per evaluation),
-  `<task>-<step>.jsonl` (inputs, target and prediction per example) and TensorBoard
-  scalars in `<task>/` (unless `tensorboard` is off: training logs them itself)."""
-
-  def __init__(self, output_dir: str, tensorboard: bool = True):
-    super().__init__(output_dir)
-    self._tensorboard = tensorboard
-
-  def __call__(
-    self,
-    task_name: str,
-    step: Optional[int],
-    metrics: Mapping[str, seqio.metrics.MetricValue],
-    dataset,
-    inferences: Optional[Mapping[str, Sequence[Any]]],
-    targets: Optional[Sequence[Any]],
-  ) -> None:
-    if jax.process_index() != 0:
-      return
-    step = step or 0
-    scalars = {
-      name: _scalar(value)
-      for name, value in metrics.items()
-      if isinstance(value, (seqio.metrics.Scalar, int, float))
-    }
-    metrics_log.JsonLines(fs.join(self.output_dir, f'{task_name}-metrics.jsonl')).append(
-      {'step': step, **scalars}
-    )
-    if self._tensorboard:
-      metrics_log.EventFile(fs.join(self.output_dir, task_name)).write(step, scalars)
-    if dataset is None or not inferences or not targets:
-      return
-    lines = []
-    for example, target, prediction in zip(
-      dataset.as_numpy_iterator(), targets, inferences.get('predictions', ())
-    ):
-      raw = example.get('inputs_pretokenized', b'')
-      lines.append(
-        json.dumps(
-          {
-            'inputs': raw.decode() if isinstance(raw, bytes) else str(raw),
-            'target': _jsonable(target),
-            'prediction': _jsonable(prediction),
-          }
-        )
-        + '\n'
-      )
-    fs.write_text(fs.join(self.output_dir, f'{task_name}-{step:06d}.jsonl'), ''.join(lines))
-
-
-def _jsonable(value):
-  if isinstance(value, bytes):
-    return value.decode()
-  if isinstance(value, np.ndarray):
-    return value.tolist()
-  return value if isinstance(value, (str, int, float, bool, list, dict)) else str(value)
 
 
 class RunEvaluator:
@@ -220,32 +165,6 @@ def _say(message: str) -> None:
     tqdm.tqdm.write(message)
 
 
-def _scalar(value) -> float:
-  """seqio metric values may be plain numbers or seqio.metrics.Scalar."""
-  return float(getattr(value, 'value', value))
-
-
-def _batches(ds, batch_size: int):
-  """(example indices, zero-padded numpy batch of batch_size rows) from an enumerated
-  seqio evaluation dataset."""
-  indices, rows = [], []
-  for index, example in ds.as_numpy_iterator():
-    indices.append(index)
-    rows.append(example)
-    if len(rows) == batch_size:
-      yield indices, _stack(rows, batch_size)
-      indices, rows = [], []
-  if rows:
-    yield indices, _stack(rows, batch_size)
-
-
-def _stack(rows, batch_size: int) -> dict[str, np.ndarray]:
-  keys = ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens')
-  batch = {k: np.stack([r[k] for r in rows]).astype(np.int32) for k in keys}
-  pad = batch_size - len(rows)
-  return {k: np.pad(v, ((0, pad), (0, 0))) for k, v in batch.items()}
-
-
 @gin.configurable(module='evaluation')
 def evaluate(
   *,
@@ -261,21 +180,50 @@ def evaluate(
   use_cached_tasks: bool = False,
   decode: inference.DecodeConfig = inference.DecodeConfig(),
   partition: partitioning.PartitionConfig = partitioning.PartitionConfig(),
-) -> dict[str, dict[str, float]]:
-  """Evaluates a trained run (or a base checkpoint) on a task split; returns the metrics."""
-  errors.require_macros(CHECKPOINT_PATH=checkpoint_path, EVAL_OUTPUT_DIR=output_dir)
+  ensemble_runs: Union[Mapping[str, str], Sequence[str], None] = None,
+  ensemble_method: str = 'vote',
+  ensemble_options: Optional[Sequence[str]] = None,
+) -> dict:
+  """Evaluates a trained run (or a base checkpoint) on a task split; returns the metrics
+  {task: {metric: value}}. With ENSEMBLE instead: {member or 'ensemble': {task: ...}}."""
+  which = checks.one_model(CHECKPOINT_PATH=checkpoint_path, ENSEMBLE=ensemble_runs)
+  errors.require_macros(EVAL_OUTPUT_DIR=output_dir)
   checks.inference_values('evaluation.evaluate', 'EVAL_OUTPUT_DIR', locals())
+  ensemble.check_method(ensemble_method, ensemble_options)
   fs.check_output_dir(output_dir, 'EVAL_OUTPUT_DIR')
   mesh = partition.make_mesh()
   partitioning.check_batch_size(batch_size, mesh)
+  if which == 'ENSEMBLE':
+    bank = prompt_bank.PromptBank(
+      ensemble_runs, 'ENSEMBLE', base_checkpoint_path, frozen_dtype, mesh
+    )
+    data.import_task_modules(mixture_or_task_module or bank.recorded_modules())
+    task = mixture_or_task_name or bank.common('mixture_or_task_name')
+    lengths = task_feature_lengths or bank.common('task_feature_lengths')
+    _require_task(task, lengths)
+    fs.makedirs(output_dir)
+    results = ensemble_evaluation.evaluate(
+      bank,
+      output_dir,
+      task,
+      lengths,
+      split,
+      batch_size,
+      use_cached_tasks,
+      decode,
+      ensemble_method,
+      ensemble_options,
+    )
+    for label, tasks in results.items():
+      for name, values in tasks.items():
+        _say(f'{label:>12} {name}: {metrics_log.describe(dict(sorted(values.items())))}')
+    _say(f'metrics -> {output_dir}/<member>/, {output_dir}/ensemble/')
+    return results
   loaded = trained_model.load(checkpoint_path, base_checkpoint_path, frozen_dtype, mesh)
   task, lengths = trained_model.task_and_lengths(
     loaded, mixture_or_task_name, mixture_or_task_module, task_feature_lengths
   )
-  if not task or not lengths:
-    raise UserError(
-      'Set MIXTURE_OR_TASK_NAME and TASK_FEATURE_LENGTHS (the checkpoint does not record them).'
-    )
+  _require_task(task, lengths)
   evaluator = InferenceEvaluator(
     models.EncoderDecoderModel(loaded.config),
     mesh,
@@ -299,3 +247,10 @@ def evaluate(
     _say(f'{name} @ step {step}: {metrics_log.describe(dict(sorted(values.items())))}')
   _say(f'metrics -> {output_dir}')
   return results
+
+
+def _require_task(task, lengths) -> None:
+  if not task or not lengths:
+    raise UserError(
+      'Set MIXTURE_OR_TASK_NAME and TASK_FEATURE_LENGTHS (the checkpoint does not record them).'
+    )

@@ -160,9 +160,37 @@ def predict_batch(
   )
 
 
-def score_batch(model: models.EncoderDecoderModel, params, batch) -> Array:
-  """Sum of log p(target token) over each example's targets: [batch]."""
-  logits = model.logits(params, batch)
+def score_batch(
+  model: models.EncoderDecoderModel,
+  params,
+  batch,
+  prompt: Optional[Array] = None,
+  prompt_mask: Optional[Array] = None,
+) -> Array:
+  """Sum of log p(target token) over each example's targets: [batch]. `prompt` /
+  `prompt_mask` as in predict_batch."""
+  if prompt is None:
+    logits = model.logits(params, batch)
+  else:
+    encoded = model.module.apply(
+      {'params': params},
+      batch['encoder_input_tokens'],
+      None,
+      False,
+      prompt,
+      prompt_mask,
+      method=model.module.encode,
+    )
+    logits = model.module.apply(
+      {'params': params},
+      encoded,
+      batch['encoder_input_tokens'],
+      batch['decoder_input_tokens'],
+      batch['decoder_target_tokens'],
+      enable_dropout=False,
+      encoder_prompt_mask=prompt_mask,
+      method=model.module.decode,
+    )
   targets = batch['decoder_target_tokens']
   log_probs = jax.nn.log_softmax(logits)
   token_scores = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
@@ -215,6 +243,16 @@ def rank_classify(
     scores[start:end] = result[: end - start]
   scores = scores.reshape(len(inputs), len(options))
   return scores.argmax(axis=1), scores
+
+
+def until_eos(tokens) -> list[int]:
+  """A decoded row [max_length] as a list of ids up to (without) its first EOS."""
+  out = []
+  for t in np.asarray(tokens).tolist():
+    if t == EOS_ID:
+      break
+    out.append(t)
+  return out
 
 
 def stack_prompts(prompts: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -8,10 +8,11 @@ Each example is a random lowercase string `s` over ALPHABET with a length in
   name the operation (`"max: cab"` -> `"c"`). The mixture
   `synthetic_pretrain_mixture` over all of them teaches a small base model to
   follow the instruction prefix.
-* `synthetic_heldout_max` drops the instruction: the inputs are the bare
-  string (`"cab"` -> `"c"`). A frozen base model cannot tell which operation
-  is wanted, but a soft prompt trained on this task can learn to play the role
-  of the missing `"max: "` prefix.
+* `synthetic_heldout_<op>` (one per operation; `synthetic_heldout_max` is the
+  demo's) drop the instruction: the inputs are the bare string (`"cab"` ->
+  `"c"`). A frozen base model cannot tell which operation is wanted, but a soft
+  prompt trained on the task can learn to play the role of the missing
+  `"max: "` prefix; prompts for two held-out tasks serve one model together.
 
 Data is deterministic: every (task, split) draws from its own numpy Generator
 seeded with BASE_SEED plus a stable CRC32 offset of the task and split names.
@@ -56,6 +57,7 @@ OPERATIONS = {
 }
 
 HELDOUT_OPERATION = 'max'
+HELDOUT_TASKS = {f'synthetic_heldout_{op}': op for op in OPERATIONS}
 HELDOUT_TASK = f'synthetic_heldout_{HELDOUT_OPERATION}'
 PRETRAIN_MIXTURE = 'synthetic_pretrain_mixture'
 INSTRUCTED_TASKS = {f'synthetic_{op}': op for op in OPERATIONS}
@@ -93,8 +95,8 @@ def _strings(task_name, split):
 def examples(task_name, split):
   """(inputs, targets) string tuples for a registered synthetic task."""
   strings = _strings(task_name, split)
-  if task_name == HELDOUT_TASK:
-    return strings, tuple(OPERATIONS[HELDOUT_OPERATION](s) for s in strings)
+  if task_name in HELDOUT_TASKS:
+    return strings, tuple(OPERATIONS[HELDOUT_TASKS[task_name]](s) for s in strings)
   op = INSTRUCTED_TASKS[task_name]
   return (tuple(f'{op}: {s}' for s in strings), tuple(OPERATIONS[op](s) for s in strings))
 
@@ -116,7 +118,7 @@ def _dataset_fn(task_name):
 
 def _register():
   """(Re-)registers every synthetic task and the pretraining mixture."""
-  for task_name in [*INSTRUCTED_TASKS, HELDOUT_TASK]:
+  for task_name in [*INSTRUCTED_TASKS, *HELDOUT_TASKS]:
     if task_name in seqio.TaskRegistry.names():
       seqio.TaskRegistry.remove(task_name)
     seqio.TaskRegistry.add(

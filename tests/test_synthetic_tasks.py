@@ -8,7 +8,7 @@ from tasks import synthetic
 
 SEQUENCE_LENGTH = {'inputs': 32, 'targets': 16}
 EOS_ID = 1
-ALL_TASKS = [*synthetic.INSTRUCTED_TASKS, synthetic.HELDOUT_TASK]
+ALL_TASKS = [*synthetic.INSTRUCTED_TASKS, *synthetic.HELDOUT_TASKS]
 
 
 def _decoded(task_name, split='validation', limit=20):
@@ -27,6 +27,9 @@ def test_tasks_and_mixture_registered():
     'synthetic_last',
     'synthetic_min',
     'synthetic_max',
+    'synthetic_heldout_first',
+    'synthetic_heldout_last',
+    'synthetic_heldout_min',
     'synthetic_heldout_max',
   }
   for name in ALL_TASKS:
