@@ -207,6 +207,7 @@ class Served:
   prompt_names: Optional[Sequence[str]]  # what an INPUT_FILE line may name (PROMPTS)
   vocab_size: int
   lines: Callable[[Sequence[Example], seqio.Vocabulary], list[dict]]
+  check: Callable[[seqio.Vocabulary], object] = lambda vocabulary: None  # the source's
 
 
 def _one_model(checkpoint_path, output_dir, args, mesh, batch_size, decode) -> Served:
@@ -247,15 +248,15 @@ def _one_model(checkpoint_path, output_dir, args, mesh, batch_size, decode) -> S
 
   step = loaded.run.step if loaded.run else None
   return Served(
-    identity,
-    {'checkpoint_step': step},
-    task,
-    lengths,
-    input_length,
-    vocabulary,
-    None,
-    loaded.config.vocab_size,
-    lines,
+    identity=identity,
+    steps={'checkpoint_step': step},
+    task=task,
+    lengths=lengths,
+    input_length=input_length,
+    vocabulary=vocabulary,
+    prompt_names=None,
+    vocab_size=loaded.config.vocab_size,
+    lines=lines,
   )
 
 
@@ -303,10 +304,10 @@ def _prompt_bank(macro, entries, output_dir, args, mesh, batch_size, decode, met
     lines = _lines(examples, out, scores, vocab)
     return [{**line, 'prompt': ex['prompt']} for line, ex in zip(lines, examples)]
 
+  def option_ids(vocab):
+    return ensemble.option_ids(options, vocab, max_length)
+
   def ensemble_lines(examples, vocab):
-    option_ids = None
-    if options is not None:
-      option_ids = [_option_ids(o, vocab, max_length) for o in options]
     decoded = ensemble.decode(
       bank,
       [ex['tokens'] for ex in examples],
@@ -315,7 +316,7 @@ def _prompt_bank(macro, entries, output_dir, args, mesh, batch_size, decode, met
       max_length,
       decode,
       method,
-      option_ids,
+      option_ids(vocab),
     )
     lines = []
     for i, ex in enumerate(examples):
@@ -337,26 +338,17 @@ def _prompt_bank(macro, entries, output_dir, args, mesh, batch_size, decode, met
 
   mixed = macro == 'PROMPTS'
   return Served(
-    identity,
-    {'steps': bank.steps()},
-    task,
-    lengths,
-    input_length,
-    vocabulary,
-    bank.names if mixed else None,
-    bank.config.vocab_size,
-    mixed_lines if mixed else ensemble_lines,
+    identity=identity,
+    steps={'steps': bank.steps()},
+    task=task,
+    lengths=lengths,
+    input_length=input_length,
+    vocabulary=vocabulary,
+    prompt_names=bank.names if mixed else None,
+    vocab_size=bank.config.vocab_size,
+    lines=mixed_lines if mixed else ensemble_lines,
+    check=option_ids,
   )
-
-
-def _option_ids(option: str, vocabulary: seqio.Vocabulary, max_length: int) -> list[int]:
-  ids = list(vocabulary.encode(option)) + [inference.EOS_ID]
-  if len(ids) > max_length:
-    raise UserError(
-      f'ENSEMBLE_OPTIONS: {option!r} is {len(ids)} tokens with EOS, longer than the targets '
-      f"length {max_length}; raise TASK_FEATURE_LENGTHS['targets']."
-    )
-  return ids
 
 
 def _require_lengths(lengths) -> dict:
@@ -453,6 +445,7 @@ def infer(
       'Nothing to decode: set MIXTURE_OR_TASK_NAME or INPUT_FILE (the checkpoint records no task).'
     )
   vocabularies.check_fits(source.vocabulary, served.vocab_size, source.name)
+  served.check(source.vocabulary)
 
   settings = {
     **served.identity,

@@ -54,6 +54,22 @@ def check_method(method: str, options, macro: str = 'ENSEMBLE_METHOD') -> None:
       checks.string(option, 'ENSEMBLE_OPTIONS entries')
 
 
+def option_ids(
+  options: Optional[Sequence[str]], vocabulary, max_length: int
+) -> Optional[list[list[int]]]:
+  """ENSEMBLE_OPTIONS as target ids ending in EOS (None stays None); each must fit."""
+  if options is None:
+    return None
+  ids = [list(vocabulary.encode(o)) + [inference.EOS_ID] for o in options]
+  for option, tokens in zip(options, ids):
+    if len(tokens) > max_length:
+      raise UserError(
+        f'ENSEMBLE_OPTIONS: {option!r} is {len(tokens)} tokens with EOS, longer than the '
+        f"targets length {max_length}; raise TASK_FEATURE_LENGTHS['targets'] or shorten it."
+      )
+  return ids
+
+
 def decode(
   bank: prompt_bank.PromptBank,
   inputs: Sequence[Sequence[int]],

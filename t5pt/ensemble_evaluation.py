@@ -58,10 +58,14 @@ def evaluate(
     raise UserError(
       f'{task!r} declares no metric_fns, so there is nothing to evaluate; use ./infer.sh.'
     )
+  option_ids = {
+    t.name: ensemble.option_ids(
+      options, t.output_features['targets'].vocabulary, lengths['targets']
+    )
+    for t in evaluator.eval_tasks
+  }
   outputs = {}
   for t in evaluator.eval_tasks:
-    vocabulary = t.output_features['targets'].vocabulary
-    option_ids = None if options is None else [_option_ids(o, vocabulary) for o in options]
     outputs[t.name] = _decode_task(
       bank,
       evaluator.cached_model_datasets[t.name],
@@ -69,7 +73,7 @@ def evaluate(
       lengths,
       decode,
       method,
-      option_ids,
+      option_ids[t.name],
       scores=bool(t.score_metric_fns),
     )
   # The Evaluator hands each task's cached dataset to the model functions.
@@ -91,10 +95,6 @@ def evaluate(
       for name, values in metrics.result().items()
     }
   return results
-
-
-def _option_ids(option: str, vocabulary) -> list[int]:
-  return list(vocabulary.encode(option)) + [inference.EOS_ID]
 
 
 def _decode_task(bank, ds, batch_size, lengths, decode, method, option_ids, scores: bool):

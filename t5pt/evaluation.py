@@ -201,7 +201,6 @@ def evaluate(
     task = mixture_or_task_name or bank.common('mixture_or_task_name')
     lengths = task_feature_lengths or bank.common('task_feature_lengths')
     _require_task(task, lengths)
-    fs.makedirs(output_dir)
     results = ensemble_evaluation.evaluate(
       bank,
       output_dir,

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from t5pt import batch_inference
+from t5pt import ensemble
 from t5pt import evaluation
 from t5pt import gin_utils
 from t5pt import inference
 from t5pt import models
-from t5pt import network
+from t5pt import prompt_bank
 from t5pt import trained_model
 from t5pt.errors import UserError
 from tasks import synthetic
@@ -304,13 +305,19 @@ def test_bad_prompt_settings_fail_clearly_before_writing(
     ENSEMBLE_OPTIONS=['a'],
     INPUT_FILE=good,
   )
+  _bad(
+    tmp_path,
+    ["ENSEMBLE_OPTIONS: 'abcdefghijkl'", 'targets length 10'],
+    ENSEMBLE=[prompt_run, min_run],
+    ENSEMBLE_METHOD='score',
+    ENSEMBLE_OPTIONS=['a', 'abcdefghijkl'],
+    INPUT_FILE=_write(tmp_path / 'plain.jsonl', [{'inputs': 'abc'}]),
+  )
   _bad(tmp_path, ['only .npy', 'BASE_CHECKPOINT_PATH'], PROMPTS={'wide': wide}, INPUT_FILE=good)
   _bad(tmp_path, ['record different MIXTURE_OR_TASK_NAME'], ENSEMBLE=[prompt_run, min_run])
 
 
 def test_named_entries_from_a_list():
-  from t5pt import prompt_bank  # pylint: disable=import-outside-toplevel
-
   assert prompt_bank.named_entries(['/r/a', 'gs://b/c.npy'], 'ENSEMBLE') == {
     'a': '/r/a',
     'c': 'gs://b/c.npy',
@@ -318,4 +325,10 @@ def test_named_entries_from_a_list():
   assert list(prompt_bank.named_entries(['/x/run', '/y/run'], 'ENSEMBLE')) == ['run#0', 'run#1']
   with pytest.raises(UserError, match='ENSEMBLE is empty'):
     prompt_bank.named_entries([], 'ENSEMBLE')
-  assert network.PROMPT_PATH  # the path the runs' prompts are read from
+
+
+def test_a_tied_vote_goes_to_the_likelier_answer():
+  members = [[5], [6], [6], [5]]
+  assert ensemble._vote(members, np.array([-0.1, -2.0, -1.0, -0.2])) == ([5], 2)
+  assert ensemble._vote(members, np.array([-3.0, -0.1, -0.1, -0.2])) == ([6], 2)
+  assert ensemble._vote([[5], [6], [6]], np.array([-0.1, -5.0, -5.0])) == ([6], 2)
