@@ -112,9 +112,10 @@ def test_two_hosts_preempted_and_resumed_train_like_one(tmp_path, base_checkpoin
     if step > stopped:  # the resumed run's first line averages fewer steps
       break
     np.testing.assert_allclose(losses[two][step], loss, rtol=1e-4, err_msg=f'step {step}')
-  # The two hosts sum the batch in another order; over ~100 Adafactor steps (normalised
-  # updates at learning rate 0.3) those float32 roundings grow to a few 1e-4.
-  np.testing.assert_allclose(prompt(two), prompt(one), atol=2e-3, err_msg=f'{finish} steps')
+  # The two hosts sum the batch in another order; over tens of Adafactor steps (normalised
+  # updates at learning rate 0.3) those float32 roundings grow to 1e-4..3e-3 (seen: 3.3e-3
+  # after 39 steps), where a wrong split of the batch moves values by 0.1 and more.
+  np.testing.assert_allclose(prompt(two), prompt(one), atol=1e-2, err_msg=f'{finish} steps')
 
   # infer on two hosts writes what one process writes; eval on two hosts scores it.
   args = [f"--gin.CHECKPOINT_PATH='{two}'", '--gin.BATCH_SIZE=8']
@@ -130,3 +131,16 @@ def test_two_hosts_preempted_and_resumed_train_like_one(tmp_path, base_checkpoin
   (metrics,) = _metrics(tmp_path / 'eval2' / 'synthetic_heldout_max-metrics.jsonl')
   right = sum(p['prediction'] == p['targets'] for p in predictions)
   assert metrics['sequence_accuracy'] == pytest.approx(100 * right / 512)
+
+  # A prompt ensemble of the two runs (one base): decoded and ranked on two hosts, it
+  # writes what one process writes.
+  ensemble = [f"--gin.ENSEMBLE=['{one}', '{two}']", "--gin.ENSEMBLE_METHOD='score'", *args[1:]]
+  _finish(_start_two('t5pt.infer', *ensemble, f"--gin.INFER_OUTPUT_DIR='{tmp_path / 'ens2'}'"))
+  single = run_module('t5pt.infer', *ensemble, f"--gin.INFER_OUTPUT_DIR='{tmp_path / 'ens1'}'")
+  assert single.returncode == 0, single.stderr[-3000:]
+  hosts, alone = ([json.loads(l) for l in open(tmp_path / d / name)] for d in ('ens2', 'ens1'))
+  assert len(hosts) == 512 and all(set(l['members']) == {'one', 'two'} for l in hosts)
+  assert [l['prediction'] for l in hosts] == [l['prediction'] for l in alone]
+  # Rows split over two hosts' devices run other matrix shapes: float32 roundings.
+  scores = lambda lines: [[m['score'] for m in l['members'].values()] + [l['score']] for l in lines]
+  np.testing.assert_allclose(scores(hosts), scores(alone), atol=1e-5)
