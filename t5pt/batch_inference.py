@@ -7,7 +7,11 @@ example in input order:
 
   {"inputs": ..., "prediction": ..., "score": ..., "targets": ...}
 
-(with "predictions"/"scores" lists too when num_decodes > 1). Results are written in
+(with "predictions"/"scores" lists too when num_decodes > 1). The model is one run or base
+checkpoint (CHECKPOINT_PATH), several prompts on one base (PROMPTS: each .jsonl line names
+its "prompt", and its output line says which it used; see prompt_bank.py), or a prompt
+ensemble (ENSEMBLE: lines add "votes" and each member's "prediction" and "score"; see
+ensemble.py). Results are written in
 chunks to <name>.jsonl.parts/; an interrupted run continues after the last complete chunk,
 and the final file appears in one rename once everything is decoded, so a finished file is
 never half-written.

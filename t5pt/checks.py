@@ -184,7 +184,7 @@ def one_model(**macros) -> str:
   ways = '; '.join(f'{macro} ({MODEL_MACROS[macro]})' for macro in macros)
   if not given:
     raise UserError(f'CHECKPOINT_PATH is not set. Name the model with one of {ways}.')
-  raise UserError(f'{" and ".join(given)} are both set; set only one of {ways}.')
+  raise UserError(f'{" and ".join(given)} are set together; set only one of {ways}.')
 
 
 def inference_values(configurable: str, output_macro: str, values: Mapping[str, Any]) -> None:

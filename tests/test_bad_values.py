@@ -98,7 +98,7 @@ CASES = [
   ('infer', ["SPLIT = 'tset'"], ["no split 'tset'"]),
   ('infer', ['CHECKPOINT_PATH = None', "PROMPTS = '{run}'"], ["PROMPTS='", "expected {'name'"]),
   ('infer', ["ENSEMBLE_METHOD = 'average'"], ["ENSEMBLE_METHOD = 'average'", "'vote', 'score'"]),
-  ('eval', ["ENSEMBLE = ['{run}', '{run}']"], ['CHECKPOINT_PATH and ENSEMBLE are both set']),
+  ('eval', ["ENSEMBLE = ['{run}', '{run}']"], ['CHECKPOINT_PATH and ENSEMBLE are set together']),
   (
     'eval',
     ['CHECKPOINT_PATH = None', "ENSEMBLE = {'ensemble': '{run}', 'b': '{run}'}"],
