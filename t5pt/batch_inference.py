@@ -280,12 +280,14 @@ def _prompt_bank(macro, entries, output_dir, args, mesh, batch_size, decode, met
     mesh,
     steps=started.get('steps') if started else None,
   )
-  data.import_task_modules(args['mixture_or_task_module'] or bank.recorded_modules())
-  lengths = _require_lengths(args['task_feature_lengths'] or bank.common('task_feature_lengths'))
+  task, lengths = bank.task_and_lengths(
+    args['mixture_or_task_name'],
+    args['mixture_or_task_module'],
+    args['task_feature_lengths'],
+    task_from_runs=macro == 'ENSEMBLE' and not args['input_file'],  # the source
+  )
+  lengths = _require_lengths(lengths)
   bank.check_fits(lengths['inputs'])
-  task = args['mixture_or_task_name']
-  if macro == 'ENSEMBLE' and not args['input_file']:  # the runs' task is the source
-    task = task or bank.common('mixture_or_task_name')
   input_length = lengths['inputs'] - min(bank.prompt_length(n) for n in bank.names)
 
   def vocabulary():
@@ -466,11 +468,10 @@ def infer(
   if fs.exists(final_path):
     _say(f'{final_path} is already complete; delete it to decode again.')
     return final_path
-  started = _started(output_dir, served.identity)
-  output = ChunkedOutput(output_dir, source.name, settings)
+  output = ChunkedOutput(output_dir, source.name, settings)  # refuses other settings
   start_chunk = output.completed_chunks()
   output.start()
-  if started is not None and start_chunk:
+  if start_chunk:
     _say(f'Continuing {output.final_path} with the checkpoint steps it began with: {served.steps}.')
   chunk_size = batch_size * chunk_batches
   num_chunks = -(-len(source.examples) // chunk_size)

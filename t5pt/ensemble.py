@@ -83,10 +83,7 @@ def decode(
   """Decodes up to `batch_size` inputs (token ids ending in EOS) with every member of
   `bank`; `options`: candidate targets (token ids ending in EOS) for method 'score'."""
   k = len(bank.names)
-  rows = batch_size * k
-  tokens, ids = bank.rows(
-    [x for x in inputs for _ in range(k)], bank.names * len(inputs), input_length, rows
-  )
+  tokens, ids = _member_rows(bank, inputs, batch_size, input_length)
   decoded, scores = bank.predict(tokens, ids, max_length, decode_config)
   members = [
     [inference.until_eos(decoded[i * k + j, 0]) for j in range(k)] for i in range(len(inputs))
@@ -103,6 +100,31 @@ def decode(
   winners, score = _rank(bank, tokens, ids, members, options, max_length, k)
   votes = np.array([sum(m == w for m in ms) for ms, w in zip(members, winners)])
   return Decoded(members, member_scores, winners, score, votes)
+
+
+def target_scores(
+  bank: prompt_bank.PromptBank,
+  inputs: Sequence[Sequence[int]],
+  targets: np.ndarray,
+  batch_size: int,
+  input_length: int,
+) -> np.ndarray:
+  """Log-likelihood [inputs, K] of each input's targets [inputs, target_length] under every
+  member: the members' score metrics."""
+  k = len(bank.names)
+  tokens, ids = _member_rows(bank, inputs, batch_size, input_length)
+  rows = np.zeros((tokens.shape[0], targets.shape[1]), np.int32)
+  rows[: len(inputs) * k] = np.repeat(targets[: len(inputs)], k, axis=0)
+  return bank.score(tokens, rows, ids)[: len(inputs) * k].reshape(len(inputs), k)
+
+
+def _member_rows(bank, inputs, batch_size: int, input_length: int):
+  """The batch of K rows per input (input i with member j at row i * K + j), padded to
+  batch_size * K rows: (tokens, prompt ids) as PromptBank.rows makes them."""
+  k = len(bank.names)
+  return bank.rows(
+    [x for x in inputs for _ in range(k)], bank.names * len(inputs), input_length, batch_size * k
+  )
 
 
 def _vote(members: list[list[int]], scores: np.ndarray) -> tuple[list[int], int]:

@@ -9,7 +9,6 @@ EVAL_OUTPUT_DIR/ensemble/, each laid out as a single run's evaluation.
 import functools
 from typing import Mapping, Optional, Sequence
 
-import numpy as np
 import seqio
 
 from t5pt import data
@@ -103,7 +102,6 @@ def _decode_task(bank, ds, batch_size, lengths, decode, method, option_ids, scor
   labels = [*bank.names, ENSEMBLE]
   predictions = {label: [] for label in labels}
   likelihoods = {label: [] for label in labels}
-  k = len(bank.names)
   for indices, batch in seqio_outputs.enumerated_batches(ds, batch_size):
     inputs = [
       inference.until_eos(row) + [inference.EOS_ID] for row in batch['encoder_input_tokens']
@@ -117,14 +115,9 @@ def _decode_task(bank, ds, batch_size, lengths, decode, method, option_ids, scor
         predictions[name].append((index, decoded.members[row][j]))
       predictions[ENSEMBLE].append((index, decoded.tokens[row]))
     if scores:
-      tokens, ids = bank.rows(
-        [x for x in inputs for _ in range(k)],
-        bank.names * len(inputs),
-        lengths['inputs'],
-        batch_size * k,
+      per_member = ensemble.target_scores(
+        bank, inputs, batch['decoder_target_tokens'], batch_size, lengths['inputs']
       )
-      targets = np.repeat(batch['decoder_target_tokens'], k, axis=0)
-      per_member = bank.score(tokens, targets, ids)[: len(indices) * k].reshape(-1, k)
       for row, index in enumerate(indices):
         for j, name in enumerate(bank.names):
           likelihoods[name].append((index, float(per_member[row, j])))

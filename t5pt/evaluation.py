@@ -197,9 +197,9 @@ def evaluate(
     bank = prompt_bank.PromptBank(
       ensemble_runs, 'ENSEMBLE', base_checkpoint_path, frozen_dtype, mesh
     )
-    data.import_task_modules(mixture_or_task_module or bank.recorded_modules())
-    task = mixture_or_task_name or bank.common('mixture_or_task_name')
-    lengths = task_feature_lengths or bank.common('task_feature_lengths')
+    task, lengths = bank.task_and_lengths(
+      mixture_or_task_name, mixture_or_task_module, task_feature_lengths
+    )
     _require_task(task, lengths)
     results = ensemble_evaluation.evaluate(
       bank,

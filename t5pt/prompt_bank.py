@@ -219,8 +219,20 @@ class PromptBank:
       raise UserError(f'The runs in {self.macro} record different {macro} ({listed}); set {macro}.')
     return values[0] if values else None
 
-  def recorded_modules(self) -> list[str]:
-    """The task modules the runs record (imported so that their tasks are registered)."""
+  def task_and_lengths(
+    self, mixture_or_task_name, mixture_or_task_module, task_feature_lengths, task_from_runs=True
+  ) -> tuple[Optional[str], Optional[dict]]:
+    """The task and feature lengths to use: as given, else what the runs all record (the
+    task only when `task_from_runs`). Imports the task modules (given, or the runs') so
+    that the tasks are registered; as trained_model.task_and_lengths for one run."""
+    data.import_task_modules(mixture_or_task_module or self._recorded_modules())
+    task = mixture_or_task_name
+    if task_from_runs:
+      task = task or self.common('mixture_or_task_name')
+    return task, task_feature_lengths or self.common('task_feature_lengths')
+
+  def _recorded_modules(self) -> list[str]:
+    """The task modules the runs record."""
     modules = []
     for value in self.recorded('mixture_or_task_module').values():
       for module in [value] if isinstance(value, str) else value:

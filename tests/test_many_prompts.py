@@ -191,7 +191,7 @@ def test_ensemble_votes_and_ranks_like_its_members(prompt_run, min_run, tmp_path
     )
   )
   # The option with the highest log-likelihood summed over the three members.
-  total = 0
+  per_member = []
   for run in members.values():
     loaded = trained_model.load(run)
     _, scores = inference.rank_classify(
@@ -203,9 +203,18 @@ def test_ensemble_votes_and_ranks_like_its_members(prompt_run, min_run, tmp_path
       input_length=24 - loaded.config.prompt_length,
       target_length=10,
     )
-    total = total + scores
+    per_member.append(scores)
+  total = sum(per_member)
   assert [l['prediction'] for l in ranked] == [options[i] for i in total.argmax(axis=1)]
   np.testing.assert_allclose([l['score'] for l in ranked], total.max(axis=1), rtol=1e-4, atol=1e-3)
+
+  # Each member's log-likelihood of given targets (eval's score metrics) from one batch.
+  bank = prompt_bank.PromptBank(members, 'ENSEMBLE')
+  encode = lambda text: list(synthetic.VOCABULARY.encode(text)) + [inference.EOS_ID]
+  targets = np.zeros((len(inputs), 10), np.int32)
+  targets[:, :2] = encode(options[0])
+  scored = ensemble.target_scores(bank, [encode(x) for x in inputs], targets, 16, 24)
+  np.testing.assert_allclose(scored, np.stack([s[:, 0] for s in per_member], 1), atol=1e-4)
 
 
 @pytest.mark.slow
