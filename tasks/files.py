@@ -8,8 +8,12 @@ r"""Seqio tasks from your own files: JSONL, CSV/TSV or Alpaca JSON, in a few lin
 
 Formats (from the extension, `.json` meaning Alpaca, unless `file_format` is given):
   jsonl   one JSON object per line
-  csv/tsv a header row naming the columns, then one example per row
+  csv/tsv a header row naming the columns, then one example per row; read as the csv module
+          reads them, so a quoted field ("a, b" or "first line<newline>second line") keeps
+          its delimiters and line breaks, and a quote that never closes is an error
   alpaca  a JSON array of {"instruction", "input", "output"} objects (see below)
+Line ends may be \n or \r\n, and a UTF-8 byte-order mark at the start (spreadsheet exports
+write one) is ignored. Errors name the line a record starts on.
 
 Give either `split_paths` ({'train': ..., 'validation': ...}) or one `path` with a
 `split_ratio`: the file's records are shuffled by `seed` and sliced in the ratio's order
@@ -95,6 +99,7 @@ a wrong record.
 """
 
 import csv
+import io
 import json
 import os
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, TypeVar, Union
@@ -180,11 +185,13 @@ class _Reader:
     self.problems.append(message)
 
   def rows(self) -> Iterator[tuple[int, dict]]:
-    """(line, record) pairs in file order, as they are read."""
+    """(line, record) pairs in file order, as they are read; `line` is where the record
+    starts."""
     if not fs.exists(self.path):
       raise UserError(f'Task file {self.path!r} does not exist.')
-    # Decoded as is, without newline translation: a quoted CSV field keeps its \r\n.
-    text = fs.read_text(self.path)
+    # Decoded as is, without newline translation: a quoted CSV field keeps its \r\n. A
+    # UTF-8 byte-order mark (spreadsheets write one) is not part of the first field or key.
+    text = fs.read_text(self.path).removeprefix('\ufeff')
     for line, record in getattr(self, f'_rows_{self.format}')(text):
       if self._is_object(line, record):
         yield line, record
@@ -196,7 +203,9 @@ class _Reader:
     return False
 
   def _rows_jsonl(self, text):
-    for line, raw in enumerate(text.splitlines(), start=1):
+    # Lines end at \n only (a \r before it is JSON whitespace): str.splitlines would also
+    # split inside strings at characters JSON leaves unescaped, such as U+2028.
+    for line, raw in enumerate(text.split('\n'), start=1):
       if not raw.strip():
         continue
       try:
@@ -205,19 +214,57 @@ class _Reader:
         self.reject(line, f'not valid JSON ({e})')
 
   def _rows_csv(self, text, delimiter=','):
-    reader = csv.reader(text.splitlines(), delimiter=delimiter)
-    header = next(reader, None)
-    if not header:
-      raise UserError(f'{self.path}: empty file; expected a header row naming the fields.')
-    for row in reader:
-      if not any(cell.strip() for cell in row):
+    # As the csv module requires: the text as the file has it (newline=''), not split into
+    # lines first, so a quoted field keeps its line breaks; strict, so a quote that is never
+    # closed is an error instead of a field that swallows the rest of the file.
+    reader = csv.reader(io.StringIO(text, newline=''), delimiter=delimiter, strict=True)
+    header = []
+    while not any(cell.strip() for cell in header):  # Blank lines before the header.
+      line, header = self._csv_record(reader, header=True)
+      if header is None:
+        raise UserError(f'{self.path}: empty file; expected a header row naming the fields.')
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+      raise UserError(
+        f'{self.path}:{line}: the header names column(s) {repeated} more than once; give '
+        'every column its own name.'
+      )
+    while True:
+      line, row = self._csv_record(reader)
+      if row is None:
+        return
+      if not any(cell.strip() for cell in row):  # A blank line, or a rejected record.
         continue
       if len(row) != len(header):
-        self.reject(
-          reader.line_num, f'{len(row)} columns but the header has {len(header)} ({header})'
-        )
+        self.reject(line, f'{len(row)} columns but the header has {len(header)} ({header})')
         continue
-      yield reader.line_num, dict(zip(header, row))
+      yield line, dict(zip(header, row))
+
+  def _csv_record(self, reader, header: bool = False) -> tuple[int, Optional[list[str]]]:
+    """(the line the next record starts on, its fields): [] for a malformed record (once
+    rejected; a malformed header is always an error), None at the end of the file."""
+    line = reader.line_num + 1
+    try:
+      return line, next(reader)
+    except StopIteration:
+      return line, None
+    except csv.Error as e:
+      if 'field larger than field limit' in str(e):
+        reason = (
+          f'a field is longer than {csv.field_size_limit()} characters, most likely a quote '
+          'that is not closed where it should be'
+        )
+      elif 'end of data' in str(e):
+        reason = 'a quoted field is never closed (the file ends inside it)'
+      else:
+        reason = f'a quoted field has text after its closing quote ({e})'
+      reason += (
+        '; a field that starts with " is quoted: it ends at the next " (write a " inside it as "")'
+      )
+      if header:
+        raise UserError(f'{self.path}:{line}: {reason}.') from e
+      self.reject(line, reason)
+      return line, []
 
   def _rows_tsv(self, text):
     return self._rows_csv(text, delimiter='\t')

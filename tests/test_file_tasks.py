@@ -76,6 +76,77 @@ def test_csv_and_tsv_with_one_file_per_split(tmp_path, extension, delimiter):
   assert _texts(f'table_{extension}', 'train') == [('cab', 'c'), ('x, y', 'y')]  # Unquoted.
 
 
+BOM = '\ufeff'.encode()  # UTF-8 byte-order mark, as spreadsheets start an export.
+
+
+@pytest.mark.parametrize('extension, delimiter', [('csv', ','), ('tsv', '\t')])
+def test_quoted_line_breaks_crlf_and_a_byte_order_mark(tmp_path, extension, delimiter):
+  rows = [
+    ('inputs', 'targets'),
+    ('"first line\nsecond line"', 'a'),  # Lines 2-3.
+    ('"crlf\r\ninside"', '"b"'),  # Lines 4-5.
+    ('plain', 'c'),  # Line 6.
+  ]
+  text = ''.join(delimiter.join(row) + '\r\n' for row in rows)
+  path = tmp_path / f'sheet.{extension}'
+  path.write_bytes(BOM + text.encode())
+  name = f'sheet_{extension}'
+  files.register_file_task(name, split_paths={'train': str(path)}, vocabulary=BYTES)
+  assert _texts(name, 'train') == [
+    ('first line\nsecond line', 'a'),
+    ('crlf\r\ninside', 'b'),
+    ('plain', 'c'),
+  ]
+  # Errors name the line a record starts on, counting the line breaks inside fields.
+  bad = delimiter.join(['"two\nlines"', 'x', 'y']) + '\r\n'
+  path.write_bytes(BOM + (text + bad).encode())
+  with pytest.raises(UserError, match=rf'sheet.{extension}:7: 3 columns but the header has 2'):
+    files.register_file_task(name, split_paths={'train': str(path)}, vocabulary=BYTES)
+
+
+def test_a_quote_that_never_closes_is_an_error_not_a_swallowed_file(tmp_path):
+  path = tmp_path / 'open.csv'
+  path.write_text('inputs,targets\na,b\n"c,d\ne,f\ng,h\n')
+  with pytest.raises(UserError, match=r'open.csv:3: a quoted field is never closed'):
+    files.register_file_task('open_quote', split_paths={'train': str(path)}, vocabulary=BYTES)
+  files.register_file_task(
+    'open_quote', split_paths={'train': str(path)}, vocabulary=BYTES, on_error='skip'
+  )
+  assert _texts('open_quote', 'train') == [('a', 'b')] and files.skipped['open_quote'] == 1
+
+  path.write_text('inputs,targets\n"a" b,c\nd,e\n')
+  with pytest.raises(UserError, match=r'open.csv:2: a quoted field has text after its closing'):
+    files.register_file_task('open_quote', split_paths={'train': str(path)}, vocabulary=BYTES)
+  files.register_file_task(
+    'open_quote', split_paths={'train': str(path)}, vocabulary=BYTES, on_error='skip'
+  )
+  assert _texts('open_quote', 'train') == [('d', 'e')]
+
+  path.write_text('inputs,inputs,targets\na,b,c\n')
+  with pytest.raises(UserError, match=r"open.csv:1: the header names column\(s\) \['inputs'\]"):
+    files.register_file_task('open_quote', split_paths={'train': str(path)}, vocabulary=BYTES)
+
+
+def test_jsonl_and_alpaca_with_crlf_and_a_byte_order_mark(tmp_path):
+  records = [{'inputs': 'a', 'targets': 'b'}, {'inputs': 'c\u2028d', 'targets': 'e'}]
+  jsonl = tmp_path / 'bom.jsonl'
+  lines = [json.dumps(r, ensure_ascii=False) for r in records]  # U+2028 written raw.
+  jsonl.write_bytes(BOM + '\r\n\r\n'.join(lines).encode() + b'\r\n')
+  files.register_file_task('bom_jsonl', split_paths={'train': str(jsonl)}, vocabulary=BYTES)
+  assert _texts('bom_jsonl', 'train') == [('a', 'b'), ('c\u2028d', 'e')]
+  jsonl.write_bytes(BOM + b'{"inputs": "a", "targets": "b"}\r\n\r\n{"inputs": \r\n')
+  with pytest.raises(UserError, match=r'bom.jsonl:3: not valid JSON'):
+    files.register_file_task('bom_jsonl', split_paths={'train': str(jsonl)}, vocabulary=BYTES)
+
+  alpaca = tmp_path / 'bom.json'
+  alpaca.write_bytes(BOM + json.dumps(ALPACA, indent=1).replace('\n', '\r\n').encode())
+  files.register_file_task('bom_alpaca', split_paths={'train': str(alpaca)}, vocabulary=BYTES)
+  assert _texts('bom_alpaca', 'train') == [
+    ('Give the largest letter.\n\ncab', 'c'),
+    ('Say hi.', 'hi'),
+  ]
+
+
 ALPACA = [
   {'instruction': 'Give the largest letter.', 'input': 'cab', 'output': 'c', 'example_input': 'ab'},
   {'instruction': 'Say hi.', 'input': '', 'output': 'hi', 'example_input': 'yo'},
