@@ -11,6 +11,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import jax.numpy as jnp
 
+from t5pt import partitioning
 from t5pt.errors import UserError
 
 QUOTES = 'gin strings need inner quotes: --gin.MODEL_DIR="\'/runs/x\'"'
@@ -166,6 +167,32 @@ def network_config(config) -> None:
 
 def partition_config(config) -> None:
   integer(config.num_partitions, 'NUM_PARTITIONS (partitioning.PartitionConfig.num_partitions)', 1)
+
+
+def batch_and_microbatches(batch_size: Any, num_microbatches: Any) -> None:
+  """trainer.train's BATCH_SIZE and NUM_MICROBATCHES: whole numbers, the microbatches
+  dividing the batch."""
+  b = 'trainer.train.'
+  integer(batch_size, f'BATCH_SIZE ({b}batch_size)', 1)
+  integer(num_microbatches, f'NUM_MICROBATCHES ({b}num_microbatches)', 1)
+  if batch_size % num_microbatches:
+    raise UserError(
+      f'NUM_MICROBATCHES ({b}num_microbatches) = {num_microbatches} does not divide '
+      f'BATCH_SIZE={batch_size}; pick a divisor, e.g. NUM_MICROBATCHES='
+      f'{max(d for d in range(1, num_microbatches + 1) if batch_size % d == 0)}.'
+    )
+
+
+def batch_on_mesh(batch_size: Any, num_microbatches: Any, mesh) -> None:
+  """batch_and_microbatches, and the batch and each microbatch splitting evenly over the
+  mesh's 'data' axis (what a train step's sharded batch needs)."""
+  batch_and_microbatches(batch_size, num_microbatches)
+  partitioning.check_batch_size(batch_size, mesh)
+  partitioning.check_batch_size(
+    batch_size // num_microbatches,
+    mesh,
+    f'the microbatch size BATCH_SIZE / NUM_MICROBATCHES ({batch_size} / {num_microbatches})',
+  )
 
 
 MODEL_MACROS = {

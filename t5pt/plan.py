@@ -441,10 +441,32 @@ def make_mesh(devices: Optional[int], mesh_text: Optional[str], num_partitions: 
   return jax.sharding.Mesh(np.asarray(pool[:count]).reshape(shape), ('data', 'model'))
 
 
+def check_batch_on_mesh(batch_size, num_microbatches, mesh) -> None:
+  """Train's check of BATCH_SIZE and NUM_MICROBATCHES on the mesh (checks.batch_on_mesh),
+  its message followed by the meshes and batch sizes that would plan."""
+  checks.batch_and_microbatches(batch_size, num_microbatches)
+  try:
+    checks.batch_on_mesh(batch_size, num_microbatches, mesh)
+  except UserError as e:
+    data, model = mesh.shape['data'], mesh.shape['model']
+    count = data * model
+    rows = batch_size // num_microbatches
+    meshes = [
+      f'--mesh={d}x{count // d}' for d in range(1, count + 1) if not count % d and not rows % d
+    ]
+    step = data * num_microbatches
+    raise UserError(
+      f'{e} The plan is for --mesh={data}x{model} on --devices={count}: plan with '
+      f'{" or ".join(meshes[:-3:-1])}, or a BATCH_SIZE that splits over {data} data shards, '
+      f'e.g. --gin.BATCH_SIZE={-(-batch_size // step) * step}.'
+    ) from None
+
+
 def main_plan(devices: Optional[int], mesh_text: Optional[str], budget_gb: Optional[float]) -> list:
   """Plans the run the parsed gin describes; prints and returns the plans made."""
   bindings = _train_bindings()
   mesh = make_mesh(devices, mesh_text, bindings['partition'].num_partitions)
+  check_batch_on_mesh(bindings['batch_size'], bindings['num_microbatches'], mesh)
   planner = Planner(bindings, mesh)
   cfg = planner.network_config
   start = Setting(bindings['batch_size'], bindings['num_microbatches'], cfg.remat_policy)
@@ -473,11 +495,13 @@ def main_plan(devices: Optional[int], mesh_text: Optional[str], budget_gb: Optio
 def main(argv: Sequence[str]) -> None:
   del argv
   devices, budget_gb = flags.FLAGS.devices, flags.FLAGS.budget_gb
+  if devices is not None and devices >= 1:
+    # Before gin_utils.run, whose multi-host start already asks JAX for its devices.
+    simulate_devices(devices)
 
   def plan():
     if devices is not None:
       checks.integer(devices, '--devices', 1)
-      simulate_devices(devices)
     if budget_gb is not None:
       checks.positive_number(budget_gb, '--budget_gb')
     main_plan(devices, flags.FLAGS.mesh, budget_gb)

@@ -5,9 +5,11 @@ import glob
 import json
 import os
 import sys
+import types
 
 import gin
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from t5pt import gin_utils
@@ -111,6 +113,46 @@ def test_budget_search_finds_what_fits():
 def test_bad_meshes_are_named(mesh, devices, fragment):
   with pytest.raises(UserError, match=fragment.replace('=', '.')):
     plan.parse_mesh(mesh, devices, 2 if mesh is None else 1)
+
+
+def _fake_mesh(data: int, model: int):
+  return types.SimpleNamespace(
+    shape={'data': data, 'model': model}, devices=np.zeros((data, model))
+  )
+
+
+@pytest.mark.parametrize(
+  'batch, microbatches, mesh, fragments',
+  [
+    (32, 1, (3, 1), ['BATCH_SIZE=32', '--mesh=3x1', '--mesh=1x3', 'BATCH_SIZE=33']),
+    (32, 32, (2, 1), ['microbatch size', '(32 / 32)', '--mesh=1x2', 'BATCH_SIZE=64']),
+    (8, 3, (2, 1), ['NUM_MICROBATCHES (trainer.train.num_microbatches) = 3']),
+    (0, 1, (1, 1), ['BATCH_SIZE (trainer.train.batch_size) = 0']),
+  ],
+)
+def test_batch_that_does_not_split_over_the_mesh_is_named(batch, microbatches, mesh, fragments):
+  """The planner applies train's checks (checks.batch_on_mesh) and names the meshes that
+  would plan."""
+  with pytest.raises(UserError) as error:
+    plan.check_batch_on_mesh(batch, microbatches, _fake_mesh(*mesh))
+  for fragment in fragments:
+    assert fragment in str(error.value)
+  plan.check_batch_on_mesh(24, 2, _fake_mesh(3, 2))  # 12 rows per microbatch over 3 shards
+
+
+@pytest.mark.slow
+def test_command_line_batch_on_a_mesh_it_does_not_split_over():
+  result = run_module(
+    't5pt.plan',
+    '--gin_file=gin/t5_1_1_tiny_prompt.gin',
+    '--devices=3',
+    '--mesh=3x1',
+    env={'JAX_PLATFORMS': 'cpu'},
+  )
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert 'Traceback' not in result.stderr and 'IndivisibleError' not in result.stderr
+  assert 'BATCH_SIZE=32 must be a positive multiple' in result.stderr
+  assert '--mesh=1x3' in result.stderr
 
 
 def _gigabytes(output: str, label: str) -> float:
