@@ -45,6 +45,15 @@ from t5pt.errors import UserError
 STEP_DIR = re.compile(r'^checkpoint_(\d+)$')
 
 
+def step_of(checkpoint_path: str) -> int:
+  """The step of a checkpoint_<step> directory or of an item in it (0 if neither)."""
+  for name in reversed(checkpoint_path.rstrip('/').split('/')[-2:]):
+    match = STEP_DIR.match(name)
+    if match:
+      return int(match.group(1))
+  return 0
+
+
 class BaseCheckpoint:
   """A checkpoint read lazily by t5x parameter path."""
 

@@ -5,7 +5,9 @@ for a macro that no gin file defines (almost always a typo, which gin would othe
 accept silently) is rejected with the closest known names.
 """
 
+import contextlib
 import difflib
+import io
 import logging as logging_std
 import os
 import re
@@ -17,6 +19,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from t5pt import backend_check
 from t5pt import checks
 from t5pt import distributed
 from t5pt.errors import UserError
@@ -24,9 +27,22 @@ from t5pt.errors import UserError
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIN_DIR = os.path.join(REPO_ROOT, 'gin')
 
-flags.DEFINE_multi_string('gin_file', [], 'Gin config files, parsed in order.')
-flags.DEFINE_multi_string('gin_bindings', [], "Individual gin bindings, e.g. 'X = 1'.")
-flags.DEFINE_list('gin_search_paths', [], 'Directories searched for gin files and includes.')
+# The half of a gin file that only real t5x reads (see `_t5x_half_read_as_empty`).
+T5X_HALF_DIR = os.path.realpath(os.path.join(GIN_DIR, 't5x'))
+
+
+def define_flags() -> None:
+  """Defines t5x's gin flags and multi-host flags for a t5pt entry point (once). Library
+  modules define no flags: t5x's programs import them and define flags of these names."""
+  for define, name, help_text in (
+    (flags.DEFINE_multi_string, 'gin_file', 'Gin config files, parsed in order.'),
+    (flags.DEFINE_multi_string, 'gin_bindings', "Individual gin bindings, e.g. 'X = 1'."),
+    (flags.DEFINE_list, 'gin_search_paths', 'Directories searched for gin files and includes.'),
+  ):
+    if name not in flags.FLAGS:
+      define(name, [], help_text)
+  distributed.define_flags()
+
 
 _MACRO = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=')
 
@@ -59,6 +75,28 @@ def defined_macros() -> set[str]:
   return {scope for scope, selector in gin.config._CONFIG if selector == 'gin.macro'}  # pylint: disable=protected-access
 
 
+def _is_t5x_half(path: str) -> bool:
+  return os.path.isfile(path) and os.path.dirname(os.path.realpath(path)) == T5X_HALF_DIR
+
+
+@contextlib.contextmanager
+def _t5x_half_read_as_empty():
+  """While parsing for t5pt's runner, gin reads the files of gin/t5x/ as empty.
+
+  One gin file per size and method serves both runners: it includes run.gin (t5pt's
+  runner: `trainer.train` and friends, which real t5x imports but never calls) and
+  t5x/tuning.gin (real t5x's `MODEL`, its run configs' settings), which imports t5x.
+  t5pt's runner never imports t5x, so it skips that half, through a gin file reader
+  placed before gin's own."""
+  readers = gin.config._FILE_READERS  # pylint: disable=protected-access
+  reader = (lambda path: io.StringIO(''), _is_t5x_half)
+  readers.insert(0, reader)
+  try:
+    yield
+  finally:
+    readers.remove(reader)
+
+
 def _resolve(path: str, search_paths: Sequence[str]) -> str:
   for base in ['', *search_paths]:
     candidate = os.path.join(base, path)
@@ -81,9 +119,10 @@ def parse(
   quiet = _QuietSearchMisses()
   logging_std.getLogger().addFilter(quiet)
   try:
-    gin.parse_config_files_and_bindings(
-      [_resolve(f, search_paths) for f in gin_files], None, finalize_config=False
-    )
+    with _t5x_half_read_as_empty():
+      gin.parse_config_files_and_bindings(
+        [_resolve(f, search_paths) for f in gin_files], None, finalize_config=False
+      )
   except (ValueError, IOError, SyntaxError) as e:
     raise UserError(f'Invalid gin config: {e}') from e
   finally:
@@ -127,6 +166,9 @@ def run(main_fn, parse_gin_flags: bool = True, default_gin_files: Sequence[str] 
         flags.FLAGS.gin_search_paths,
       )
     distributed.initialize()
+    if distributed.is_writer():
+      backend_check.warn_if_accelerator_unused()
+      distributed.warn_if_unprotected()
     main_fn()
   except UserError as e:
     _exit_with(e)
@@ -135,6 +177,7 @@ def run(main_fn, parse_gin_flags: bool = True, default_gin_files: Sequence[str] 
 def app_run(main) -> None:
   """absl's app.run for t5pt entry points, after the `--gin.NAME=value` rewrite; a flag
   absl cannot parse exits 2 with one line, like every other bad value."""
+  define_flags()
   try:
     argv = rewrite_gin_args(sys.argv)
     flags.FLAGS(argv)

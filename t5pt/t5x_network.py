@@ -37,6 +37,8 @@ from flax.linen import partitioning as flax_partitioning
 
 from t5pt import adapters
 from t5pt import checkpoint_import
+from t5pt import data
+from t5pt import fs
 from t5pt import network
 from t5pt import partitioning
 from t5pt import prompts
@@ -227,3 +229,79 @@ def trainable_filter(
     )
   compiled = [re.compile(p) for p in patterns]
   return lambda path, _: any(c.fullmatch(path.strip('/')) for c in compiled)
+
+
+# What a t5pt gin file means under real t5x (gin/t5x/tuning.gin binds these): the frozen
+# base, the steps to train and the vocabulary, read from the same macros as t5pt's runner.
+
+
+@gin.configurable(module='t5x_network')
+def base_checkpoint(
+  initial_checkpoint_path: Optional[str] = None, t5x_checkpoint_path: Optional[str] = None
+) -> Optional[str]:
+  """The checkpoint t5x restores the frozen base from (and the prompt initialiser reads):
+  INITIAL_CHECKPOINT_PATH when it is a T5X checkpoint (or None: a base from scratch),
+  else T5X_CHECKPOINT_PATH, the public T5X checkpoint of the file's model: t5x restores
+  only T5X checkpoints, and t5pt's files point INITIAL_CHECKPOINT_PATH at the HF download."""
+  if initial_checkpoint_path is None or _is_t5x_checkpoint(initial_checkpoint_path):
+    return initial_checkpoint_path
+  if not t5x_checkpoint_path:
+    raise UserError(
+      f'INITIAL_CHECKPOINT_PATH={initial_checkpoint_path!r} is not a T5X checkpoint, the '
+      'only format t5x restores. Pass one, e.g. --gin.INITIAL_CHECKPOINT_PATH='
+      '"\'gs://t5-data/pretrained_models/t5x/flan_t5_base/checkpoint_1184000\'" (or '
+      'T5X_CHECKPOINT_PATH), or train with python -m t5pt.train, which reads HF folders.'
+    )
+  print(
+    f't5pt: t5x restores the base from T5X_CHECKPOINT_PATH={t5x_checkpoint_path!r} '
+    f'(INITIAL_CHECKPOINT_PATH={initial_checkpoint_path!r} is not a T5X checkpoint).',
+    flush=True,
+  )
+  return t5x_checkpoint_path
+
+
+def _is_t5x_checkpoint(path: str) -> bool:
+  try:
+    opened = checkpoint_import.open_checkpoint(path)
+  except UserError:
+    return False  # Missing (e.g. the HF download not made) or not a checkpoint.
+  return not isinstance(opened, checkpoint_import.HFCheckpoint)
+
+
+@gin.configurable(module='t5x_network')
+def steps_to_train(
+  train_steps: int = gin.REQUIRED,
+  model_dir: Optional[str] = None,
+  initial_checkpoint_path: Optional[str] = None,
+) -> int:
+  """t5x's `relative_steps` that makes TRAIN_STEPS mean what it means to t5pt's runner:
+  the steps to train from the base (t5x's own TRAIN_STEPS is absolute and includes the
+  base's pretraining steps). Counted against MODEL_DIR's newest checkpoint, so a resumed
+  run stops at the same step as an uninterrupted one."""
+  base_step = checkpoint_import.step_of(initial_checkpoint_path) if initial_checkpoint_path else 0
+  done = max([checkpoint_import.step_of(p) for p in _step_dirs(model_dir)] or [base_step])
+  left = base_step + train_steps - done
+  if left <= 0:
+    raise UserError(
+      f'MODEL_DIR={model_dir!r} already holds step {done}, the base step {base_step} plus '
+      f'TRAIN_STEPS={train_steps}: this run is complete. Raise TRAIN_STEPS to train further.'
+    )
+  return left
+
+
+def _step_dirs(model_dir: Optional[str]) -> list[str]:
+  if not model_dir or not fs.isdir(model_dir):
+    return []
+  return [
+    p
+    for p in fs.glob(model_dir, 'checkpoint_*')
+    if checkpoint_import.STEP_DIR.match(fs.path(p).name)
+  ]
+
+
+@gin.configurable(module='t5x_network')
+def task_vocabulary(mixture_or_task_name: str = gin.REQUIRED, module=None):
+  """The vocabulary of the task's `targets` feature: what t5pt's runner decodes with,
+  handed to t5x's EncoderDecoderModel as its input and output vocabulary."""
+  data.import_task_modules(module)
+  return data.vocabulary(mixture_or_task_name)

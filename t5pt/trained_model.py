@@ -82,7 +82,7 @@ class T5XRun(TrainedRun):
     if not tuned:
       raise UserError(f'{setting}={path!r} holds no prompt or adapter parameters.')
     self.model_dir = model_dir
-    self.step = _step_of(checkpoint.path)
+    self.step = checkpoint_import.step_of(checkpoint.path)
     self.params = {k: checkpoint.read(k) for k in tuned}
     config = checkpoint.reconcile(_tuning_from_shapes(network.T5Config(), shapes, setting, path))
     self.meta = checkpoints.RunMeta(
@@ -130,15 +130,6 @@ def _tuning_from_shapes(config: network.T5Config, shapes, setting: str, path: st
       '--gin.network.T5Config.ia3_pattern="%adapters.DEFAULT_IA3_PATTERN".'
     )
   return dataclasses.replace(config, **lengths)
-
-
-def _step_of(checkpoint_path: str) -> int:
-  """The step of a checkpoint_<step> directory (or of its `state` item)."""
-  for name in reversed(checkpoint_path.rstrip('/').split('/')[-2:]):
-    match = checkpoint_import.STEP_DIR.match(name)
-    if match:
-      return int(match.group(1))
-  return 0
 
 
 def open_run(path: str, step: Optional[int] = None, setting: str = 'CHECKPOINT_PATH'):

@@ -1,7 +1,12 @@
-"""gin/t5x/*.gin without t5x: every binding and reference to t5pt names a real
-configurable and parameter, includes resolve, macros are defined, and each Flan-T5 file
-builds the same network as t5pt's own file of that name. (With t5x installed,
-tests/test_t5x_route.py runs them for real.)"""
+"""One gin file per size and method serves both runners, checked without t5x.
+
+Every top-level training file includes run.gin (t5pt's runner) and gin/t5x/tuning.gin
+(real t5x's half, which t5pt's runner reads as empty). Here: t5pt's runner parses every
+file without importing t5x; the t5x half's bindings and references to t5pt name real
+configurables and parameters; every macro the t5x half uses is defined by the file or by
+t5x's run configs; and t5pt's library modules define no absl flags (t5x's programs import
+them and define flags of the same names). With t5x installed, tests/test_t5x_route.py runs
+the files for real."""
 
 import dataclasses
 import glob
@@ -9,16 +14,31 @@ import importlib
 import importlib.util
 import inspect
 import os
+import pkgutil
+import subprocess
+import sys
 
+import gin
 import pytest
 from gin import config_parser
 
-from t5pt import network
+import t5pt
+from t5pt import gin_utils
+from t5pt import t5x_network
+from t5pt.errors import UserError
 
+from tests.conftest import INTEROP
 from tests.conftest import REPO
 
 GIN = os.path.join(REPO, 'gin')
-T5X_FILES = sorted(glob.glob(os.path.join(GIN, 't5x', '*.gin')))
+T5X_HALF = os.path.join(GIN, 't5x', 'tuning.gin')
+# Every shipped file that configures training (run.gin's includers), and the Flan-T5 ones.
+TRAINING_FILES = sorted(
+  p
+  for p in glob.glob(os.path.join(GIN, '*.gin')) + glob.glob(os.path.join(GIN, 'demo', '*.gin'))
+  if os.path.basename(p) not in ('run.gin', 'infer.gin', 'eval.gin')
+)
+FLAN_FILES = [p for p in TRAINING_FILES if os.path.basename(p).startswith('flan_t5_')]
 # Macros t5x's run configs (t5x/configs/runs/{finetune,infer,eval}.gin) define or use.
 T5X_RUN_MACROS = {
   'MODEL',
@@ -27,12 +47,17 @@ T5X_RUN_MACROS = {
   'MIXTURE_OR_TASK_MODULE',
   'TASK_FEATURE_LENGTHS',
   'TRAIN_STEPS',
+  'TRAIN_STEPS_RELATIVE',
+  'RANDOM_SEED',
   'BATCH_SIZE',
   'INITIAL_CHECKPOINT_PATH',
   'DROPOUT_RATE',
   'USE_CACHED_TASKS',
   'CHECKPOINT_PATH',
+  'EVAL_PERIOD',
 }
+# Entry points: the only modules that may define absl flags.
+ENTRY_POINTS = {'train', 'infer', 'eval', 'export', 'peft_import', 'plan', 'demo'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,27 +133,26 @@ def _parameters(target) -> set[str]:
   return set(inspect.signature(target).parameters)
 
 
-@pytest.mark.parametrize('path', T5X_FILES, ids=os.path.basename)
-def test_t5pt_bindings_and_references_exist(path):
-  parsed = _parse(path)
+def test_t5x_half_bindings_and_references_to_t5pt_exist():
+  parsed = _parse(T5X_HALF)
+  assert parsed.imports['t5x_network'] == 't5pt.t5x_network'
   for binding in parsed.bindings:
     if not binding.arg_name:  # a macro definition
       continue
     target = _t5pt_target(parsed.imports, binding.selector.split('/')[-1])
     if target is not None:
       assert binding.arg_name in _parameters(target), (
-        f'{path}:{binding.location.line_num}: {binding.selector}.{binding.arg_name}'
+        f'{T5X_HALF}:{binding.location.line_num}: {binding.selector}.{binding.arg_name}'
       )
   for reference in parsed.references:
     _t5pt_target(parsed.imports, reference.split('/')[-1])
 
 
-@pytest.mark.parametrize('path', T5X_FILES, ids=os.path.basename)
-def test_includes_resolve_and_macros_are_defined(path):
+@pytest.mark.parametrize('path', TRAINING_FILES, ids=os.path.basename)
+def test_every_training_file_has_both_halves_and_its_macros_defined(path):
   files = _with_includes(path)
-  for parsed in files:
-    for name in parsed.includes:
-      assert name.startswith('t5x/configs/') or os.path.exists(os.path.join(GIN, name)), name
+  included = {name for f in files for name in f.includes}
+  assert 'run.gin' in included and 't5x/tuning.gin' in included, sorted(included)
   defined = {b.selector for f in files for b in f.bindings if not b.arg_name}
   for parsed in files:
     for macro in parsed.macros:
@@ -141,30 +165,83 @@ def test_includes_resolve_and_macros_are_defined(path):
         assert macro in defined | T5X_RUN_MACROS, f'{path}: %{macro} is not defined'
 
 
-def _network_bindings(path: str) -> dict:
-  """{T5Config field: value} as the file and its includes bind it (literals only)."""
-  files = _with_includes(path)
-  macros = {b.selector: b.value for f in files for b in f.bindings if not b.arg_name}
-  return {
-    b.arg_name: macros[b.value.name] if isinstance(b.value, _Macro) else b.value
-    for f in files
-    for b in f.bindings
-    if b.selector == 'network.T5Config'
-  }
+def _depth(path: str) -> int:
+  parsed = _parse(path)
+  return max([1 + _depth(os.path.join(GIN, name)) for name in parsed.includes] or [0])
 
 
-@pytest.mark.parametrize(
-  'path', [p for p in T5X_FILES if os.path.basename(p).startswith('flan_t5_')], ids=os.path.basename
-)
-def test_flan_files_build_t5pts_network(path):
-  """gin/t5x/flan_t5_<size>_<method>.gin and gin/flan_t5_<size>_<method>.gin agree on
-  every architecture size, and the t5x file restores the public T5X checkpoint."""
-  twin = os.path.join(GIN, os.path.basename(path))
-  mine, theirs = _network_bindings(path), _network_bindings(twin)
-  for field in network.ARCHITECTURE_FIELDS:
-    assert mine[field] == theirs[field], field
+@pytest.mark.parametrize('path', TRAINING_FILES, ids=os.path.basename)
+def test_gin_stays_shallow(path):
+  assert _depth(path) <= 2, path
+
+
+@pytest.mark.parametrize('path', TRAINING_FILES, ids=os.path.basename)
+def test_t5pts_runner_reads_the_t5x_half_as_empty(path):
+  gin.clear_config()
+  try:
+    gin_utils.parse([path], ["MODEL_DIR = '/tmp/x'"])
+    macros = gin_utils.defined_macros()
+    assert 'TRAIN_STEPS' in macros and 'MODEL' not in macros and 'VOCABULARY' not in macros
+  finally:
+    gin.clear_config()
+  assert not any(name == 't5x' or name.startswith('t5x.') for name in sys.modules)
+
+
+@pytest.mark.parametrize('path', FLAN_FILES, ids=os.path.basename)
+def test_flan_files_name_the_public_t5x_checkpoint_of_their_size(path):
   (checkpoint,) = [
-    b.value for b in _parse(path).bindings if b.selector == 'INITIAL_CHECKPOINT_PATH'
+    b.value
+    for f in _with_includes(path)
+    for b in f.bindings
+    if b.selector == 'T5X_CHECKPOINT_PATH' and b.value is not None
   ]
   size = os.path.basename(path).split('_')[2]
   assert checkpoint.startswith(f'gs://t5-data/pretrained_models/t5x/flan_t5_{size}/checkpoint_')
+
+
+def test_library_modules_define_no_absl_flags():
+  """t5x's train.py defines --multiprocess_gpu, --gin_file & co. and then imports t5pt's
+  modules through gin: a library module defining them would stop t5x with a traceback."""
+  modules = [
+    f't5pt.{m.name}' for m in pkgutil.iter_modules(t5pt.__path__) if m.name not in ENTRY_POINTS
+  ]
+  code = (
+    'import importlib, sys\n'
+    'from absl import flags\n'
+    f'for m in {modules!r}: importlib.import_module(m)\n'
+    'own = {m: [f.name for f in fs] for m, fs in flags.FLAGS.flags_by_module_dict().items()'
+    " if m.startswith('t5pt')}\n"
+    'print(own); sys.exit(1 if own else 0)\n'
+  )
+  result = subprocess.run(
+    [sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, timeout=300
+  )
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+T5X_TINY = os.path.join(INTEROP, 't5x_tiny', 'test_t5_1_1_tiny', 'checkpoint_3')
+
+
+@pytest.mark.skipif(not os.path.isdir(T5X_TINY), reason='../shared/interop is absent')
+def test_base_checkpoint_under_t5x(tmp_path):
+  """t5x restores INITIAL_CHECKPOINT_PATH when it is a T5X checkpoint, else
+  T5X_CHECKPOINT_PATH (t5pt's files point INITIAL_CHECKPOINT_PATH at an HF download)."""
+  public = 'gs://t5-data/pretrained_models/t5x/flan_t5_small/checkpoint_1198000'
+  assert t5x_network.base_checkpoint(T5X_TINY, public) == T5X_TINY
+  assert t5x_network.base_checkpoint(str(tmp_path / 'flan-t5-small'), public) == public
+  assert t5x_network.base_checkpoint(None, public) is None
+  with pytest.raises(UserError, match='not a T5X checkpoint'):
+    t5x_network.base_checkpoint(str(tmp_path / 'flan-t5-small'), None)
+
+
+def test_train_steps_count_from_the_base_and_survive_a_resume(tmp_path):
+  base = 'gs://t5-data/pretrained_models/t5x/flan_t5_small/checkpoint_1198000'
+  model_dir = tmp_path / 'run'
+  assert t5x_network.steps_to_train(300, str(model_dir), base) == 300
+  assert t5x_network.steps_to_train(300, str(model_dir), None) == 300
+  (model_dir / 'checkpoint_1198100').mkdir(parents=True)
+  (model_dir / 'checkpoint_tmp').mkdir()
+  assert t5x_network.steps_to_train(300, str(model_dir), base) == 200
+  (model_dir / 'checkpoint_1198300').mkdir()
+  with pytest.raises(UserError, match='complete'):
+    t5x_network.steps_to_train(300, str(model_dir), base)

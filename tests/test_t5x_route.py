@@ -41,12 +41,10 @@ LENGTHS = "{'inputs': 24, 'targets': 10}"
 TINY_RUN = """
 from __gin__ import dynamic_registration
 import __main__ as script
-import seqio
 from t5pt import prompts
 from t5x import decoding
 from t5x import models
 from t5x import utils
-VOCABULARY = @seqio.ByteVocabulary()
 PROMPT_INIT = @prompts.random_uniform
 models.EncoderDecoderModel.decode_fn = @decoding.temperature_sample
 decoding.temperature_sample.temperature = 0.0
@@ -142,7 +140,7 @@ def t5x_prompt_run(tmp_path_factory):
   _t5x(
     'train',
     'finetune',
-    ['models/t5_1_1_tiny.gin', 't5x/prompt.gin'],
+    ['gin/t5_1_1_tiny_prompt.gin'],
     tmp,
     TINY_RUN + TRAIN_ONLY,
     **_task_macros(
@@ -163,7 +161,7 @@ def test_t5x_infer_and_t5pt_infer_decode_the_same(t5x_prompt_run, tmp_path):
   _t5x(
     'infer',
     'infer',
-    ['models/t5_1_1_tiny.gin', 't5x/prompt.gin'],
+    ['gin/t5_1_1_tiny_prompt.gin'],
     tmp_path,
     TINY_RUN + EVAL_SPLIT,
     **_task_macros(
@@ -194,7 +192,7 @@ def test_t5x_eval_and_t5pt_eval_agree(t5x_prompt_run, tmp_path):
   _t5x(
     'eval',
     'eval',
-    ['models/t5_1_1_tiny.gin', 't5x/prompt.gin'],
+    ['gin/t5_1_1_tiny_prompt.gin'],
     tmp_path,
     TINY_RUN + EVAL_SPLIT,
     **_task_macros(
@@ -242,7 +240,7 @@ def test_a_t5pt_prompt_initialises_a_t5x_run(prompt_run, tmp_path):
   _t5x(
     'train',
     'finetune',
-    ['models/t5_1_1_tiny.gin', 't5x/prompt.gin'],
+    ['gin/t5_1_1_tiny_prompt.gin'],
     tmp_path,
     TINY_RUN
     + TRAIN_ONLY
@@ -268,13 +266,13 @@ def test_t5x_tunes_a_prompt_on_a_legacy_t5x_checkpoint(tmp_path):
   _t5x(
     'train',
     'finetune',
-    ['t5x/prompt.gin'],
+    ['gin/flan_t5_small_prompt.gin'],
     tmp_path,
     TINY_RUN.replace('PROMPT_INIT = @prompts.random_uniform\n', '') + INTEROP_SIZES + TRAIN_ONLY,
     **_task_macros(
       MODEL_DIR=f"'{model_dir}'",
       INITIAL_CHECKPOINT_PATH=f"'{base}'",
-      TRAIN_STEPS=5,
+      TRAIN_STEPS=2,
       BATCH_SIZE=8,
       PROMPT_LENGTH=3,
       EVAL_STEPS=1,
@@ -304,31 +302,39 @@ def test_t5x_tunes_a_prompt_on_a_legacy_t5x_checkpoint(tmp_path):
   assert len(_jsonl(str(tmp_path / 'out' / 'in-txt.jsonl'))) == 2
 
 
+@pytest.mark.skipif(not os.path.isdir(INTEROP_T5X), reason='../shared/interop is absent')
 def test_t5x_lora_round_trip(tmp_path):
-  """LoRA trained by t5x: only the factors change, and t5pt decodes as t5x does once
-  given the rules (LoRA's alpha is not in the checkpoint; without them, a clear error)."""
+  """LoRA trained by t5x through t5pt's own Flan-T5 LoRA file on a T5X base: only the
+  factors change, and t5pt decodes as t5x does once given the rules (LoRA's alpha is
+  not in the checkpoint; without them, a clear error)."""
+  base = os.path.join(INTEROP_T5X, 'checkpoint_3')
   model_dir = tmp_path / 'model'
-  gin_files = ['models/t5_1_1_tiny.gin', 't5x/lora.gin']
+  gin_files = ['gin/flan_t5_small_lora.gin']
+  sizes = TINY_RUN.replace('PROMPT_INIT = @prompts.random_uniform\n', '') + INTEROP_SIZES
   _t5x(
     'train',
     'finetune',
     gin_files,
     tmp_path,
-    TINY_RUN + TRAIN_ONLY + 'LEARNING_RATE = 0.05\n',
-    **_task_macros(MODEL_DIR=f"'{model_dir}'", TRAIN_STEPS=4, BATCH_SIZE=8, EVAL_STEPS=1),
+    sizes + TRAIN_ONLY + 'LEARNING_RATE = 0.05\n',
+    **_task_macros(
+      MODEL_DIR=f"'{model_dir}'",
+      INITIAL_CHECKPOINT_PATH=f"'{base}'",
+      TRAIN_STEPS=4,
+      BATCH_SIZE=8,
+      EVAL_STEPS=1,
+    ),
   )
-  changed = _changed(
-    _params(str(model_dir / 'checkpoint_0')), _params(str(model_dir / 'checkpoint_4'))
-  )
+  changed = _changed(_params(base), _params(str(model_dir / 'checkpoint_7')))
   assert changed and all(k.endswith(('/lora_a', '/lora_b')) for k in changed)
   _t5x(
     'infer',
     'infer',
     gin_files,
     tmp_path,
-    TINY_RUN + EVAL_SPLIT,
+    sizes + EVAL_SPLIT,
     **_task_macros(
-      CHECKPOINT_PATH=f"'{model_dir}/checkpoint_4'", INFER_OUTPUT_DIR=f"'{tmp_path / 't5x'}'"
+      CHECKPOINT_PATH=f"'{model_dir}/checkpoint_7'", INFER_OUTPUT_DIR=f"'{tmp_path / 't5x'}'"
     ),
   )
   t5pt_infer = [
