@@ -24,7 +24,11 @@ r"""Exports a trained run for use outside t5pt.
 The base is the run's INITIAL_CHECKPOINT_PATH (recorded in each checkpoint) unless --base
 is given; it is read one tensor at a time, so exporting an 11B model needs host memory for
 one shard (--max_shard_size) and its serialised bytes, not the model. Every output may be
-local or a gs:// URI (t5pt.fs). Outputs appear atomically: on local disk a folder is built
+local or a gs:// URI (t5pt.fs). Every output is checked before anything is written. An
+existing one is replaced only with --overwrite and only if t5pt wrote it: a .npy file
+(--prompt_npy), a folder holding t5pt_export.json and the files an export writes
+(--hf_dir), one holding just t5pt's adapter files (--peft_dir); a folder holding anything
+else is never replaced. Outputs appear atomically: on local disk a folder is built
 next to its destination and renamed into place once complete; on an object store it is
 complete once its marker, the file written last, exists (t5pt_export.json in --hf_dir,
 adapter_config.json in --peft_dir).
@@ -33,6 +37,8 @@ adapter_config.json in --peft_dir).
 import collections
 import contextlib
 import io
+import os
+import re
 from typing import Iterator, Mapping
 
 import numpy as np
@@ -58,28 +64,145 @@ HF_MARKER = 't5pt_export.json'  # Written last into --hf_dir.
 PEFT_MARKER = 'adapter_config.json'  # Written last into --peft_dir.
 
 
-def _refuse_existing(path: str, overwrite: bool) -> None:
-  if fs.exists(path) and not overwrite:
-    raise UserError(f'{path} already exists; choose a new output path or pass --overwrite.')
+PEFT_FILES = (PEFT_MARKER, 'adapter_model.safetensors', 'prompt.npy')  # All t5pt writes there.
+# What t5pt writes into --hf_dir (safetensors_io.write_sharded's shards and index).
+HF_FILES = re.compile(
+  r'model(-\d{5}-of-\d{5})?\.safetensors|model\.safetensors\.index\.json|config\.json|'
+  r'generation_config\.json|prompt\.npy|'
+  + '|'.join(re.escape(name) for name in (*TOKENIZER_FILES, HF_MARKER))
+)
+NPY_MAGIC = b'\x93NUMPY'
+
+
+def _hf_foreign(folder: str) -> list[str]:
+  """What in `folder` a t5pt --hf_dir export did not write: everything unless it holds the
+  marker, else the files an export has no name for."""
+  names = fs.entries(folder)
+  if names and HF_MARKER not in names:
+    return names
+  return [name for name in names if not HF_FILES.fullmatch(name)]
+
+
+def _peft_foreign(folder: str) -> list[str]:
+  """What in `folder` a t5pt --peft_dir export did not write. PEFT's save_pretrained
+  writes an adapter_config.json too, so the marker must also hold exactly the fields
+  t5pt writes."""
+  names = fs.entries(folder)
+  strangers = [name for name in names if name not in PEFT_FILES]
+  if strangers or not names:
+    return strangers
+  if PEFT_MARKER not in names:
+    return names
+  try:
+    fields = set(fs.read_json(fs.join(folder, PEFT_MARKER)))
+  except (UserError, TypeError):
+    return [PEFT_MARKER]
+  written = (
+    set(_lora_adapter_config({'m': (1, 1)}, 0.0, '')),
+    set(_prompt_adapter_config(1, 1, network.T5Config(), '')),
+  )
+  return [] if fields in written else [PEFT_MARKER]
+
+
+OUTPUT_DIRS = {  # flag: (marker, what in it t5pt did not write, the folders it replaces)
+  '--hf_dir': (HF_MARKER, _hf_foreign, f'a folder t5pt.export wrote (holding its {HF_MARKER})'),
+  '--peft_dir': (
+    PEFT_MARKER,
+    _peft_foreign,
+    f'an adapter t5pt.export wrote ({", ".join(PEFT_FILES)} and nothing else)',
+  ),
+}
+
+
+def check_output_dir(path: str, flag: str, overwrite: bool) -> None:
+  """Raises a UserError unless `path` may become the output folder `flag` ('--hf_dir' or
+  '--peft_dir') names: new, or (with `overwrite`) a folder t5pt.export wrote there."""
+  _, foreign, what = OUTPUT_DIRS[flag]
+  fs.check_replaceable(path, flag, overwrite, foreign, what)
+
+
+def check_output_file(path: str, overwrite: bool, flag: str = '--prompt_npy') -> None:
+  """Raises a UserError unless `path` may become the .npy file `flag` names: new, or
+  (with `overwrite`) an existing .npy file."""
+  name = f'{flag}={path!r}'
+  if fs.isdir(path):
+    raise UserError(
+      f'{name} is a directory; {flag} names the .npy file to write, e.g. '
+      f'{flag}={fs.join(path, "prompt.npy")}.'
+    )
+  if not fs.exists(path):
+    fs.check_output_dir(path, flag)  # Its folder can be made (no file in the way) and written.
+    return
+  if not (path.endswith('.npy') and _starts_with(path, NPY_MAGIC)):
+    raise UserError(
+      f'{name} already exists and is not a .npy file; t5pt replaces only a .npy file, so it '
+      f'leaves this one alone. Choose a new {flag}.'
+    )
+  if not overwrite:
+    raise UserError(
+      f'{name} already exists; choose a new {flag}, or pass --overwrite to replace it.'
+    )
+  folder = os.path.dirname(fs.absolute(path))
+  if not fs.is_remote(path) and not os.access(folder, os.W_OK | os.X_OK):
+    raise UserError(f'{name} cannot be replaced: {folder} is read-only; choose another {flag}.')
+
+
+def _starts_with(path: str, magic: bytes) -> bool:
+  with fs.path(path).open('rb') as f:
+    return f.read(len(magic)) == magic
+
+
+def check_outputs(outputs: Mapping[str, str], inputs: Mapping[str, str], overwrite: bool) -> None:
+  """Every output ({flag: path}, of --prompt_npy, --hf_dir, --peft_dir) checked before
+  anything is written: no two overlap, none is or holds an input ({flag: path}) the export
+  reads, and each can be written (check_output_file, check_output_dir)."""
+  named = list(outputs.items())
+  for i, (flag, path) in enumerate(named):
+    for other, other_path in named[i + 1 :]:
+      if _within(path, other_path) or _within(other_path, path):
+        raise UserError(
+          f'{flag}={path!r} and {other}={other_path!r} overlap; give each output its own path.'
+        )
+    for source, source_path in inputs.items():
+      if source_path and _within(source_path, path):
+        raise UserError(
+          f'{flag}={path!r} would replace {source}={source_path!r}, which the export reads; '
+          f'choose a {flag} outside it.'
+        )
+  for flag, path in outputs.items():
+    if flag in OUTPUT_DIRS:
+      check_output_dir(path, flag, overwrite)
+    else:
+      check_output_file(path, overwrite, flag)
+
+
+def _within(path: str, folder: str) -> bool:
+  """Whether `path` is `folder` or lies inside it."""
+  path, folder = (fs.absolute(p).rstrip('/') for p in (path, folder))
+  if not fs.is_remote(path):
+    path, folder = os.path.normpath(path), os.path.normpath(folder)
+  return path == folder or path.startswith(folder + '/')
 
 
 @contextlib.contextmanager
-def atomic_output_dir(path: str, overwrite: bool, marker: str) -> Iterator[str]:
+def atomic_output_dir(path: str, flag: str, overwrite: bool) -> Iterator[str]:
   """Yields a folder to write into that becomes `path` only if the block completes; the
-  block writes `marker` last (see fs.atomic_directory). An existing `path` is refused
-  unless `overwrite`, and then replaced."""
-  _refuse_existing(path, overwrite)
+  block writes the marker of `flag` ('--hf_dir' or '--peft_dir') last (see
+  fs.atomic_directory). An existing `path` is replaced only if `overwrite` and t5pt.export
+  wrote it (check_output_dir); anything else is refused."""
+  check_output_dir(path, flag, overwrite)
   if fs.is_remote(path):
     # Written in place there, so stale files (or the old marker) must not stay; locally
     # the old folder stays until the new one replaces it.
     fs.remove(path)
-  with fs.atomic_directory(path, marker=marker) as scratch:
+  check = lambda p: check_output_dir(p, flag, overwrite)
+  with fs.atomic_directory(path, OUTPUT_DIRS[flag][0], check) as scratch:
     yield scratch
 
 
 def export_prompt(prompt: np.ndarray, path: str, overwrite: bool = False) -> None:
   """Saves the prompt [P, d_model] as float32 .npy, atomically."""
-  _refuse_existing(path, overwrite)
+  check_output_file(path, overwrite)
   buffer = io.BytesIO()
   np.save(buffer, np.asarray(prompt, np.float32))
   fs.write_bytes(path, buffer.getvalue())
@@ -156,7 +279,7 @@ def export_hf(
     raise UserError(
       f'{run.model_dir} trained {unmergeable}, which a transformers T5 has no place for.'
     )
-  with atomic_output_dir(out_dir, overwrite, HF_MARKER) as scratch:
+  with atomic_output_dir(out_dir, '--hf_dir', overwrite) as scratch:
     files = safetensors_io.write_sharded(
       scratch,
       _hf_sizes(base, config, run.params),
@@ -256,7 +379,7 @@ def export_peft_lora(
         np.asarray(run.params[prefix + leaf], np.float32).T
       )
     rules[name] = (rule.rank, _json_number(rule.alpha))
-  with atomic_output_dir(out_dir, overwrite, PEFT_MARKER) as scratch:
+  with atomic_output_dir(out_dir, '--peft_dir', overwrite) as scratch:
     safetensors_io.write_file(fs.join(scratch, 'adapter_model.safetensors'), tensors)
     if run.prompt is not None:
       export_prompt(run.prompt, fs.join(scratch, 'prompt.npy'))
@@ -305,26 +428,29 @@ def export_peft_prompt(
     raise UserError(f'{run.model_dir} trained no soft prompt ({network.PROMPT_PATH}).')
   config = run.network_config()
   length, dim = run.prompt.shape
-  with atomic_output_dir(out_dir, overwrite, PEFT_MARKER) as scratch:
+  with atomic_output_dir(out_dir, '--peft_dir', overwrite) as scratch:
     safetensors_io.write_file(
       fs.join(scratch, 'adapter_model.safetensors'),
       {'prompt_embeddings': np.asarray(run.prompt, np.float32)},
     )
     fs.write_json(
-      fs.join(scratch, PEFT_MARKER),
-      {
-        'peft_type': 'PROMPT_TUNING',
-        'task_type': 'SEQ_2_SEQ_LM',
-        'num_virtual_tokens': int(length),
-        'token_dim': int(dim),
-        'num_transformer_submodules': 1,
-        'num_attention_heads': config.num_heads,
-        'num_layers': config.num_encoder_layers,
-        'prompt_tuning_init': 'RANDOM',
-        'base_model_name_or_path': base_name,
-        'inference_mode': True,
-      },
+      fs.join(scratch, PEFT_MARKER), _prompt_adapter_config(length, dim, config, base_name)
     )
+
+
+def _prompt_adapter_config(length: int, dim: int, config: network.T5Config, base_name: str):
+  return {
+    'peft_type': 'PROMPT_TUNING',
+    'task_type': 'SEQ_2_SEQ_LM',
+    'num_virtual_tokens': int(length),
+    'token_dim': int(dim),
+    'num_transformer_submodules': 1,
+    'num_attention_heads': config.num_heads,
+    'num_layers': config.num_encoder_layers,
+    'prompt_tuning_init': 'RANDOM',
+    'base_model_name_or_path': base_name,
+    'inference_mode': True,
+  }
 
 
 def parse_size(text: str) -> int:
@@ -342,9 +468,22 @@ def _export_from_flags() -> None:
   f = flags.FLAGS
   if not f.model_dir or not (f.prompt_npy or f.hf_dir or f.peft_dir):
     raise UserError('Pass --model_dir and at least one of --prompt_npy, --hf_dir, --peft_dir.')
+  outputs = {
+    flag: path
+    for flag, path in (
+      ('--prompt_npy', f.prompt_npy),
+      ('--hf_dir', f.hf_dir),
+      ('--peft_dir', f.peft_dir),
+    )
+    if path
+  }
+  check_outputs(outputs, {'--model_dir': f.model_dir, '--base': f.base}, f.overwrite)
   # E.g. the LoRA rules of a run real t5x trained (--gin.network.T5Config.lora_rules=...).
   gin_utils.parse_bindings(f.gin_bindings)
   run = trained_model.open_run(f.model_dir, f.step, '--model_dir')
+  if f.hf_dir or f.peft_dir:  # Both read the base: the one the run records, unless --base.
+    base = '--base' if f.base else "the run's INITIAL_CHECKPOINT_PATH"
+    check_outputs(outputs, {base: run.base_path(f.base)}, f.overwrite)
   adapter_type = peft_type(run) if f.peft_dir else None
   if f.prompt_npy:
     if run.prompt is None:
@@ -373,7 +512,9 @@ def _define_flags() -> None:
   flags.DEFINE_string('peft_dir', None, 'Write an HF PEFT adapter (LoRA or prompt tuning) here.')
   flags.DEFINE_string('base', None, "Base checkpoint (default: the run's INITIAL_CHECKPOINT_PATH).")
   flags.DEFINE_string('max_shard_size', '2GB', 'Largest safetensors shard for --hf_dir.')
-  flags.DEFINE_bool('overwrite', False, 'Replace existing outputs.')
+  flags.DEFINE_bool(
+    'overwrite', False, 'Replace existing outputs t5pt wrote (never a folder with other files).'
+  )
 
 
 def main(argv) -> None:

@@ -21,7 +21,7 @@ import contextlib
 import json
 import os
 import uuid
-from typing import Iterator, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 from etils import epath
 
@@ -150,7 +150,8 @@ def write_json(p: PathLike, value, indent: int = 2, sort_keys: bool = True) -> N
 
 
 def remove(p: PathLike) -> None:
-  """Deletes a file or a directory tree; nothing if `p` does not exist."""
+  """Deletes a file or a directory tree; nothing if `p` does not exist. Only for what
+  t5pt wrote: an output the user named is replaced after `check_replaceable`."""
   target = path(p)
   if target.is_dir():
     target.rmtree()
@@ -158,14 +159,54 @@ def remove(p: PathLike) -> None:
     target.unlink()
 
 
+def check_replaceable(
+  p: PathLike,
+  setting: str,
+  overwrite: bool,
+  foreign: Callable[[str], Sequence[str]],
+  what: str,
+) -> None:
+  """Raises a UserError unless `p` may become the output folder `setting` names: it
+  can be created (check_output_dir), or it is a folder t5pt wrote and `overwrite` is set.
+  `foreign(p)` lists what in an existing `p` t5pt did not write (an empty folder holds
+  nothing of the user's); such a folder is never replaced, with or without --overwrite.
+  `what` describes the folders t5pt replaces, e.g. 'an adapter t5pt.export wrote'."""
+  check_output_dir(p, setting)
+  if not exists(p):
+    return
+  name = f'{setting}={os.fspath(p)!r}'
+  strangers = list(foreign(os.fspath(p)))
+  if strangers:
+    shown = ', '.join(repr(s) for s in strangers[:3])
+    more = f' and {len(strangers) - 3} more' if len(strangers) > 3 else ''
+    raise UserError(
+      f'{name} already exists and holds {shown}{more}: it is not {what}, and t5pt replaces '
+      f'nothing else, with or without --overwrite. Choose a new {setting}.'
+    )
+  if not overwrite:
+    raise UserError(
+      f'{name} already exists ({what}); choose a new {setting}, or pass --overwrite to replace it.'
+    )
+
+
+def entries(directory: PathLike) -> list[str]:
+  """The sorted names directly inside `directory` (hidden ones included)."""
+  return sorted(child.name for child in path(directory).iterdir())
+
+
 @contextlib.contextmanager
-def atomic_directory(p: PathLike, marker: str) -> Iterator[str]:
+def atomic_directory(
+  p: PathLike, marker: str, check_replace: Optional[Callable[[str], None]] = None
+) -> Iterator[str]:
   """Yields a scratch directory that becomes `p` once the block completes.
 
-  Local: the scratch directory is renamed into place. Object stores cannot rename a
-  directory atomically, so there the files are written into `p` itself and the block must
-  write `marker` (a file name inside the directory) last: a reader treats the directory as
-  complete only once the marker exists. On failure everything written is removed.
+  Local: the scratch directory is renamed into place; a `p` that exists by then is
+  replaced only if `check_replace(p)` (e.g. a check_replaceable) raises nothing (without
+  it, an existing `p` is refused). Object stores cannot rename a directory atomically, so
+  there the files are written into `p` itself and the block must write `marker` (a file
+  name inside the directory) last: a reader treats the directory as complete only once the
+  marker exists; the caller clears an existing `p` first. On failure everything written
+  is removed.
   """
   target = path(p)
   if is_remote(p):
@@ -182,6 +223,10 @@ def atomic_directory(p: PathLike, marker: str) -> Iterator[str]:
   scratch.mkdir()
   try:
     yield os.fspath(scratch)
+    if target.exists():  # Checked again: the block may have run for hours.
+      if check_replace is None:
+        raise UserError(f'{os.fspath(p)!r} already exists; choose a new output path.')
+      check_replace(os.fspath(p))
   except BaseException:
     remove(scratch)
     raise

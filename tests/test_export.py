@@ -10,8 +10,11 @@ import torch
 import transformers
 
 from t5pt import checkpoint_import
+from t5pt import export
+from t5pt import fs
 from t5pt import network
 from t5pt import partitioning
+from t5pt import trained_model
 from t5pt.errors import UserError
 from tests import hf_models
 from tests.conftest import run_module
@@ -130,6 +133,24 @@ def test_export_refuses_to_overwrite_and_leaves_nothing_on_failure(trained_run, 
   result = run_module('t5pt.export', f'--model_dir={trained_run}', f'--hf_dir={existing}')
   assert result.returncode == 2 and 'already exists' in result.stderr
   assert os.listdir(existing) == ['keep.txt']
+  # The user's files are never replaced, and --overwrite is not offered for them; the
+  # other outputs are checked first, so nothing is written.
+  result = run_module(
+    't5pt.export',
+    f'--model_dir={trained_run}',
+    f'--prompt_npy={tmp_path / "p.npy"}',
+    f'--peft_dir={existing}',
+    '--overwrite',
+  )
+  assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr[-2000:]
+  assert "holds 'keep.txt'" in result.stderr and 'pass --overwrite' not in result.stderr
+  assert os.listdir(existing) == ['keep.txt'] and (existing / 'keep.txt').read_text() == 'mine'
+  # A parent that is a file: one message, not FileExistsError.
+  result = run_module(
+    't5pt.export', f'--model_dir={trained_run}', f'--prompt_npy={existing}/keep.txt/p.npy'
+  )
+  assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr[-2000:]
+  assert 'cannot be created' in result.stderr and 'keep.txt is a file' in result.stderr
 
   result = run_module(
     't5pt.export',
@@ -139,6 +160,97 @@ def test_export_refuses_to_overwrite_and_leaves_nothing_on_failure(trained_run, 
   )
   assert result.returncode == 2 and 'does not exist' in result.stderr
   assert sorted(os.listdir(tmp_path)) == ['existing']
+
+
+def _tree(folder) -> dict:
+  """{relative path: bytes, or None for a folder} of everything under `folder`."""
+  found = {}
+  for root, dirs, files in os.walk(folder):
+    for name in dirs:
+      found[os.path.relpath(os.path.join(root, name), folder)] = None
+    for name in files:
+      path = os.path.join(root, name)
+      found[os.path.relpath(path, folder)] = open(path, 'rb').read()
+  return found
+
+
+def test_every_output_is_checked_before_anything_is_written(tmp_path):
+  (tmp_path / 'a_file').write_text('mine')
+  user = tmp_path / 'user'
+  user.mkdir()
+  (user / 'notes.txt').write_text('mine')
+  np.save(tmp_path / 'old.npy', np.zeros(2))
+  run = str(tmp_path / 'run')
+  cases = [
+    ({'--prompt_npy': f'{tmp_path}/a_file/p.npy'}, ['--prompt_npy=', 'a_file is a file']),
+    ({'--hf_dir': f'{tmp_path}/a_file/hf'}, ['--hf_dir=', 'cannot be created', 'a_file is a']),
+    ({'--peft_dir': f'{tmp_path}/a_file'}, ['--peft_dir=', 'is a file, not a directory']),
+    ({'--prompt_npy': str(user)}, ['is a directory', f'--prompt_npy={user}/prompt.npy']),
+    ({'--prompt_npy': f'{tmp_path}/a_file'}, ['already exists and is not a .npy file']),
+    ({'--peft_dir': str(user)}, ["holds 'notes.txt'", 'with or without --overwrite']),
+    ({'--hf_dir': str(user)}, ["holds 'notes.txt'", f'--hf_dir={str(user)!r}']),
+    ({'--hf_dir': f'{tmp_path}/out', '--peft_dir': f'{tmp_path}/out/'}, ['overlap']),
+    ({'--prompt_npy': f'{tmp_path}/out/p.npy', '--hf_dir': f'{tmp_path}/out'}, ['overlap']),
+    ({'--hf_dir': run}, ['would replace --model_dir=', 'which the export reads']),
+    ({'--peft_dir': str(tmp_path)}, ['would replace --model_dir=']),
+  ]
+  before = _tree(tmp_path)
+  for outputs, fragments in cases:
+    with pytest.raises(UserError) as error:
+      export.check_outputs(outputs, {'--model_dir': run, '--base': None}, overwrite=True)
+    message = str(error.value)
+    assert all(f in message for f in fragments), (outputs, message)
+    assert 'pass --overwrite' not in message
+  for overwrite in (False, True):  # A .npy file: replaced only with --overwrite.
+    outputs = {'--prompt_npy': str(tmp_path / 'old.npy')}
+    if overwrite:
+      export.check_outputs(outputs, {}, overwrite)
+    else:
+      with pytest.raises(UserError, match='already exists; .* pass --overwrite'):
+        export.check_outputs(outputs, {}, overwrite)
+  assert _tree(tmp_path) == before
+
+
+def test_overwrite_replaces_only_what_t5pt_wrote(trained_run, hf_base, tmp_path):
+  run = trained_model.open_run(trained_run)
+  peft_dir, hf_dir, npy = str(tmp_path / 'peft'), str(tmp_path / 'hf'), str(tmp_path / 'p.npy')
+  export.export_prompt(np.zeros((4, 16)), npy)
+  export.export_peft_prompt(run, peft_dir, 'base')
+  export.export_hf(run, hf_dir, hf_base[0], 1 << 30)
+  for write in (
+    lambda overwrite: export.export_prompt(run.prompt, npy, overwrite),
+    lambda overwrite: export.export_peft_prompt(run, peft_dir, 'base', overwrite),
+    lambda overwrite: export.export_hf(run, hf_dir, hf_base[0], 1 << 30, overwrite),
+  ):
+    with pytest.raises(UserError, match='already exists.* pass --overwrite to replace it'):
+      write(False)
+    write(True)
+  np.testing.assert_array_equal(np.load(npy), run.prompt)
+  assert sorted(os.listdir(tmp_path)) == ['hf', 'p.npy', 'peft']  # No partial leftovers.
+
+  # A user's file in an export, a config PEFT (not t5pt) wrote, an HF folder without the
+  # marker: never replaced, whatever --overwrite says.
+  (tmp_path / 'hf' / 'README.md').write_text('mine')
+  config = json.loads((tmp_path / 'peft' / 'adapter_config.json').read_text())
+  (tmp_path / 'peft' / 'adapter_config.json').write_text(json.dumps({**config, 'revision': None}))
+  before = _tree(tmp_path)
+  with pytest.raises(UserError, match="holds 'README.md': it is not a folder t5pt.export wrote"):
+    export.export_hf(run, hf_dir, hf_base[0], 1 << 30, overwrite=True)
+  with pytest.raises(UserError, match="holds 'adapter_config.json': it is not an adapter"):
+    export.export_peft_prompt(run, peft_dir, 'base', overwrite=True)
+  with pytest.raises(UserError, match="holds 'config.json'"):
+    export.check_output_dir(hf_base[0], '--hf_dir', overwrite=True)
+  assert _tree(tmp_path) == before
+
+  # Checked again when the finished folder replaces the old one: a file the user added
+  # meanwhile keeps the old folder, and the new one is dropped.
+  (tmp_path / 'hf' / 'README.md').unlink()
+  with pytest.raises(UserError, match="holds 'late.txt'"):
+    with export.atomic_output_dir(hf_dir, '--hf_dir', overwrite=True) as scratch:
+      (tmp_path / 'hf' / 'late.txt').write_text('mine')
+      fs.write_text(fs.join(scratch, export.HF_MARKER), '{}')
+  assert (tmp_path / 'hf' / 'late.txt').read_text() == 'mine'
+  assert sorted(os.listdir(tmp_path)) == ['hf', 'p.npy', 'peft']
 
 
 def test_run_records_its_base_and_config(trained_run, hf_base):
