@@ -14,6 +14,10 @@ alpha / sqrt(r) folded into alpha). trained_model.load, infer.sh, python -m t5pt
 python -m t5pt.export use it as they use a trained run. It records no task: pass
 MIXTURE_OR_TASK_NAME (and TASK_FEATURE_LENGTHS) to eval and infer.
 
+An existing --model_dir is replaced only with --overwrite, and only if it is a run
+t5pt.peft_import wrote (checkpoint_0 alone, recording its adapter); a training run or a
+folder holding anything else is never replaced.
+
 The run is for inference, evaluation and export, not for training further: it holds no
 optimizer state, and the trainer refuses a MODEL_DIR whose newest checkpoint is step 0.
 """
@@ -215,6 +219,7 @@ def import_adapter(
 ) -> network.T5Config:
   """Writes the PEFT LoRA adapter in `peft_dir` as a t5pt run at `model_dir` (see module
   docstring); returns the run's network config. Nothing is written unless it all fits."""
+  check_model_dir(model_dir, overwrite)
   if not fs.exists(base_path):
     raise UserError(
       f'--base={base_path!r} does not exist; pass the T5 the adapter was '
@@ -241,16 +246,42 @@ def import_adapter(
   return config
 
 
+def check_model_dir(model_dir: str, overwrite: bool) -> None:
+  """Raises a UserError unless `model_dir` may become the imported run: new, or (with
+  `overwrite`) a run this module wrote, which holds only checkpoint_0 recording the
+  adapter it came from. A training run, or a folder with anything else in it, is never
+  replaced."""
+  fs.check_replaceable(
+    model_dir,
+    '--model_dir',
+    overwrite,
+    _foreign,
+    f'a run t5pt.peft_import wrote (only {checkpoints.STEP_PREFIX}_{IMPORT_STEP}, recording '
+    'the adapter it came from)',
+  )
+
+
+def _foreign(model_dir: str) -> list[str]:
+  """What in `model_dir` t5pt.peft_import did not write (see check_model_dir)."""
+  names = fs.entries(model_dir)
+  strangers = [name for name in names if name != f'{checkpoints.STEP_PREFIX}_{IMPORT_STEP}']
+  if strangers or not names:
+    return strangers
+  try:
+    imported = checkpoints.read_meta(model_dir, IMPORT_STEP).imported_from
+  except UserError:
+    imported = None
+  return [] if imported else names
+
+
 def _write_run(
   model_dir: str, params: Mapping[str, np.ndarray], meta: checkpoints.RunMeta, overwrite: bool
 ) -> None:
   """Saves checkpoint_0 (params and meta; no optimizer state) as a new run at
   `model_dir`, replacing an existing one only if `overwrite`. Orbax makes the step
   appear only once complete; if the save fails, `model_dir` is removed again."""
-  if fs.exists(model_dir):
-    if not overwrite:
-      raise UserError(f'{model_dir} already exists; choose a new output path or pass --overwrite.')
-    fs.remove(model_dir)
+  check_model_dir(model_dir, overwrite)
+  fs.remove(model_dir)  # Nothing, or a run this module wrote (check_model_dir).
   tree = partitioning.unflatten({k: jax.device_put(v) for k, v in params.items()})
   try:
     checkpointer = checkpoints.RunCheckpointer(fs.absolute(model_dir), keep=None)
@@ -283,7 +314,9 @@ def _define_flags() -> None:
   flags.DEFINE_string('peft_dir', None, 'The PEFT LoRA adapter folder to import.')
   flags.DEFINE_string('base', None, 'The base T5 checkpoint the adapter was trained on.')
   flags.DEFINE_string('model_dir', None, 'The t5pt run (MODEL_DIR) to create.')
-  flags.DEFINE_bool('overwrite', False, 'Replace an existing --model_dir.')
+  flags.DEFINE_bool(
+    'overwrite', False, 'Replace an existing --model_dir (only a run t5pt.peft_import wrote).'
+  )
 
 
 def main(argv) -> None:

@@ -234,8 +234,22 @@ def test_imported_adapter_gives_the_original_runs_logits(lora_run, lora_exports,
     _t5pt_logits(str(tmp_path / 'imported')), _t5pt_logits(lora_run), atol=1e-5
   )
 
-  with pytest.raises(UserError, match='already exists; .* pass --overwrite'):
+  with pytest.raises(UserError, match='already exists .* pass --overwrite'):
     peft_import.import_adapter(f'{lora_exports}/peft', hf_base[0], f'{tmp_path}/imported')
+  peft_import.import_adapter(f'{lora_exports}/peft', hf_base[0], f'{tmp_path}/imported', True)
+  assert sorted(os.listdir(tmp_path)) == ['imported']
+  # A training run, or a folder holding the user's files, is never replaced.
+  user = tmp_path / 'user'
+  user.mkdir()
+  (user / 'notes.txt').write_text('mine')
+  run_files = sorted(os.listdir(lora_run))
+  for model_dir, held in ((lora_run, "'checkpoint_5'"), (str(user), "'notes.txt'")):
+    with pytest.raises(UserError, match=f'--model_dir=.* holds .*{held}.*: it is not a run') as e:
+      peft_import.import_adapter(f'{lora_exports}/peft', hf_base[0], model_dir, overwrite=True)
+    assert 'pass --overwrite' not in str(e.value)
+  assert sorted(os.listdir(lora_run)) == run_files and os.listdir(user) == ['notes.txt']
+  user.joinpath('notes.txt').unlink()
+  user.rmdir()
   with pytest.raises(UserError, match='holds an imported adapter .* new MODEL_DIR'):
     (tmp_path / 'lora.gin').write_text(GIN + "include 'methods/lora.gin'\n")
     train_in_process(
@@ -274,6 +288,10 @@ def test_adapter_saved_by_peft_imports_with_peft_logits(options, hf_base, tmp_pa
         param.normal_(0, 0.3)
   model.save_pretrained(tmp_path / 'adapter')
   theirs = _hf_logits(model.eval())
+  saved = sorted(os.listdir(tmp_path / 'adapter'))
+  with pytest.raises(UserError, match='--peft_dir=.* holds .*it is not an adapter t5pt.export'):
+    export.check_output_dir(str(tmp_path / 'adapter'), '--peft_dir', overwrite=True)
+  assert sorted(os.listdir(tmp_path / 'adapter')) == saved
 
   peft_import.import_adapter(str(tmp_path / 'adapter'), hf_base[0], str(tmp_path / 'run'))
   ours = _t5pt_logits(str(tmp_path / 'run'))
