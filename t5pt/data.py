@@ -8,6 +8,9 @@ exactly TASK_FEATURE_LENGTHS['inputs'] positions.
 import difflib
 import importlib
 import os
+import site
+import sysconfig
+import traceback
 from typing import Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -20,27 +23,58 @@ Batch = dict[str, np.ndarray]
 
 
 def import_task_modules(modules: Union[None, str, Sequence[str]]) -> None:
-  """Imports MIXTURE_OR_TASK_MODULE(s), whose import registers tasks and mixtures."""
+  """Imports MIXTURE_OR_TASK_MODULE(s), whose import registers tasks and mixtures. An error
+  the user's module raises is a UserError showing its frames in the user's files only."""
   if not modules:
     return
   for name in [modules] if isinstance(modules, str) else modules:
     try:
       importlib.import_module(name)
-    except ImportError as e:
-      missing = e.name and (name == e.name or name.startswith(e.name + '.'))
-      if not missing:  # The module was found; an import inside it failed.
-        raise UserError(f'MIXTURE_OR_TASK_MODULE={name!r} failed to import: {e}') from e
-      file = name.replace('.', os.sep) + '.py'
-      raise UserError(
-        f'MIXTURE_OR_TASK_MODULE={name!r} cannot be imported ({e}). Modules are imported '
-        f'from the working directory ({os.getcwd()}) and PYTHONPATH: run from the folder '
-        f'that holds {file}, or add that folder to PYTHONPATH '
-        '(PYTHONPATH=/path/to/folder ./launch.sh ...).'
-      ) from e
+    except UserError:
+      raise  # t5pt's own message, e.g. from tasks.files for a bad argument.
     except SyntaxError as e:
       raise UserError(
         f'{e.filename}:{e.lineno}: MIXTURE_OR_TASK_MODULE={name!r} has a syntax error: {e.msg}'
       ) from e
+    except Exception as e:  # pylint: disable=broad-except  # The user's code raised it.
+      missing = isinstance(e, ImportError) and (
+        e.name and (name == e.name or name.startswith(e.name + '.'))
+      )
+      if missing:
+        file = name.replace('.', os.sep) + '.py'
+        raise UserError(
+          f'MIXTURE_OR_TASK_MODULE={name!r} cannot be imported ({e}). Modules are imported '
+          f'from the working directory ({os.getcwd()}) and PYTHONPATH: run from the folder '
+          f'that holds {file}, or add that folder to PYTHONPATH '
+          '(PYTHONPATH=/path/to/folder ./launch.sh ...).'
+        ) from e
+      raise UserError(
+        f'MIXTURE_OR_TASK_MODULE={name!r} failed to import: {type(e).__name__} was raised '
+        'while importing it, in your code (frames outside t5pt and the libraries, most '
+        f'recent call last):\n{users_frames(e)}'
+      ) from e
+
+
+def users_frames(error: BaseException) -> str:
+  """`error` as a traceback of the frames in the user's own files (not t5pt's, Python's
+  or an installed library's; all frames if none is the user's), then its type and
+  message."""
+  package = os.path.dirname(os.path.abspath(__file__))
+  paths = sysconfig.get_paths()
+  library = [package, os.path.join(os.path.dirname(package), 'tasks')]  # t5pt's own
+  library += [paths[k] for k in ('stdlib', 'platstdlib', 'purelib', 'platlib')]
+  library += site.getsitepackages() + [site.getusersitepackages()]
+  library = tuple(os.path.join(os.path.realpath(p), '') for p in library)
+  stack = traceback.extract_tb(error.__traceback__)
+  mine = [
+    frame
+    for frame in stack
+    if not frame.filename.startswith('<')
+    and not os.path.realpath(frame.filename).startswith(library)
+  ] or stack
+  lines = traceback.StackSummary.from_list(mine).format()
+  lines += traceback.format_exception_only(type(error), error)
+  return ''.join(lines).rstrip()
 
 
 def get_provider(name: str) -> seqio.DatasetProviderBase:

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import traceback
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ import pytest
 from t5pt import data
 from t5pt.errors import UserError
 from tests.conftest import REPO
+from tests.conftest import run_module
 
 MY_TASKS = '''
 import seqio
@@ -139,7 +141,66 @@ def test_a_failing_import_inside_the_module_is_reported_as_such(tmp_path, monkey
   (tmp_path / 'my_broken_tasks.py').write_text('import no_such_dependency\n')
   (tmp_path / 'my_typo_tasks.py').write_text('def f(:\n')
   monkeypatch.syspath_prepend(str(tmp_path))
-  with pytest.raises(UserError, match="'my_broken_tasks' failed to import: No module named"):
+  with pytest.raises(UserError, match="'my_broken_tasks' failed to import: ModuleNotFound") as e:
     data.import_task_modules('my_broken_tasks')
+  assert f'{tmp_path}/my_broken_tasks.py", line 1, in <module>' in str(e.value)
+  assert "No module named 'no_such_dependency'" in str(e.value)
   with pytest.raises(UserError, match=r'my_typo_tasks.py:1: .* has a syntax error'):
     data.import_task_modules(['my_typo_tasks'])
+
+
+def test_an_error_raised_in_a_library_the_module_calls_shows_the_users_call(tmp_path, monkeypatch):
+  (tmp_path / 'my_settings_tasks.py').write_text('import json\nSETTINGS = json.loads("{")\n')
+  monkeypatch.syspath_prepend(str(tmp_path))
+  with pytest.raises(UserError) as e:
+    data.import_task_modules('my_settings_tasks')
+  frames = [line for line in str(e.value).splitlines() if line.startswith('  File ')]
+  assert frames == [f'  File "{tmp_path}/my_settings_tasks.py", line 2, in <module>']
+  assert str(e.value).endswith(
+    'JSONDecodeError: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)'
+  )
+  assert len(traceback.extract_tb(e.value.__cause__.__traceback__)) > 2  # importlib, json
+
+
+MY_BUGGY_TASKS = """
+import seqio
+
+
+def vocabulary():
+  return seqio.ByteVocabulary(extra_ids=1 / 0)
+
+
+BYTES = vocabulary()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+  'source, error',
+  [
+    (MY_BUGGY_TASKS, 'ZeroDivisionError: division by zero'),
+    ('import seqio\nseqio.TaskRegistry.add(NAME)\n', "NameError: name 'NAME' is not defined"),
+  ],
+  ids=['zero_division', 'name_error'],
+)
+def test_an_error_in_the_users_task_module_shows_their_frames_only(source, error, tmp_path):
+  """The user's bug: one t5pt line naming the module, then a traceback of the user's file
+  alone (no t5pt, gin, seqio or importlib frames); exit 2, nothing written."""
+  (tmp_path / 'my_tasks.py').write_text(source)
+  result = run_module(
+    't5pt.train',
+    '--gin_file=gin/t5_1_1_tiny_prompt.gin',
+    f"--gin.MODEL_DIR='{tmp_path}/run'",
+    "--gin.MIXTURE_OR_TASK_MODULE='my_tasks'",
+    cwd=str(tmp_path),
+  )
+  assert result.returncode == 2, result.stderr[-3000:]
+  message = result.stderr[result.stderr.index('t5pt: error: ') :]
+  assert message.startswith("t5pt: error: MIXTURE_OR_TASK_MODULE='my_tasks' failed to import: "), (
+    message
+  )
+  assert 'while importing it' in message and message.rstrip().endswith(error), message
+  frames = [line for line in message.splitlines() if line.startswith('  File ')]
+  assert frames and all(f'"{tmp_path}/my_tasks.py"' in line for line in frames), message
+  assert 'Traceback' not in result.stderr and result.stderr.count('t5pt: error') == 1
+  assert os.listdir(tmp_path) == ['my_tasks.py']
