@@ -20,6 +20,9 @@ a rename on local disk. A directory is made atomic by writing its marker file la
 import contextlib
 import json
 import os
+import socket
+import threading
+import urllib.parse
 import uuid
 from typing import Callable, Iterator, Optional, Sequence, Union
 
@@ -36,8 +39,130 @@ PathLike = Union[str, os.PathLike]
 
 def path(p: PathLike) -> epath.Path:
   """`p` as an epath; a relative local path is resolved against the working directory
-  now (orbax and tensorstore accept only absolute ones)."""
+  now (orbax and tensorstore accept only absolute ones). The first gs:// path of the
+  process checks that GCS can be reached (check_gcs_reachable)."""
+  check_gcs_reachable(p)
   return epath.Path(absolute(p))
+
+
+# The first touch of a gs:// path probes the endpoint with a short timeout: without it, an
+# unreachable GCS (no network, a DNS failure, an emulator that is not running) ends, after
+# about a minute of gcsfs retries, in an aiohttp traceback.
+GCS_PROBE_TIMEOUT_ENV = 'T5PT_GCS_PROBE_TIMEOUT'
+GCS_PROBE_TIMEOUT_S = 5.0
+_gcs_reachable: set = set()  # endpoints that accepted a connection in this process
+
+
+def gcs_endpoint() -> str:
+  """The URL gcsfs sends gs:// requests to, as gcsfs chooses it: STORAGE_EMULATOR_HOST
+  (http:// unless it names a scheme) if set, else https://storage.googleapis.com (or the
+  GOOGLE_CLOUD_UNIVERSE_DOMAIN's)."""
+  emulator = os.environ.get('STORAGE_EMULATOR_HOST', '')
+  if emulator not in ('', 'default'):
+    return emulator if emulator.startswith(('http://', 'https://')) else f'http://{emulator}'
+  return f'https://storage.{os.environ.get("GOOGLE_CLOUD_UNIVERSE_DOMAIN", "googleapis.com")}'
+
+
+def check_gcs_reachable(p: PathLike) -> None:
+  """For a gs:// `p`: raises a UserError (one line: the bucket, the endpoint, the
+  credentials gcsfs would use, the fix) unless the endpoint accepts a TCP connection within
+  T5PT_GCS_PROBE_TIMEOUT seconds (default 5; 0 turns the probe off). Probed once per
+  endpoint and process; credentials and permissions show at the first real request."""
+  p = os.fspath(p)
+  if not p.startswith('gs://'):
+    return
+  endpoint = gcs_endpoint()
+  if endpoint in _gcs_reachable:
+    return
+  timeout = _gcs_probe_timeout()
+  if not timeout:
+    return
+  problem = _connection_problem(endpoint, timeout)
+  if problem is None:
+    _gcs_reachable.add(endpoint)
+    return
+  bucket = 'gs://' + p[len('gs://') :].split('/')[0]
+  if os.environ.get('STORAGE_EMULATOR_HOST', '') not in ('', 'default'):
+    where = f'the emulator at STORAGE_EMULATOR_HOST={os.environ["STORAGE_EMULATOR_HOST"]}'
+    fix = f'start the emulator at {endpoint}, or unset STORAGE_EMULATOR_HOST to use GCS'
+  else:
+    where = endpoint
+    fix = (
+      f'check that this machine reaches {urllib.parse.urlsplit(endpoint).hostname} (DNS, '
+      'firewall; gcsfs does not use HTTP(S)_PROXY), or use a local path'
+    )
+  credentials, found = _gcs_credentials()
+  if not found:
+    fix += (
+      '; a private bucket also needs credentials (`gcloud auth application-default login` '
+      'or GOOGLE_APPLICATION_CREDENTIALS)'
+    )
+  if problem.startswith('no answer'):
+    fix += f', or raise {GCS_PROBE_TIMEOUT_ENV} (seconds) on a slow network'
+  raise UserError(
+    f'{bucket} is unreachable: {where} ({problem}); credentials: {credentials}. To fix: {fix}.'
+  )
+
+
+def _gcs_probe_timeout() -> float:
+  value = os.environ.get(GCS_PROBE_TIMEOUT_ENV, '')
+  if not value:
+    return GCS_PROBE_TIMEOUT_S
+  try:
+    timeout = float(value)
+  except ValueError:
+    timeout = -1.0
+  if not 0 <= timeout < float('inf'):
+    raise UserError(
+      f'{GCS_PROBE_TIMEOUT_ENV}={value!r} is not a number of seconds >= 0 (0 turns the gs:// '
+      'reachability probe off).'
+    )
+  return timeout
+
+
+def _connection_problem(endpoint: str, timeout: float) -> str | None:
+  """None if `endpoint` accepts a TCP connection within `timeout` seconds (name lookup
+  included: it runs in a thread, as getaddrinfo has no timeout), else what went wrong."""
+  url = urllib.parse.urlsplit(endpoint)
+  try:
+    host, port = url.hostname, url.port or (443 if url.scheme == 'https' else 80)
+  except ValueError as e:
+    return f'not a URL with a valid port: {e}'
+  if not host:
+    return 'no host name in the URL'
+  outcome: list = []
+
+  def attempt():
+    try:
+      socket.create_connection((host, port), timeout=timeout).close()
+      outcome.append(None)
+    except socket.gaierror as e:
+      outcome.append(f'{host} does not resolve: {e.strerror or e}')
+    except ConnectionRefusedError:
+      outcome.append('connection refused')
+    except TimeoutError:
+      outcome.append(f'no answer within {timeout:g} s')
+    except OSError as e:
+      outcome.append(f'{e.strerror or e}')
+
+  thread = threading.Thread(target=attempt, name='t5pt-gcs-probe', daemon=True)
+  thread.start()
+  thread.join(timeout)
+  return outcome[0] if outcome else f'no answer within {timeout:g} s'
+
+
+def _gcs_credentials() -> tuple[str, bool]:
+  """(what gcsfs would authenticate with, in its order of trying; whether any were found)."""
+  key = os.environ.get('GOOGLE_APPLICATION_CREDENTIALS')
+  if key:
+    missing = '' if os.path.isfile(key) else ' (no such file)'
+    return f'GOOGLE_APPLICATION_CREDENTIALS={key}{missing}', not missing
+  config = os.environ.get('CLOUDSDK_CONFIG') or os.path.expanduser('~/.config/gcloud')
+  adc = os.path.join(config, 'application_default_credentials.json')
+  if os.path.isfile(adc):
+    return f'gcloud default ({adc})', True
+  then = 'anonymous' if os.environ.get('NO_GCE_CHECK') == 'true' else 'GCE metadata, then anonymous'
+  return f'none found (GOOGLE_APPLICATION_CREDENTIALS unset, no {adc}), so {then}', False
 
 
 def is_remote(p: PathLike) -> bool:
