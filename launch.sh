@@ -9,8 +9,8 @@
 # Several hosts (README "Several hosts"): the same command on every host, plus
 #   multi-host GPU   --multiprocess_gpu --coordinator_address=HOST0:1234 --process_count=N
 #                    --process_index=I   (or --multiprocess_gpu alone under SLURM / MPI / GKE)
-#   Cloud TPU pod    nothing: gcloud compute tpus tpu-vm ssh POD --worker=all --command
-#                    "cd t5pt && ./launch.sh train --gin_file=..."
+#   Cloud TPU pod    nothing (JAX distributed starts by itself): gcloud compute tpus tpu-vm
+#                    ssh POD --worker=all --command "cd t5pt && ./launch.sh train ..."
 #
 # The virtual environment is (re)installed whenever a requirements file changes; tests
 # use requirements-test.txt (the runtime + pytest + CPU torch/transformers/peft).
