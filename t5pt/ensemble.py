@@ -118,6 +118,16 @@ def target_scores(
   return bank.score(tokens, rows, ids)[: len(inputs) * k].reshape(len(inputs), k)
 
 
+def decoder_row(tokens: Sequence[int], max_length: int) -> np.ndarray:
+  """The decoder's row [max_length] for a decode (inference.until_eos's inverse): `tokens`,
+  then EOS and zeros, cut at max_length (a decode that filled it has no EOS). What the
+  single-run path hands seqio and scores, whatever the decode's length."""
+  ids = (list(tokens) + [inference.EOS_ID])[:max_length]
+  row = np.zeros((max_length,), np.int32)
+  row[: len(ids)] = ids
+  return row
+
+
 def _member_rows(bank, inputs, batch_size: int, input_length: int):
   """The batch of K rows per input (input i with member j at row i * K + j), padded to
   batch_size * K rows: (tokens, prompt ids) as PromptBank.rows makes them."""
@@ -149,9 +159,9 @@ def _rank(bank, tokens, ids, members, options, max_length: int, k: int):
   for c in range(width):
     targets = np.zeros((tokens.shape[0], max_length), np.int32)
     for i in range(n):
-      answer = list(candidates[i][min(c, len(candidates[i]) - 1)])
-      ids_out = (answer + [inference.EOS_ID])[:max_length]
-      targets[i * k : (i + 1) * k, : len(ids_out)] = ids_out
+      targets[i * k : (i + 1) * k] = decoder_row(
+        candidates[i][min(c, len(candidates[i]) - 1)], max_length
+      )
     scores = bank.score(tokens, targets, ids)[: n * k].reshape(n, k).sum(axis=1)
     for i in range(n):
       if c < len(candidates[i]):

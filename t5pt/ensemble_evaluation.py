@@ -110,10 +110,13 @@ def _decode_task(bank, ds, batch_size, lengths, decode, method, option_ids, scor
     decoded = ensemble.decode(
       bank, inputs, batch_size, lengths['inputs'], lengths['targets'], decode, method, option_ids
     )
+    # As the single-run path: each decode as the decoder's row of the targets length, so
+    # seqio gets one shape however long each member's decode is (EOS first, none at all).
+    row_of = lambda tokens: ensemble.decoder_row(tokens, lengths['targets']).tolist()
     for row, index in enumerate(indices):
       for j, name in enumerate(bank.names):
-        predictions[name].append((index, decoded.members[row][j]))
-      predictions[ENSEMBLE].append((index, decoded.tokens[row]))
+        predictions[name].append((index, row_of(decoded.members[row][j])))
+      predictions[ENSEMBLE].append((index, row_of(decoded.tokens[row])))
     if scores:
       per_member = ensemble.target_scores(
         bank, inputs, batch['decoder_target_tokens'], batch_size, lengths['inputs']

@@ -4,6 +4,7 @@ and t5pt.eval, checked against each run decoded or evaluated on its own."""
 import json
 import os
 import shutil
+import zlib
 
 import gin
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 
 from t5pt import batch_inference
 from t5pt import ensemble
+from t5pt import ensemble_evaluation
 from t5pt import evaluation
 from t5pt import gin_utils
 from t5pt import inference
@@ -230,6 +232,83 @@ def test_eval_reports_each_member_and_the_ensemble(prompt_run, min_run, tmp_path
   assert accuracy(results['ensemble']) == accuracy(alone_max)  # a and b outvote c
   for label in ('a', 'c', 'ensemble'):
     assert (tmp_path / 'ens' / label / f'{MAX_TASK}-metrics.jsonl').exists()
+
+
+def _odd_decode(text: str, shift: int) -> list[int]:
+  """A decode for input `text` of synthetic_heldout_max: by a hash of the text (plus
+  `shift`), none (EOS first), the target alone, several tokens, or a row without EOS."""
+  target = synthetic.VOCABULARY.encode(max(text))
+  case = (zlib.crc32(text.encode()) + shift) % 4
+  return [[], target, target * 2 + synthetic.VOCABULARY.encode('a'), target * 10][case]
+
+
+def test_decoder_row_undoes_until_eos_whatever_the_decode_length():
+  eos = inference.EOS_ID
+  rows = [[eos] + [0] * 9, [5, eos] + [0] * 8, [5, 6, 7, eos] + [0] * 6, [5] * 10]
+  for row in rows:
+    np.testing.assert_array_equal(ensemble.decoder_row(inference.until_eos(row), 10), row)
+  # One shape for seqio, as the single-run path's rows.
+  assert np.array([ensemble.decoder_row(inference.until_eos(r), 10) for r in rows]).shape == (4, 10)
+
+
+@pytest.mark.parametrize(
+  'method, options', [('vote', None), ('score', None), ('score', 'abcdefgh')]
+)
+def test_eval_of_members_decoding_different_lengths(
+  method, options, prompt_run, tmp_path, monkeypatch
+):
+  """Members whose decodes are empty, one token, several, or fill the targets length
+  without EOS (the bench's 1-vector prompts do): t5pt.eval scores each and the ensemble."""
+  real_predict = prompt_bank.PromptBank.predict
+
+  def predict(self, tokens, ids, max_length, decode):
+    decoded, scores = real_predict(self, tokens, ids, max_length, decode)
+    decoded = np.array(decoded)
+    for r in range(tokens.shape[0]):
+      text = synthetic.VOCABULARY.decode(inference.until_eos(tokens[r]))
+      if text:  # c is shifted: never the decode of a and b
+        decoded[r, 0] = ensemble.decoder_row(
+          _odd_decode(text, int(ids[r] == self.index('c'))), max_length
+        )
+    return decoded, scores
+
+  handed = []  # what seqio's Evaluator is handed, as t5pt.eval hands it
+  real_decode_task = ensemble_evaluation._decode_task
+  monkeypatch.setattr(prompt_bank.PromptBank, 'predict', predict)
+  monkeypatch.setattr(
+    ensemble_evaluation,
+    '_decode_task',
+    lambda *args, **kwargs: handed.append(real_decode_task(*args, **kwargs)) or handed[-1],
+  )
+  results = evaluate(
+    tmp_path,
+    ENSEMBLE={'a': prompt_run, 'b': prompt_run, 'c': prompt_run},
+    ENSEMBLE_METHOD=method,
+    ENSEMBLE_OPTIONS=options and list(options),
+    MIXTURE_OR_TASK_NAME=MAX_TASK,
+  )
+  inputs, targets = synthetic.examples(MAX_TASK, 'validation')
+  assert {len(_odd_decode(x, 0)) for x in inputs} == {0, 1, 3, 10}
+  (predictions,) = [h['predictions'] for h in handed]
+  texts = {}
+  for label, rows in predictions.items():
+    assert [i for i, _ in rows] == list(range(len(inputs)))
+    assert {len(row) for _, row in rows} == {10}  # one shape, as a single run's rows
+    texts[label] = [synthetic.VOCABULARY.decode(row) for _, row in rows]
+  accuracy = lambda labels: 100 * np.mean([p == t for p, t in zip(labels, targets)])
+  for label, shift in (('a', 0), ('b', 0), ('c', 1)):
+    assert texts[label] == [synthetic.VOCABULARY.decode(_odd_decode(x, shift)) for x in inputs]
+  for label in ('a', 'b', 'c', 'ensemble'):
+    assert results[label][MAX_TASK]['sequence_accuracy'] == pytest.approx(accuracy(texts[label]))
+    assert (tmp_path / label / f'{MAX_TASK}-metrics.jsonl').exists()
+  ours = texts['ensemble']
+  if method == 'vote':  # a and b outvote c
+    assert ours == texts['a']
+  elif options:  # the likeliest option: one letter, whatever the members decoded
+    assert set(ours) <= set(options)
+  else:  # the likelier of the members' decodes, of whatever lengths
+    assert all(p in (a, c) for p, a, c in zip(ours, texts['a'], texts['c']))
+    assert len({len(p) for p in ours}) > 1  # the answers themselves differ in length
 
 
 @pytest.fixture(scope='module')
