@@ -15,7 +15,12 @@ dropped:
     filter on absl's handler, put on the root logger at once rather than in app.run, so
     that records logged while modules load are filtered too; t5pt's own records (and
     those of the user's task modules) pass, as `t5pt: warning: ...`;
-  * Python warnings (`warnings.warn`) attributed to library code.
+  * Python warnings (`warnings.warn`) attributed to library code;
+  * in a run of several processes (--multiprocess_gpu or JAX_COORDINATOR_ADDRESS), the
+    line gloo, JAX's CPU collectives, prints with std::cout whenever it connects the
+    processes ("[Gloo] Rank 0 is connected to 1 peer ranks. ..."), at the first
+    collective and for every new group of devices: file descriptor 1 is a pipe whose
+    reader forwards every other byte to the real stdout as it comes (NativeStdoutFilter).
 
 `--verbosity=N` (absl's flag; 0 = INFO) or T5PT_VERBOSE=1 in the environment turns all
 of this off: every library log comes back, unfiltered.
@@ -26,12 +31,14 @@ module's own imports, so that is early enough for every entry point. Other progr
 (tasks/show.py) call it first thing.
 """
 
+import atexit
 import importlib
 import logging
 import os
 import sys
 import sysconfig
 import tempfile
+import threading
 import warnings
 from typing import Optional, Sequence
 
@@ -146,7 +153,87 @@ def quiet_cli(argv: Optional[Sequence[str]] = None) -> None:
   handler.addFilter(OwnRecordsOnly())
   handler.setFormatter(ShortOwnFormatter(handler.python_handler.formatter))
   warnings.filterwarnings('ignore', module=_NOT_OWN_MODULE)
+  if several_processes(argv):
+    NativeStdoutFilter(GLOO_LINE).start()
   _import_tensorflow_quietly()
+
+
+GLOO_LINE = b'[Gloo] '  # How every line gloo prints to stdout starts.
+_FALSE = ('0', 'false', 'no', 'off')
+
+
+def several_processes(argv: Optional[Sequence[str]] = None) -> bool:
+  """Whether this command asks to start JAX distributed (distributed.initialize):
+  --multiprocess_gpu on the command line or JAX_COORDINATOR_ADDRESS in the environment."""
+  if os.environ.get('JAX_COORDINATOR_ADDRESS'):
+    return True
+  for arg in sys.argv[1:] if argv is None else argv:
+    if arg == '--':
+      break
+    name, _, value = arg.partition('=')
+    if name == '--multiprocess_gpu' and value.strip().lower() not in _FALSE:
+      return True
+  return False
+
+
+class NativeStdoutFilter:
+  """Drops the lines starting with `prefix` that anything in this process, C++ included,
+  writes to file descriptor 1: fd 1 becomes a pipe, and a thread forwards the rest to the
+  original stdout as it arrives (a partial line at once, unless it may still become a
+  dropped line). At exit fd 1 is restored and what is left in the pipe is forwarded."""
+
+  def __init__(self, prefix: bytes):
+    self._prefix = prefix
+    self._pending = b''
+    self._line_start = True
+    self._original = None
+    self._thread = None
+
+  def start(self) -> None:
+    sys.stdout.flush()
+    read, write = os.pipe()
+    self._original = os.dup(1)
+    os.dup2(write, 1)
+    os.close(write)
+    self._thread = threading.Thread(target=self._forward, args=(read,), daemon=True)
+    self._thread.start()
+    atexit.register(self.stop)
+
+  def stop(self) -> None:
+    """Restores fd 1 (closing the pipe's last writer here) and waits for the forwarder."""
+    try:
+      sys.stdout.flush()
+    except (OSError, ValueError):
+      pass
+    os.dup2(self._original, 1)
+    self._thread.join(timeout=5)  # A child process still holding the pipe: give up.
+
+  def _forward(self, read: int) -> None:
+    with os.fdopen(read, 'rb', buffering=0) as pipe:
+      while chunk := pipe.read(1 << 16):
+        self._write(self.filter(chunk))
+    self._write(self._pending)
+
+  def _write(self, data: bytes) -> None:
+    while data:
+      data = data[os.write(self._original, data) :]
+
+  def filter(self, chunk: bytes) -> bytes:
+    """What of `chunk` (after what is pending) goes out now."""
+    pending, out = self._pending + chunk, []
+    while pending:
+      if self._line_start and self._prefix.startswith(pending[: len(self._prefix)]):
+        end = pending.find(b'\n')
+        if len(pending) < len(self._prefix) or end < 0:
+          break  # Not yet known to be, or not yet the whole of, a dropped line.
+        pending = pending[end + 1 :]
+        continue
+      end = pending.find(b'\n')
+      line, pending = (pending, b'') if end < 0 else (pending[: end + 1], pending[end + 1 :])
+      out.append(line)
+      self._line_start = end >= 0
+    self._pending = pending
+    return b''.join(out)
 
 
 def _import_tensorflow_quietly() -> None:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from t5pt import checkpoint_import
+from t5pt import logs
 from tests.conftest import REPO
 from tests.conftest import run_module
 from tests.gcs_emulator import free_port
@@ -28,10 +29,10 @@ COMMON = [
 ]
 
 
-def _start_two(module: str, *args: str) -> list[subprocess.Popen]:
+def _start_two(module: str, *args: str, env: dict | None = None) -> list[subprocess.Popen]:
   """Both processes of a 2-host run of `python -m module args`."""
   address = f'localhost:{free_port()}'
-  env = {**os.environ, 'PYTHONPATH': REPO}
+  env = {**os.environ, 'PYTHONPATH': REPO, **(env or {})}
   return [
     subprocess.Popen(
       [
@@ -54,10 +55,12 @@ def _start_two(module: str, *args: str) -> list[subprocess.Popen]:
   ]
 
 
-def _finish(procs) -> list[str]:
+def _finish(procs, quiet: bool = True) -> list[str]:
+  """Each process's stdout and stderr; with `quiet`, none holds gloo's connection line."""
   outputs = [p.communicate(timeout=600)[0] for p in procs]
   for proc, out in zip(procs, outputs):
     assert proc.returncode == 0, out[-3000:]
+    assert not quiet or '[Gloo]' not in out, out[-3000:]
   return outputs
 
 
@@ -74,6 +77,36 @@ def _train_args(model_dir, base, steps):
 def _metrics(path) -> list[dict]:
   with open(path if path.suffix == '.jsonl' else path / 'metrics.jsonl') as f:
     return [json.loads(l) for l in f]
+
+
+def test_gloo_connection_lines_stay_off_the_quiet_terminal(tmp_path):
+  """gloo prints '[Gloo] Rank 0 is connected to 1 peer ranks...' from C++ on stdout when
+  the processes first meet (logs.NativeStdoutFilter); T5PT_VERBOSE=1 shows it."""
+  args = [
+    '--gin_file=gin/t5_1_1_tiny_prompt.gin',
+    '--gin.TRAIN_STEPS=1',
+    '--gin.BATCH_SIZE=4',
+    '--gin.INFER_EVAL=False',
+  ]
+  verbose = _finish(
+    _start_two(
+      't5pt.train', *args, f"--gin.MODEL_DIR='{tmp_path}/verbose'", env={logs.VERBOSE_ENV: '1'}
+    ),
+    quiet=False,
+  )
+  assert all('[Gloo] Rank' in out for out in verbose)  # What the filter has to drop.
+  quiet = _finish(_start_two('t5pt.train', *args, f"--gin.MODEL_DIR='{tmp_path}/quiet'"))
+  assert 'mesh: data=2 x model=1' in quiet[0], quiet[0][-3000:]  # Its own stdout still shows.
+
+
+def test_stdout_filter_drops_whole_gloo_lines_only():
+  f = logs.NativeStdoutFilter(logs.GLOO_LINE)
+  assert f.filter(b'step 1\n[Gl') == b'step 1\n'  # A possible gloo line waits...
+  assert f.filter(b'oo] Rank 0 is connected') == b''
+  assert (
+    f.filter(b' to 1 peer ranks.\nstep 2') == b'step 2'
+  )  # ...and goes; a partial line does not wait.
+  assert f.filter(b' [Gloo] in a line\n[Glow\n') == b' [Gloo] in a line\n[Glow\n'
 
 
 def test_two_hosts_preempted_and_resumed_train_like_one(tmp_path, base_checkpoint):
