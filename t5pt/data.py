@@ -8,8 +8,6 @@ exactly TASK_FEATURE_LENGTHS['inputs'] positions.
 import difflib
 import importlib
 import os
-import site
-import sysconfig
 import traceback
 from typing import Iterator, Mapping, Optional, Sequence, Union
 
@@ -17,6 +15,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from t5pt import logs
 from t5pt.errors import UserError
 
 Batch = dict[str, np.ndarray]
@@ -59,18 +58,14 @@ def users_frames(error: BaseException) -> str:
   """`error` as a traceback of the frames in the user's own files (not t5pt's, Python's
   or an installed library's; all frames if none is the user's), then its type and
   message."""
-  package = os.path.dirname(os.path.abspath(__file__))
-  paths = sysconfig.get_paths()
-  library = [package, os.path.join(os.path.dirname(package), 'tasks')]  # t5pt's own
-  library += [paths[k] for k in ('stdlib', 'platstdlib', 'purelib', 'platlib')]
-  library += site.getsitepackages() + [site.getusersitepackages()]
-  library = tuple(os.path.join(os.path.realpath(p), '') for p in library)
+  own = tuple(d + os.sep for d in logs.OWN_DIRS)  # t5pt's package and task registries
   stack = traceback.extract_tb(error.__traceback__)
   mine = [
     frame
     for frame in stack
-    if not frame.filename.startswith('<')
-    and not os.path.realpath(frame.filename).startswith(library)
+    if not frame.filename.startswith('<')  # e.g. <frozen importlib._bootstrap>
+    and logs.is_own_code(frame.filename)  # not Python's or an installed library's
+    and not os.path.abspath(frame.filename).startswith(own)
   ] or stack
   lines = traceback.StackSummary.from_list(mine).format()
   lines += traceback.format_exception_only(type(error), error)
