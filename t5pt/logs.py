@@ -154,8 +154,22 @@ def quiet_cli(argv: Optional[Sequence[str]] = None) -> None:
   handler.setFormatter(ShortOwnFormatter(handler.python_handler.formatter))
   warnings.filterwarnings('ignore', module=_NOT_OWN_MODULE)
   if several_processes(argv):
-    NativeStdoutFilter(GLOO_LINE).start()
+    drop_gloo_lines()
   _import_tensorflow_quietly()
+
+
+_stdout_filter = None
+
+
+def drop_gloo_lines() -> None:
+  """Keeps gloo's connection lines off stdout from now on (once; only under quiet_cli).
+  quiet_cli calls it when the command line asks for several processes; a caller that
+  finds several processes otherwise (a cluster's environment) calls it before JAX
+  distributed starts."""
+  global _stdout_filter
+  if _quiet and _stdout_filter is None:
+    _stdout_filter = NativeStdoutFilter(GLOO_LINE)
+    _stdout_filter.start()
 
 
 GLOO_LINE = b'[Gloo] '  # How every line gloo prints to stdout starts.
