@@ -29,6 +29,7 @@ import jax
 from absl import flags
 from jax.experimental import multihost_utils
 
+from t5pt import logs
 from t5pt.errors import UserError
 
 _HOST_PORT = re.compile(r'^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.\-]+):(\d{1,5})$')
@@ -105,6 +106,7 @@ def initialize() -> None:
     raise UserError(
       f'--process_index={index} must be in 0..{"process_count-1" if count is None else count - 1}.'
     )
+  logs.drop_gloo_lines()  # gloo's C++ "[Gloo] Rank 0 is connected to 1 peer ranks"
   try:
     jax.distributed.initialize(address, count, index)
   except (RuntimeError, ValueError) as e:

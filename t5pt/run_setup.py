@@ -133,14 +133,7 @@ def check_values(config: TrainConfig) -> None:
   )
   checks.feature_lengths(c.task_feature_lengths, f'TASK_FEATURE_LENGTHS ({b}task_feature_lengths)')
   checks.integer(c.train_steps, f'TRAIN_STEPS ({b}train_steps)', 0)  # 0: evaluate the start
-  checks.integer(c.batch_size, f'BATCH_SIZE ({b}batch_size)', 1)
-  checks.integer(c.num_microbatches, f'NUM_MICROBATCHES ({b}num_microbatches)', 1)
-  if c.batch_size % c.num_microbatches:
-    raise UserError(
-      f'NUM_MICROBATCHES ({b}num_microbatches) = {c.num_microbatches} does not divide '
-      f'BATCH_SIZE={c.batch_size}; pick a divisor, e.g. NUM_MICROBATCHES='
-      f'{max(d for d in range(1, c.num_microbatches + 1) if c.batch_size % d == 0)}.'
-    )
+  checks.batch_and_microbatches(c.batch_size, c.num_microbatches)
   checks.string(
     c.initial_checkpoint_path,
     f'INITIAL_CHECKPOINT_PATH ({b}initial_checkpoint_path)',
@@ -211,13 +204,7 @@ def prepare(config: TrainConfig) -> RunSetup:
       'PACK=False is the prompt-tuning default.'
     )
   mesh = config.partition.make_mesh()
-  partitioning.check_batch_size(config.batch_size, mesh)
-  partitioning.check_batch_size(
-    config.batch_size // config.num_microbatches,
-    mesh,
-    f'the microbatch size BATCH_SIZE / NUM_MICROBATCHES ({config.batch_size} / '
-    f'{config.num_microbatches})',
-  )
+  checks.batch_on_mesh(config.batch_size, config.num_microbatches, mesh)
   train_ds, eval_ds = _datasets(config, prompt_length)
 
   model = models.EncoderDecoderModel(network_config, config.loss)
