@@ -20,28 +20,33 @@ SPM_FILES = ('spiece.model', 'sentencepiece.model')
 
 @gin.configurable(module='vocabularies')
 def sentencepiece(
-  path: str = gin.REQUIRED, extra_ids: int = T5_EXTRA_IDS
+  path: str = gin.REQUIRED,
+  extra_ids: int = T5_EXTRA_IDS,
+  setting: str = 'vocabularies.sentencepiece.path',
 ) -> seqio.SentencePieceVocabulary:
   """A seqio vocabulary from a SentencePiece model file, or from a folder holding one
   (an HF checkpoint's spiece.model), so gin can say
   `vocabularies.sentencepiece.path = %INITIAL_CHECKPOINT_PATH`. Fails now, not at first
   use, if unreadable. The file is read by seqio itself (through tf.io.gfile, so local or
-  gs://); t5pt.fs only checks that it is there."""
+  gs://); t5pt.fs only checks that it is there. `setting` names `path` in errors."""
   if fs.isdir(path):
     found = [fs.join(path, f) for f in SPM_FILES if fs.exists(fs.join(path, f))]
     if not found:
       raise UserError(
-        f'{path} holds no SentencePiece model ({" or ".join(SPM_FILES)}). '
+        f'{setting}={path!r} holds no SentencePiece model ({" or ".join(SPM_FILES)}). '
         'Pass the .model file itself.'
       )
     path = found[0]
   if not fs.exists(path):
-    raise UserError(f'SentencePiece model {path!r} does not exist.')
+    raise UserError(f'{setting}={path!r} does not exist; point it at a SentencePiece .model file.')
   vocabulary = seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
   try:
     _ = vocabulary.vocab_size
   except Exception as e:  # sentencepiece raises RuntimeError/OSError variants.
-    raise UserError(f'{path} is not a SentencePiece model ({e}).') from e
+    raise UserError(
+      f'{setting}={path!r} is not a SentencePiece model ({str(e).strip()[:200]}); point it at '
+      'the .model file the model was trained with (spiece.model in an HF folder).'
+    ) from e
   return vocabulary
 
 
