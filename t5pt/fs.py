@@ -270,8 +270,14 @@ def write_bytes(p: PathLike, data: bytes) -> None:
 
 
 def write_json(p: PathLike, value, indent: int = 2, sort_keys: bool = True) -> None:
-  """Writes `value` as JSON to `p`, atomically as `write_text`."""
-  write_text(p, json.dumps(value, indent=indent, sort_keys=sort_keys))
+  """Writes `value` as JSON to `p`, atomically as `write_text`. NaN and Inf are not JSON:
+  a non-finite number raises ValueError (naming `p`) instead of writing a file other
+  readers reject; a caller whose values may legitimately be non-finite writes None."""
+  try:
+    text = json.dumps(value, indent=indent, sort_keys=sort_keys, allow_nan=False)
+  except ValueError as e:
+    raise ValueError(f'{os.fspath(p)}: {e}.') from e
+  write_text(p, text)
 
 
 def remove(p: PathLike) -> None:

@@ -41,6 +41,7 @@ from t5pt import gin_utils
 from t5pt import hf_format
 from t5pt import network
 from t5pt import partitioning
+from t5pt import prompts
 from t5pt import safetensors_io
 from t5pt.errors import UserError
 
@@ -90,10 +91,12 @@ def read_adapter(peft_dir: str) -> tuple[dict, dict[str, np.ndarray]]:
 
 
 def _read_weights(peft_dir: str) -> dict[str, np.ndarray]:
+  """{PEFT key: float32 array} of the adapter's weights file; a UserError naming the file
+  and tensor if one is not a float tensor or holds NaN or Inf."""
   safetensors_file = fs.join(peft_dir, SAFETENSORS_FILE)
   if fs.exists(safetensors_file):
     weights = safetensors_io.SafetensorsFile(safetensors_file)
-    return {key: weights.read(key) for key in weights.keys()}
+    return {key: _checked(weights.read(key), safetensors_file, key) for key in weights.keys()}
   bin_file = fs.join(peft_dir, BIN_FILE)
   if fs.exists(bin_file):
     try:
@@ -104,10 +107,46 @@ def _read_weights(peft_dir: str) -> dict[str, np.ndarray]:
         'torch), or save the adapter as safetensors (save_pretrained\'s '
         'default).'
       ) from e
-    state = torch.load(io.BytesIO(fs.read_bytes(bin_file)), map_location='cpu', weights_only=True)
-    return {key: value.float().numpy() for key, value in state.items()}
+    try:
+      state = torch.load(io.BytesIO(fs.read_bytes(bin_file)), map_location='cpu', weights_only=True)
+    except Exception as e:  # Whatever torch's unpickler raises for a damaged or foreign file.
+      raise UserError(
+        f'{bin_file} is not a readable PyTorch state dict ({type(e).__name__}: {e}).'
+      ) from e
+    if not isinstance(state, Mapping) or not all(
+      isinstance(v, torch.Tensor) for v in state.values()
+    ):
+      raise UserError(f'{bin_file} is not a state dict of tensors ({type(state).__name__}).')
+    weights = {}
+    for key, value in state.items():
+      if not value.is_floating_point():
+        raise _not_float(bin_file, key, value.dtype, tuple(value.shape))
+      weights[key] = _checked(value.float().numpy(), bin_file, key)
+    return weights
   raise UserError(
     f'{peft_dir} has {CONFIG_FILE} but no weights: expected {SAFETENSORS_FILE} (or {BIN_FILE}).'
+  )
+
+
+def _checked(value: np.ndarray, file: str, key: str) -> np.ndarray:
+  """A tensor of the adapter as float32, once it is seen to be a float tensor of finite
+  values (a NaN or Inf in a LoRA factor turns every output it touches into NaN)."""
+  if not prompts.is_float(value.dtype):
+    raise _not_float(file, key, value.dtype, value.shape)
+  value = np.asarray(value, np.float32)
+  prompts.check_finite(
+    value,
+    f'--peft_dir: {file}, tensor {key!r},',
+    'most likely it was saved from a training run that diverged; save the adapter again from '
+    'a checkpoint from before that',
+  )
+  return value
+
+
+def _not_float(file: str, key: str, dtype, shape) -> UserError:
+  return UserError(
+    f'--peft_dir: {file}, tensor {key!r}, is {dtype} {tuple(shape)}; LoRA weights are float '
+    'tensors. Save the adapter with peft\'s save_pretrained.'
   )
 
 

@@ -16,6 +16,7 @@ import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 
 from t5pt import fs
@@ -116,16 +117,70 @@ def class_labels(
 def from_file(rng, shape, embedding=None, vocabulary=None, path: Optional[str] = None):
   """Loads a [P, embed] `.npy` array, e.g. one saved by google-research/prompt-tuning."""
   del rng, embedding, vocabulary
+  setting = 'prompts.from_file.path'
   if not path or not fs.exists(path):
     raise UserError(
-      f'prompts.from_file.path={path!r} does not exist; point it at a '
+      f'{setting}={path!r} does not exist; point it at a '
       '.npy file of shape [PROMPT_LENGTH, emb_dim].'
     )
-  values = np.load(io.BytesIO(fs.read_bytes(path)))
+  values = read_npy(path, setting)
   if tuple(values.shape) != tuple(shape):
     raise UserError(
       f'prompts.from_file: {path} has shape {tuple(values.shape)} but the '
       f'prompt is {tuple(shape)} (PROMPT_LENGTH, emb_dim); set '
       f'PROMPT_LENGTH = {values.shape[0]} or use a matching file.'
     )
-  return values.astype(np.float32)
+  return values
+
+
+def read_npy(path: str, setting: str) -> np.ndarray:
+  """The prompt in the `.npy` file `path` as float32 [P, embed]; a UserError naming
+  `setting` (how the user named the file) unless the file holds a 2-D float array of
+  finite values."""
+  where = f'{setting}={path!r}'
+  try:
+    values = np.load(io.BytesIO(fs.read_bytes(path)), allow_pickle=False)
+  except (ValueError, OSError, EOFError) as e:
+    raise UserError(f'{where} is not a numpy .npy array ({e}); save one with np.save.') from e
+  if not isinstance(values, np.ndarray):  # An .npz archive.
+    raise UserError(
+      f'{where} is an .npz archive of {sorted(values.files)}; save the prompt alone with '
+      'np.save(path, prompt).'
+    )
+  if values.ndim != 2 or not is_float(values.dtype):
+    raise UserError(
+      f'{where} holds a {values.dtype} array of shape {values.shape}; a prompt is a float '
+      'array [prompt_length, emb_dim].'
+    )
+  with np.errstate(over='ignore'):  # What overflows float32 is counted as non-finite below.
+    values = values.astype(np.float32)
+  check_finite(values, where, 'use a prompt saved before training diverged, or another file')
+  return values
+
+
+def is_float(dtype) -> bool:
+  """Whether `dtype` is a real floating-point type (ml_dtypes' bfloat16 included)."""
+  dtype = np.dtype(dtype)
+  if np.issubdtype(dtype, np.floating):
+    return True
+  if dtype.kind != 'V':  # Integers, booleans, complex numbers, strings, objects.
+    return False
+  try:
+    ml_dtypes.finfo(dtype)
+  except ValueError:
+    return False
+  return True
+
+
+def check_finite(values: np.ndarray, where: str, fix: str) -> None:
+  """A UserError naming `where` (the setting and file that hold `values`) and saying how
+  many values are NaN or Inf, unless none is; `fix` says what to do instead."""
+  finite = np.isfinite(values)
+  if finite.all():
+    return
+  bad = int(finite.size - np.count_nonzero(finite))
+  first = tuple(int(i) for i in np.argwhere(~finite)[0])
+  raise UserError(
+    f'{where} holds {bad} non-finite value(s) (NaN or Inf) of {finite.size}, the first at '
+    f'index {first} ({values[first]}); {fix}.'
+  )

@@ -2,6 +2,7 @@
 batches in, `<task>-metrics.jsonl`, per-example decodes and TensorBoard scalars out."""
 
 import json
+import math
 from typing import Any, Mapping, Optional, Sequence
 
 import jax
@@ -15,7 +16,9 @@ from t5pt import metrics_log
 class OutputLogger(seqio.Logger):
   """seqio's results through t5pt.fs: `<task>-metrics.jsonl` (a line per evaluation),
   `<task>-<step>.jsonl` (inputs, target and prediction per example) and TensorBoard
-  scalars in `<task>/` (unless `tensorboard` is off: training logs them itself)."""
+  scalars in `<task>/` (unless `tensorboard` is off: training logs them itself). Both
+  files are strict JSON: a metric, target or prediction that is NaN or Inf (e.g. a
+  correlation of constant predictions) is written as null."""
 
   def __init__(self, output_dir: str, tensorboard: bool = True):
     super().__init__(output_dir)
@@ -60,7 +63,8 @@ class OutputLogger(seqio.Logger):
             'inputs': raw.decode() if isinstance(raw, bytes) else str(raw),
             'target': _jsonable(target),
             'prediction': _jsonable(prediction),
-          }
+          },
+          allow_nan=False,
         )
         + '\n'
       )
@@ -68,11 +72,20 @@ class OutputLogger(seqio.Logger):
 
 
 def _jsonable(value):
+  """A target or prediction as JSON: bytes as text, numpy values as Python ones, and a
+  non-finite number (NaN or Inf, which JSON cannot hold; e.g. a regression task's
+  prediction parsed from "nan") as null."""
   if isinstance(value, bytes):
     return value.decode()
-  if isinstance(value, np.ndarray):
-    return value.tolist()
-  return value if isinstance(value, (str, int, float, bool, list, dict)) else str(value)
+  if isinstance(value, (np.ndarray, np.generic)):
+    value = value.tolist()
+  if isinstance(value, float):
+    return value if math.isfinite(value) else None
+  if isinstance(value, (list, tuple)):
+    return [_jsonable(v) for v in value]
+  if isinstance(value, dict):
+    return {str(k): _jsonable(v) for k, v in value.items()}
+  return value if isinstance(value, (str, int, bool)) or value is None else str(value)
 
 
 def scalar(value) -> float:
