@@ -7,11 +7,14 @@ example in input order:
 
   {"inputs": ..., "prediction": ..., "score": ..., "targets": ...}
 
-(with "predictions"/"scores" lists too when num_decodes > 1). The model is one run or base
-checkpoint (CHECKPOINT_PATH), several prompts on one base (PROMPTS: each .jsonl line names
-its "prompt", and its output line says which it used; see prompt_bank.py), or a prompt
-ensemble (ENSEMBLE: lines add "votes" and each member's "prediction" and "score"; see
-ensemble.py). Results are written in
+(with "predictions"/"scores" lists too when num_decodes > 1). Every line is strict JSON: a
+score is a log-likelihood, null when the model gives the decode no probability at all
+(-inf); a NaN score means the model computes NaN (e.g. T5 in float16 overflows) and stops
+the run with a message instead. The model is one run or base checkpoint (CHECKPOINT_PATH),
+several prompts on one base (PROMPTS: each .jsonl line names its "prompt", and its output
+line says which it used; see prompt_bank.py), or a prompt ensemble (ENSEMBLE: lines add
+"votes" and each member's "prediction" and "score"; see ensemble.py). Every input is read
+and checked before the base is loaded. Results are written in
 chunks to <name>.jsonl.parts/; an interrupted run continues after the last complete chunk,
 and the final file appears in one rename once everything is decoded, so a finished file is
 never half-written.
@@ -20,6 +23,7 @@ never half-written.
 import dataclasses
 import functools
 import json
+import math
 import posixpath
 from typing import Callable, Mapping, Optional, Sequence, Union
 
@@ -83,6 +87,15 @@ def _text(example, feature: str, provider) -> str:
   return provider.output_features[feature].vocabulary.decode([int(t) for t in example[feature]])
 
 
+# Extensions of files whose lines are not inputs: read as text, a header or a JSON array
+# would be decoded as if it were one.
+_NOT_LINES = {
+  '.csv': 'a CSV file',
+  '.tsv': 'a TSV file',
+  '.json': 'a JSON document',
+}
+
+
 def file_source(
   path: str,
   vocabulary: seqio.Vocabulary,
@@ -92,10 +105,28 @@ def file_source(
   """A .txt (one input per line) or .jsonl ({"inputs": ..., "targets": ..., "prompt": ...})
   file. `prompt_names`: the PROMPTS a line may name in "prompt" (None: lines name none);
   with a single prompt, lines that name none use it."""
+  return tokenized(path, read_input_file(path, prompt_names), vocabulary, input_length)
+
+
+def read_input_file(path: str, prompt_names: Optional[Sequence[str]] = None) -> list[dict]:
+  """The examples of INPUT_FILE `path` as file_source reads them, not yet tokenized (no
+  model is needed to read and check them): {'inputs', optional 'targets' and 'prompt'}.
+  A UTF-8 byte-order mark at the start is ignored; lines end at LF (or CRLF)."""
   if not fs.exists(path):
     raise UserError(f'INPUT_FILE={path!r} does not exist.')
+  extension = posixpath.splitext(path)[1].lower()
+  if extension in _NOT_LINES:
+    raise UserError(
+      f'INPUT_FILE={path!r} is {_NOT_LINES[extension]}; infer reads .txt (one input per line) '
+      'or .jsonl ({"inputs": ..., "targets": ...} per line) files: convert it, or decode a '
+      'task registered from it (tasks/files.py).'
+    )
+  text = fs.read_text(path).removeprefix('\ufeff')
   examples = []
-  for number, line in enumerate(fs.read_text(path).splitlines(), start=1):
+  # Not str.splitlines, which also splits at \x0b, \x1c, U+2028 and other characters an
+  # input (or a JSON string) may hold.
+  for number, line in enumerate(text.split('\n'), start=1):
+    line = line.removesuffix('\r')
     if not line.strip():
       continue
     if path.endswith('.jsonl'):
@@ -114,10 +145,27 @@ def file_source(
       record, example = {}, {'inputs': line}
     if prompt_names is not None or 'prompt' in record:
       example['prompt'] = _prompt_of(record, prompt_names, f'{path}:{number}')
+    examples.append(example)
+  if not examples:
+    what = '{"inputs": ...} object' if path.endswith('.jsonl') else 'input'
+    raise UserError(
+      f'INPUT_FILE={path!r} holds no inputs (it is empty or has only blank lines); write one '
+      f'{what} per line, or point INPUT_FILE at the file that has them.'
+    )
+  return examples
+
+
+def tokenized(
+  path: str, examples: Sequence[dict], vocabulary: seqio.Vocabulary, input_length: int
+) -> Source:
+  """read_input_file's examples of `path`, each with its 'tokens': the inputs' ids trimmed
+  to `input_length` with the EOS."""
+  rows = []
+  for example in examples:
     ids = list(vocabulary.encode(example['inputs']))[: input_length - 1]
-    examples.append({**example, 'tokens': ids + [inference.EOS_ID]})
+    rows.append({**example, 'tokens': ids + [inference.EOS_ID]})
   stem, extension = posixpath.splitext(posixpath.basename(path))
-  return Source(f'{stem}-{extension.lstrip(".")}', examples, vocabulary)
+  return Source(f'{stem}-{extension.lstrip(".")}', rows, vocabulary)
 
 
 def _prompt_of(record: Mapping, names: Optional[Sequence[str]], where: str) -> str:
@@ -158,7 +206,7 @@ class ChunkedOutput:
     self.final_path = fs.join(output_dir, f'{name}.jsonl')
     self.parts_dir = self.final_path + '.parts'
     self._settings_file = fs.join(self.parts_dir, 'settings.json')
-    self._settings = json.loads(json.dumps(settings))
+    self._settings = json.loads(json.dumps(settings, allow_nan=False))
     self._writes = distributed.is_writer()
     if fs.exists(self._settings_file):
       previous = json.loads(fs.read_text(self._settings_file))
@@ -172,7 +220,9 @@ class ChunkedOutput:
     """Records the settings (once every process has read the output's state)."""
     distributed.barrier('t5pt infer: output state read')
     if self._writes and not fs.exists(self._settings_file):
-      fs.write_text(self._settings_file, json.dumps(self._settings, sort_keys=True))
+      fs.write_text(
+        self._settings_file, json.dumps(self._settings, sort_keys=True, allow_nan=False)
+      )
 
   def _chunk(self, index: int) -> str:
     return fs.join(self.parts_dir, f'chunk-{index:05d}.jsonl')
@@ -185,7 +235,8 @@ class ChunkedOutput:
 
   def write_chunk(self, index: int, lines: Sequence[dict]) -> None:
     if self._writes:
-      fs.write_text(self._chunk(index), ''.join(json.dumps(l) + '\n' for l in lines))
+      text = ''.join(json.dumps(line, allow_nan=False) + '\n' for line in lines)
+      fs.write_text(self._chunk(index), text)
 
   def finish(self, num_chunks: int) -> None:
     if self._writes:
@@ -208,7 +259,6 @@ class Served:
   lengths: dict
   input_length: int
   vocabulary: Callable[[], seqio.Vocabulary]  # INPUT_FILE's tokenizer
-  prompt_names: Optional[Sequence[str]]  # what an INPUT_FILE line may name (PROMPTS)
   vocab_size: int
   lines: Callable[[Sequence[Example], seqio.Vocabulary], list[dict]]
   check: Callable[[seqio.Vocabulary], object] = lambda vocabulary: None  # the source's
@@ -258,15 +308,16 @@ def _one_model(checkpoint_path, output_dir, args, mesh, batch_size, decode) -> S
     lengths=lengths,
     input_length=input_length,
     vocabulary=vocabulary,
-    prompt_names=None,
     vocab_size=loaded.config.vocab_size,
     lines=lines,
   )
 
 
-def _prompt_bank(macro, entries, output_dir, args, mesh, batch_size, decode, method, options):
+def _prompt_bank(
+  macro, entries, output_dir, args, mesh, batch_size, decode, method, options, before_load
+):
   """PROMPTS (each example with the prompt it names) or ENSEMBLE (each with every prompt),
-  on one frozen base."""
+  on one frozen base; `before_load()` once the prompts are checked, before the base loads."""
   named = prompt_bank.named_entries(entries, macro)
   identity = {macro.lower(): named}
   if macro == 'ENSEMBLE':
@@ -279,6 +330,7 @@ def _prompt_bank(macro, entries, output_dir, args, mesh, batch_size, decode, met
     args['frozen_dtype'],
     mesh,
     steps=started.get('steps') if started else None,
+    before_load=before_load,
   )
   task, lengths = bank.task_and_lengths(
     args['mixture_or_task_name'],
@@ -327,13 +379,13 @@ def _prompt_bank(macro, entries, output_dir, args, mesh, batch_size, decode, met
     lines = []
     for i, ex in enumerate(examples):
       members = {
-        name: {'prediction': vocab.decode(tokens), 'score': float(score)}
+        name: {'prediction': vocab.decode(tokens), 'score': _score(score, ex)}
         for name, tokens, score in zip(bank.names, decoded.members[i], decoded.member_scores[i])
       }
       line = {
         'inputs': ex['inputs'],
         'prediction': vocab.decode(decoded.tokens[i]),
-        'score': float(decoded.score[i]),
+        'score': _score(decoded.score[i], ex),
         'votes': int(decoded.votes[i]),
         'members': members,
       }
@@ -350,7 +402,6 @@ def _prompt_bank(macro, entries, output_dir, args, mesh, batch_size, decode, met
     lengths=lengths,
     input_length=input_length,
     vocabulary=vocabulary,
-    prompt_names=bank.names if mixed else None,
     vocab_size=bank.config.vocab_size,
     lines=mixed_lines if mixed else ensemble_lines,
     check=option_ids,
@@ -379,13 +430,30 @@ def _lines(examples, tokens, scores, vocabulary) -> list[dict]:
   lines = []
   for ex, decodes, decode_scores in zip(examples, tokens, scores):
     texts = [vocabulary.decode(inference.until_eos(d)) for d in decodes]
-    line = {'inputs': ex['inputs'], 'prediction': texts[0], 'score': float(decode_scores[0])}
+    scores = [_score(s, ex) for s in decode_scores]
+    line = {'inputs': ex['inputs'], 'prediction': texts[0], 'score': scores[0]}
     if len(texts) > 1:
-      line.update(predictions=texts, scores=[float(s) for s in decode_scores])
+      line.update(predictions=texts, scores=scores)
     if 'targets' in ex:
       line['targets'] = ex['targets']
     lines.append(line)
   return lines
+
+
+def _score(value, example: Example) -> Optional[float]:
+  """A log-likelihood as an output line holds it: None (null) for -inf, a decode the model
+  gives no probability; NaN (or +inf) stops the run, as it means the model computes NaN."""
+  value = float(value)
+  if math.isfinite(value):
+    return value
+  if value == -math.inf:
+    return None
+  raise errors.TrainingStopped(
+    f'The model scored its decode of the input {example["inputs"][:80]!r} as {value}: it '
+    "computes non-finite numbers, so no decode of it can be trusted. FROZEN_DTYPE='float16' "
+    "overflows T5's activations (use 'bfloat16' or 'float32'); otherwise the base checkpoint "
+    'or a prompt holds NaN or Inf. Nothing non-finite was written.'
+  )
 
 
 @gin.configurable(module='batch_inference')
@@ -413,14 +481,33 @@ def infer(
 ) -> str:
   """Decodes a task split or an input file with a trained run (or a base checkpoint),
   several prompts on one base (PROMPTS), or a prompt ensemble (ENSEMBLE); returns the path
-  of the finished JSONL file."""
+  of the finished JSONL file. Every setting and input (INPUT_FILE, the PROMPTS and ENSEMBLE
+  entries) is checked before the base is loaded."""
+  for macro, given in (('PROMPTS', prompts), ('ENSEMBLE', ensemble_runs)):
+    if given is not None and not given:
+      prompt_bank.named_entries(given, macro)  # Says what is wrong: {} or [] names nothing.
   which = checks.one_model(CHECKPOINT_PATH=checkpoint_path, PROMPTS=prompts, ENSEMBLE=ensemble_runs)
   errors.require_macros(INFER_OUTPUT_DIR=output_dir)
   checks.inference_values('batch_inference.infer', 'INFER_OUTPUT_DIR', locals())
+  _check_finite_decode(decode)
   ensemble.check_method(ensemble_method, ensemble_options)
   fs.check_output_dir(output_dir, 'INFER_OUTPUT_DIR')
   mesh = partition.make_mesh()
   partitioning.check_batch_size(batch_size, mesh)
+  entries = {'PROMPTS': prompts, 'ENSEMBLE': ensemble_runs}.get(which)
+  named = prompt_bank.named_entries(entries, which) if entries is not None else None
+  if which == 'PROMPTS' and not input_file:
+    raise UserError(
+      'PROMPTS serves the prompts an INPUT_FILE\'s lines name ({"inputs": ..., "prompt": '
+      '"name"}); set INPUT_FILE, or decode a task with CHECKPOINT_PATH or ENSEMBLE.'
+    )
+  records = []
+
+  def read_inputs():
+    # Read and checked before the base is loaded; tokenized once the model says how.
+    if input_file:
+      records.extend(read_input_file(input_file, list(named) if which == 'PROMPTS' else None))
+
   args = dict(
     base_checkpoint_path=base_checkpoint_path,
     frozen_dtype=frozen_dtype,
@@ -431,19 +518,23 @@ def infer(
     input_file=input_file,
   )
   if which == 'CHECKPOINT_PATH':
+    read_inputs()
     served = _one_model(checkpoint_path, output_dir, args, mesh, batch_size, decode)
-  else:
-    entries = prompts if which == 'PROMPTS' else ensemble_runs
+  else:  # The prompts are read and checked first, then the inputs.
     served = _prompt_bank(
-      which, entries, output_dir, args, mesh, batch_size, decode, ensemble_method, ensemble_options
+      which,
+      entries,
+      output_dir,
+      args,
+      mesh,
+      batch_size,
+      decode,
+      ensemble_method,
+      ensemble_options,
+      before_load=read_inputs,
     )
   if input_file:
-    source = file_source(input_file, served.vocabulary(), served.input_length, served.prompt_names)
-  elif which == 'PROMPTS':
-    raise UserError(
-      'PROMPTS serves the prompts an INPUT_FILE\'s lines name ({"inputs": ..., "prompt": '
-      '"name"}); set INPUT_FILE, or decode a task with CHECKPOINT_PATH or ENSEMBLE.'
-    )
+    source = tokenized(input_file, records, served.vocabulary(), served.input_length)
   elif served.task:
     source = task_source(served.task, split, served.input_length)
   else:
@@ -495,6 +586,13 @@ def infer(
   output.finish(num_chunks)
   _say(f'{len(source.examples)} predictions -> {output.final_path}')
   return output.final_path
+
+
+def _check_finite_decode(decode: inference.DecodeConfig) -> None:
+  """The decoding numbers must be finite (1e999 parses as inf), as the output records them."""
+  for field, value in dataclasses.asdict(decode).items():
+    if isinstance(value, float) and not math.isfinite(value):
+      raise UserError(f'inference.DecodeConfig.{field} = {value!r}: must be a finite number.')
 
 
 def _say(message: str) -> None:

@@ -2,10 +2,11 @@
 
 Prompt tuning's central advantage (Lester et al. 2021): the base is loaded once and every
 example in a batch carries its own small prompt. A PromptBank reads the prompts (t5pt runs,
-t5x checkpoints trained with gin/t5x, or bare [P, embed] `.npy` arrays), checks that they
-can share one model, loads that base once, and decodes or scores rows that each name their
-prompt. Prompts of different lengths are left-padded to the longest (inference.stack_prompts),
-so every row decodes exactly as it would with its prompt alone.
+t5x checkpoints trained with gin/t5x, or bare [P, embed] `.npy` arrays), checks that each
+is a float matrix of finite values and that they can share one model, loads that base
+once, and decodes or scores rows that each name their prompt. Prompts of different lengths
+are left-padded to the longest (inference.stack_prompts), so every row decodes exactly as
+it would with its prompt alone.
 
 Only prompts mix this way: LoRA, IA3 and deep prompts change the base's weights, which one
 batch shares, so runs that train them are refused (decode each with CHECKPOINT_PATH).
@@ -13,8 +14,7 @@ batch shares, so runs that train them are refused (decode each with CHECKPOINT_P
 
 import dataclasses
 import functools
-import io
-from typing import Mapping, Optional, Sequence, Union
+from typing import Callable, Mapping, Optional, Sequence, Union
 
 import jax
 import numpy as np
@@ -27,6 +27,7 @@ from t5pt import inference
 from t5pt import models
 from t5pt import network
 from t5pt import partitioning
+from t5pt import prompts
 from t5pt import trained_model
 from t5pt.errors import UserError
 
@@ -82,16 +83,7 @@ def read_member(name: str, path: str, macro: str, step: Optional[int] = None) ->
   if path.endswith('.npy'):
     if not fs.exists(path):
       raise UserError(f'{setting}={path!r} does not exist.')
-    try:
-      prompt = np.load(io.BytesIO(fs.read_bytes(path)))
-    except ValueError as e:
-      raise UserError(f'{setting}={path!r} is not a numpy .npy array ({e}).') from e
-    if prompt.ndim != 2 or not np.issubdtype(prompt.dtype, np.floating):
-      raise UserError(
-        f'{setting}={path!r} holds a {prompt.dtype} array of shape {prompt.shape}; a prompt is '
-        'a float array [prompt_length, emb_dim].'
-      )
-    return Member(name, path, prompt.astype(np.float32), None)
+    return Member(name, path, prompts.read_npy(path, setting), None)
   run = trained_model.open_run(path, step, setting)
   extra = sorted(k for k in run.params if k != network.PROMPT_PATH)
   if extra:
@@ -103,7 +95,13 @@ def read_member(name: str, path: str, macro: str, step: Optional[int] = None) ->
     )
   if run.prompt is None:
     raise UserError(f'{setting}={path!r} holds no soft prompt ({network.PROMPT_PATH}).')
-  return Member(name, path, np.asarray(run.prompt, np.float32), run)
+  prompt = np.asarray(run.prompt, np.float32)
+  prompts.check_finite(
+    prompt,
+    f'{setting}={path!r} (its prompt at step {run.step})',
+    'name a checkpoint from before training diverged (MODEL_DIR/checkpoint_<step>)',
+  )
+  return Member(name, path, prompt, run)
 
 
 def _base_network(member: Member) -> Optional[network.T5Config]:
@@ -170,8 +168,11 @@ class PromptBank:
     dtype: str = 'float32',
     mesh: Optional[jax.sharding.Mesh] = None,
     steps: Optional[Mapping[str, int]] = None,
+    before_load: Callable[[], object] = lambda: None,
   ):
-    """`steps`: the checkpoint step to read of each named run (default: its newest)."""
+    """`steps`: the checkpoint step to read of each named run (default: its newest).
+    `before_load` is called once every prompt is read and checked, before the base is
+    loaded: a caller checks its own inputs there (infer its INPUT_FILE)."""
     named = named_entries(entries, macro)
     steps = steps or {}
     self.members = [read_member(n, p, macro, steps.get(n)) for n, p in named.items()]
@@ -184,6 +185,7 @@ class PromptBank:
     checkpoint = checkpoint_import.open_checkpoint(self.base_path, setting)
     base_config = checkpoint.reconcile(trained).require_complete()
     _check_networks(self.members, base_config, macro)
+    before_load()
     # Everything is checked: only now is the (large) base read, once.
     base_config, self.params = checkpoint_import.load_model(
       self.base_path, base_config, dtype, self.mesh, setting=setting

@@ -11,6 +11,7 @@ import seqio
 
 from t5pt import gin_utils
 from t5pt import batch_inference
+from t5pt import checkpoint_import
 from t5pt import data
 from t5pt import inference
 from t5pt import models
@@ -150,6 +151,66 @@ def test_text_and_jsonl_input_files(prompt_run, tmp_path):
       MIXTURE_OR_TASK_NAME=TASK,
     )
   assert not (tmp_path / 'bad_out').exists()
+
+
+def test_input_files_with_a_byte_order_mark_crlf_and_unusual_line_separators(prompt_run, tmp_path):
+  bom = '\ufeff'.encode()
+  (tmp_path / 'sheet.txt').write_bytes(bom + 'cab\r\nhgf\r\n\r\nab\u2028c\r\n'.encode())
+  txt = _read(
+    infer_in_process(
+      tmp_path / 'out', CHECKPOINT_PATH=prompt_run, INPUT_FILE=str(tmp_path / 'sheet.txt')
+    )
+  )
+  # The mark is not part of the first input, CRLF ends lines, U+2028 does not.
+  assert [l['inputs'] for l in txt] == ['cab', 'hgf', 'ab\u2028c']
+  lines = ['{"inputs": "cab"}', '{"inputs": "hgf", "targets": "h"}']
+  (tmp_path / 'sheet.jsonl').write_bytes(bom + '\r\n'.join(lines).encode())
+  jsonl = _read(
+    infer_in_process(
+      tmp_path / 'out', CHECKPOINT_PATH=prompt_run, INPUT_FILE=str(tmp_path / 'sheet.jsonl')
+    )
+  )
+  assert [(l['inputs'], l.get('targets')) for l in jsonl] == [('cab', None), ('hgf', 'h')]
+  assert [l['prediction'] for l in jsonl] == [l['prediction'] for l in txt[:2]]
+
+
+def test_inputs_are_checked_before_the_base_loads(prompt_run, tmp_path, monkeypatch):
+  def loaded(*args, **kwargs):
+    raise AssertionError('the base was loaded before the inputs were checked')
+
+  monkeypatch.setattr(checkpoint_import, 'load_model', loaded)
+  monkeypatch.setattr(trained_model, 'load', loaded)
+  out = tmp_path / 'out'
+
+  def refused(fragments, **macros):
+    with pytest.raises(UserError) as error:
+      infer_in_process(out, **macros)
+    for fragment in fragments:
+      assert fragment in str(error.value), str(error.value)
+    assert not out.exists()
+
+  (tmp_path / 'empty.txt').write_text('')
+  (tmp_path / 'blank.jsonl').write_text('\n  \r\n\t\n')
+  (tmp_path / 'bom.txt').write_bytes('\ufeff\r\n'.encode())
+  for name in ('empty.txt', 'blank.jsonl', 'bom.txt'):
+    path = str(tmp_path / name)
+    refused([f'INPUT_FILE={path!r} holds no inputs'], CHECKPOINT_PATH=prompt_run, INPUT_FILE=path)
+  blank = str(tmp_path / 'blank.jsonl')
+  refused(['blank.jsonl', 'holds no inputs'], PROMPTS={'max': prompt_run}, INPUT_FILE=blank)
+  refused(['INPUT_FILE=', 'blank.jsonl', 'no inputs'], ENSEMBLE=[prompt_run], INPUT_FILE=blank)
+  (tmp_path / 'table.csv').write_text('inputs,targets\ncab,c\n')
+  refused(
+    ['table.csv', 'is a CSV file', '.txt (one input per line) or .jsonl'],
+    CHECKPOINT_PATH=prompt_run,
+    INPUT_FILE=str(tmp_path / 'table.csv'),
+  )
+  good = tmp_path / 'in.jsonl'
+  good.write_text('{"inputs": "cab", "prompt": "max"}\n{"inputs": "x", "prompt": "mx"}\n')
+  refused(['in.jsonl:2', "unknown prompt 'mx'"], PROMPTS={'max': prompt_run}, INPUT_FILE=str(good))
+  refused(['PROMPTS serves', 'set INPUT_FILE'], PROMPTS={'max': prompt_run})
+  # An empty PROMPTS or ENSEMBLE is named as such, not as a missing CHECKPOINT_PATH.
+  refused(['PROMPTS is empty', 'name at least one run directory or .npy'], PROMPTS={})
+  refused(['ENSEMBLE is empty'], ENSEMBLE=[], INPUT_FILE=str(good))
 
 
 def test_checkpoint_path_is_required(tmp_path):
