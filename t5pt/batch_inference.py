@@ -112,8 +112,13 @@ def read_input_file(path: str, prompt_names: Optional[Sequence[str]] = None) -> 
   """The examples of INPUT_FILE `path` as file_source reads them, not yet tokenized (no
   model is needed to read and check them): {'inputs', optional 'targets' and 'prompt'}.
   A UTF-8 byte-order mark at the start is ignored; lines end at LF (or CRLF)."""
+  fs.check_gcs_reachable(path, 'INPUT_FILE')
   if not fs.exists(path):
     raise UserError(f'INPUT_FILE={path!r} does not exist.')
+  if fs.isdir(path):
+    raise UserError(
+      f'INPUT_FILE={path!r} is a directory; name one .txt or .jsonl file (one input per line).'
+    )
   extension = posixpath.splitext(path)[1].lower()
   if extension in _NOT_LINES:
     raise UserError(
@@ -284,8 +289,10 @@ def _one_model(checkpoint_path, output_dir, args, mesh, batch_size, decode) -> S
   def vocabulary():
     # The file's text is tokenized as the task (given, else the run's) tokenizes its
     # inputs; VOCABULARY_PATH overrides, and a bare base checkpoint brings its own.
-    if args['vocabulary_path'] or not task:
-      return vocabularies.sentencepiece(args['vocabulary_path'] or loaded.base_path)
+    if args['vocabulary_path']:
+      return vocabularies.sentencepiece(args['vocabulary_path'], setting='VOCABULARY_PATH')
+    if not task:
+      return vocabularies.sentencepiece(loaded.base_path, setting='the base checkpoint')
     return data.vocabulary(task)
 
   model = models.EncoderDecoderModel(loaded.config)
@@ -344,10 +351,12 @@ def _prompt_bank(
 
   def vocabulary():
     if args['vocabulary_path']:
-      return vocabularies.sentencepiece(args['vocabulary_path'])
+      return vocabularies.sentencepiece(args['vocabulary_path'], setting='VOCABULARY_PATH')
     if task:
       return data.vocabulary(task)
-    return bank.common_vocabulary() or vocabularies.sentencepiece(bank.base_path)
+    return bank.common_vocabulary() or vocabularies.sentencepiece(
+      bank.base_path, setting='the base checkpoint'
+    )
 
   max_length = lengths['targets']
 

@@ -358,6 +358,7 @@ def _newest_step_dir(path: epath.Path, setting: str) -> Optional[epath.Path]:
 def open_checkpoint(path: str, setting: str = 'INITIAL_CHECKPOINT_PATH') -> BaseCheckpoint:
   """Detects the format of `path` (see module docstring) and opens it lazily. `setting`
   is the name the user gave `path` under, for error messages."""
+  fs.check_gcs_reachable(path, setting)
   p = fs.path(path)
   if not p.exists():
     raise UserError(

@@ -11,6 +11,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import jax.numpy as jnp
 
+from t5pt import fs
 from t5pt import partitioning
 from t5pt.errors import UserError
 
@@ -51,8 +52,8 @@ def _range(low: float, high: float, include_high: bool) -> str:
 
 
 def positive_number(value: Any, name: str) -> float:
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-    raise _fail(name, value, 'must be a number greater than 0')
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float('inf'):
+    raise _fail(name, value, 'must be a finite number greater than 0')
   return float(value)
 
 
@@ -205,7 +206,7 @@ MODEL_MACROS = {
 def one_model(**macros) -> str:
   """The one macro (of CHECKPOINT_PATH, PROMPTS, ENSEMBLE) that names the model to use; a
   UserError unless exactly one is set."""
-  given = [macro for macro, value in macros.items() if value]
+  given = [macro for macro, value in macros.items() if value is not None and value != '']
   if len(given) == 1:
     return given[0]
   ways = '; '.join(f'{macro} ({MODEL_MACROS[macro]})' for macro in macros)
@@ -253,3 +254,7 @@ def inference_values(configurable: str, output_macro: str, values: Mapping[str, 
   float_dtype(values['frozen_dtype'], name('frozen_dtype', 'FROZEN_DTYPE'))
   decode_config(values['decode'])
   partition_config(values['partition'])
+  paths = {'checkpoint_path': 'CHECKPOINT_PATH', 'output_dir': output_macro, **optional_strings}
+  for param, macro in paths.items():
+    if param != 'mixture_or_task_name' and isinstance(values.get(param), str):
+      fs.check_gcs_reachable(values[param], macro)

@@ -63,11 +63,12 @@ def gcs_endpoint() -> str:
   return f'https://storage.{os.environ.get("GOOGLE_CLOUD_UNIVERSE_DOMAIN", "googleapis.com")}'
 
 
-def check_gcs_reachable(p: PathLike) -> None:
+def check_gcs_reachable(p: PathLike, setting: Optional[str] = None) -> None:
   """For a gs:// `p`: raises a UserError (one line: the bucket, the endpoint, the
   credentials gcsfs would use, the fix) unless the endpoint accepts a TCP connection within
   T5PT_GCS_PROBE_TIMEOUT seconds (default 5; 0 turns the probe off). Probed once per
-  endpoint and process; credentials and permissions show at the first real request."""
+  endpoint and process; credentials and permissions show at the first real request.
+  `setting` (e.g. 'MODEL_DIR') starts the message when the caller knows it."""
   p = os.fspath(p)
   if not p.startswith('gs://'):
     return
@@ -99,8 +100,10 @@ def check_gcs_reachable(p: PathLike) -> None:
     )
   if problem.startswith('no answer'):
     fix += f', or raise {GCS_PROBE_TIMEOUT_ENV} (seconds) on a slow network'
+  named = f'{setting}={p!r}: ' if setting else ''
   raise UserError(
-    f'{bucket} is unreachable: {where} ({problem}); credentials: {credentials}. To fix: {fix}.'
+    f'{named}{bucket} is unreachable: {where} ({problem}); credentials: {credentials}. '
+    f'To fix: {fix}.'
   )
 
 
@@ -195,6 +198,7 @@ def check_output_dir(p: PathLike, setting: str) -> None:
   """Raises a UserError unless `p` is, or can be made, a directory this process may write;
   `setting` names it as the user set it (e.g. 'MODEL_DIR'). A remote bucket's permissions
   show only at the first write."""
+  check_gcs_reachable(p, setting)
   if exists(p) and not isdir(p):
     raise UserError(
       f'{setting}={os.fspath(p)!r} is a file, not a directory; choose another {setting}.'

@@ -124,7 +124,9 @@ def parse(
         [_resolve(f, search_paths) for f in gin_files], None, finalize_config=False
       )
   except (ValueError, IOError, SyntaxError) as e:
-    raise UserError(f'Invalid gin config: {e}') from e
+    # Gin puts the file:line and the line's text on lines of their own: one line here.
+    where = ' '.join(line.strip() for line in str(e).splitlines() if line.strip())
+    raise UserError(f'Invalid gin config: {where}') from e
   finally:
     logging_std.getLogger().removeFilter(quiet)
   parse_bindings(bindings)
@@ -149,7 +151,8 @@ def parse_bindings(bindings: Sequence[str]) -> None:
       hint = ''
       if '=' in binding and not re.search(r"=\s*(['\"\[{(@%]|-?[\d.]|None|True|False)", binding):
         hint = ' Gin values are Python literals: ' + checks.QUOTES + '.'
-      raise UserError(f'Invalid gin binding {binding!r}: {e}.{hint}') from e
+      # Gin's location lines repeat the binding, which the message already names.
+      raise UserError(f'Invalid gin binding {binding!r}: {str(e).splitlines()[0]}{hint}') from e
 
 
 def run(main_fn, parse_gin_flags: bool = True, default_gin_files: Sequence[str] = ()) -> None:

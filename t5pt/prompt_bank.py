@@ -58,7 +58,7 @@ def named_entries(entries: Entries, macro: str) -> dict[str, str]:
   if isinstance(entries, Mapping):
     named = dict(entries)
   elif isinstance(entries, (list, tuple)):
-    stems = [fs.path(str(p)).name.removesuffix('.npy') for p in entries]
+    stems = [str(p).rstrip('/').rsplit('/', 1)[-1].removesuffix('.npy') for p in entries]
     named = {
       (s if stems.count(s) == 1 else f'{s}#{i}'): p for i, (s, p) in enumerate(zip(stems, entries))
     }

@@ -54,7 +54,7 @@ class OutputLogger(seqio.Logger):
       return
     lines = []
     for example, target, prediction in zip(
-      dataset.as_numpy_iterator(), targets, inferences.get('predictions', ())
+      dataset.as_numpy_iterator(), targets, inferences.get('prediction', ())
     ):
       raw = example.get('inputs_pretokenized', b'')
       lines.append(

@@ -45,6 +45,12 @@ def test_eval_metrics_agree_with_infer_output_and_are_logged(prompt_run, tmp_pat
   with open(tmp_path / 'eval' / f'{TASK}-metrics.jsonl') as f:
     logged = [json.loads(l) for l in f]
   assert logged[-1]['sequence_accuracy'] == pytest.approx(metrics[TASK]['sequence_accuracy'])
+  (per_example,) = glob.glob(str(tmp_path / 'eval' / f'{TASK}-*[0-9].jsonl'))
+  with open(per_example) as f:
+    lines = [json.loads(l) for l in f]
+  with open(predictions) as f:
+    decoded = [json.loads(l)['prediction'] for l in f]
+  assert [l['prediction'] for l in lines] == decoded  # one line per example, as seqio saw it
   assert glob.glob(str(tmp_path / 'eval' / '**' / 'events.out.tfevents.*'), recursive=True)
 
 

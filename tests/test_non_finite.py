@@ -198,7 +198,7 @@ def test_eval_outputs_write_null_for_non_finite_values(tmp_path):
     3,
     {'pearson': math.nan, 'accuracy': 50.0},
     dataset,
-    {'predictions': [math.nan, np.float32(1.5), np.array([np.inf, 2.0])]},
+    {'prediction': [math.nan, np.float32(1.5), np.array([np.inf, 2.0])]},
     [1.0, -math.inf, 'x'],
   )
   lines = [_strict_json(l) for l in (tmp_path / 'task-000003.jsonl').read_text().splitlines()]

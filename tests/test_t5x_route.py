@@ -1,4 +1,6 @@
-"""Real t5x trains, decodes and evaluates through gin/t5x, and t5pt reads what it wrote.
+"""Real t5x trains, decodes and evaluates with t5pt's own gin files (the literal
+`python -m t5x.train --gin_file=t5x/configs/runs/finetune.gin --gin_file=gin/...`), and
+t5pt reads what it wrote.
 
 Opt-in: t5x is not in the package registries. Set T5X_PYTHON to a Python where
 `import t5x` works (README, "Running under t5x", shows how to build one); without it
@@ -25,8 +27,9 @@ pytestmark = [
   pytest.mark.slow,
   pytest.mark.skipif(
     not T5X_PYTHON,
-    reason='real t5x not available: set T5X_PYTHON to a Python where `import t5x` works '
-    '(README "Running under t5x") to run t5x through gin/t5x',
+    reason='real t5x not available: set T5X_PYTHON to a Python where `import t5x` works, '
+    'built as README "Installing t5x beside t5pt\'s pins" shows, to run the shared gin '
+    'files under t5x',
   ),
 ]
 # Normalised: tensorstore (t5x's reader) refuses paths with '..' in them.
@@ -325,7 +328,10 @@ def test_t5x_lora_round_trip(tmp_path):
       EVAL_STEPS=1,
     ),
   )
-  changed = _changed(_params(base), _params(str(model_dir / 'checkpoint_7')))
+  original, trained = _params(base), _params(str(model_dir / 'checkpoint_7'))
+  for name in original:
+    np.testing.assert_array_equal(trained[name], original[name], err_msg=name)
+  changed = _changed(_params(str(model_dir / 'checkpoint_3')), trained)
   assert changed and all(k.endswith(('/lora_a', '/lora_b')) for k in changed)
   _t5x(
     'infer',
