@@ -13,7 +13,6 @@ import pytest
 from t5pt import fs
 from t5pt.errors import UserError
 from tests.conftest import run_module
-from tests.gcs_emulator import free_port
 
 PROMPT_GIN = 'gin/t5_1_1_tiny_prompt.gin'
 # RFC 6761: .invalid never resolves, so this is a DNS failure without any network.
@@ -29,47 +28,27 @@ def _fresh_probe(monkeypatch, tmp_path):
   monkeypatch.setenv('CLOUDSDK_CONFIG', str(tmp_path / 'gcloud'))
 
 
-def _closed_port() -> str:
-  return f'http://127.0.0.1:{free_port()}'
-
-
 @pytest.mark.slow
-def test_train_on_an_unreachable_bucket_stops_at_once_with_one_line(tmp_path):
-  # The same run with a local MODEL_DIR refused at the same check (it is a file): the time
-  # t5pt takes to start and reach its first touch of MODEL_DIR on this machine.
-  (tmp_path / 'file').write_text('')
-  env = {'STORAGE_EMULATOR_HOST': _closed_port()}  # credentials: as _fresh_probe left them
-  start = time.monotonic()
-  baseline = run_module(
-    't5pt.train', f'--gin_file={PROMPT_GIN}', f"--gin.MODEL_DIR='{tmp_path / 'file'}'", env=env
+def test_train_on_an_unreachable_bucket_stops_at_once_with_one_line():
+  """The command as a user types it, GCS's host unresolvable (what a machine without DNS
+  or network sees): before the probe, 60-90 s of retries and an aiohttp traceback. The
+  bound on the wait is tested in-process (a hung lookup, below)."""
+  result = run_module(
+    't5pt.train',
+    f'--gin_file={PROMPT_GIN}',
+    "--gin.MODEL_DIR='gs://bucket/run'",
+    env={'STORAGE_EMULATOR_HOST': UNRESOLVABLE},
   )
-  startup = time.monotonic() - start
-  assert baseline.returncode == 2 and 'is a file, not a directory' in baseline.stderr
-
-  for endpoint, problem in (
-    (env['STORAGE_EMULATOR_HOST'], 'connection refused'),
-    (UNRESOLVABLE, 'nonexistent.invalid does not resolve'),
-  ):
-    start = time.monotonic()
-    result = run_module(
-      't5pt.train',
-      f'--gin_file={PROMPT_GIN}',
-      "--gin.MODEL_DIR='gs://bucket/run'",
-      env={**env, 'STORAGE_EMULATOR_HOST': endpoint},
-    )
-    elapsed = time.monotonic() - start
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert 'Traceback' not in result.stderr, result.stderr[-3000:]
-    errors = [line for line in result.stderr.splitlines() if line.startswith('t5pt: error:')]
-    assert len(errors) == 1, result.stderr[-3000:]
-    assert errors[0].startswith(
-      f't5pt: error: gs://bucket is unreachable: the emulator at STORAGE_EMULATOR_HOST={endpoint}'
-      f' ({problem}'
-    ), errors[0]
-    assert 'credentials: none found (GOOGLE_APPLICATION_CREDENTIALS unset' in errors[0]
-    assert 'To fix: start the emulator' in errors[0]
-    # Before the probe: 60-90 s of retries on top of the start-up.
-    assert elapsed < startup + 15, (elapsed, startup)
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert 'Traceback' not in result.stderr, result.stderr[-3000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith('t5pt: error:')]
+  assert len(errors) == 1, result.stderr[-3000:]
+  assert errors[0].startswith(
+    "t5pt: error: MODEL_DIR='gs://bucket/run': gs://bucket is unreachable: the emulator at "
+    f'STORAGE_EMULATOR_HOST={UNRESOLVABLE} (nonexistent.invalid does not resolve'
+  ), errors[0]
+  assert 'credentials: none found (GOOGLE_APPLICATION_CREDENTIALS unset' in errors[0]
+  assert 'To fix: start the emulator' in errors[0]
 
 
 def test_the_probe_names_real_gcs_and_each_kind_of_credentials(monkeypatch, tmp_path):

@@ -95,8 +95,7 @@ def test_gloo_connection_lines_stay_off_the_quiet_terminal(tmp_path):
     quiet=False,
   )
   assert all('[Gloo] Rank' in out for out in verbose)  # What the filter has to drop.
-  quiet = _finish(_start_two('t5pt.train', *args, f"--gin.MODEL_DIR='{tmp_path}/quiet'"))
-  assert 'mesh: data=2 x model=1' in quiet[0], quiet[0][-3000:]  # Its own stdout still shows.
+  # The quiet runs: every other test here (_finish finds no [Gloo] line in their output).
 
 
 def test_stdout_filter_drops_whole_gloo_lines_only():
