@@ -498,7 +498,6 @@ def infer(
   which = checks.one_model(CHECKPOINT_PATH=checkpoint_path, PROMPTS=prompts, ENSEMBLE=ensemble_runs)
   errors.require_macros(INFER_OUTPUT_DIR=output_dir)
   checks.inference_values('batch_inference.infer', 'INFER_OUTPUT_DIR', locals())
-  _check_finite_decode(decode)
   ensemble.check_method(ensemble_method, ensemble_options)
   fs.check_output_dir(output_dir, 'INFER_OUTPUT_DIR')
   mesh = partition.make_mesh()
@@ -595,13 +594,6 @@ def infer(
   output.finish(num_chunks)
   _say(f'{len(source.examples)} predictions -> {output.final_path}')
   return output.final_path
-
-
-def _check_finite_decode(decode: inference.DecodeConfig) -> None:
-  """The decoding numbers must be finite (1e999 parses as inf), as the output records them."""
-  for field, value in dataclasses.asdict(decode).items():
-    if isinstance(value, float) and not math.isfinite(value):
-      raise UserError(f'inference.DecodeConfig.{field} = {value!r}: must be a finite number.')
 
 
 def _say(message: str) -> None:
