@@ -23,7 +23,7 @@
 # overrides the choice. $VENV/.accelerator records what is installed; another choice
 # uninstalls that and installs the new one. `test` keeps the venv's build and runs on the
 # CPU (JAX_PLATFORMS=cpu where an accelerator build is installed) unless T5PT_ACCELERATOR
-# is set. t5pt/backend_check.py warns when a run sees an accelerator but got the CPU; it
+# is set. t5pt/runtime/backend_check.py warns when a run sees an accelerator but got the CPU; it
 # mirrors the detection below (keep the two in step). Tests read /dev and /sys under
 # T5PT_SYSROOT.
 #

@@ -11,7 +11,7 @@ Usage (from the repository root, inside the test environment, which has the peer
    imports for:
      t5pt-import-f32   checkpoint_import.load_model(folder), float32 parameters
      t5pt-import-bf16  the same, cast to bfloat16 while loading
-     t5pt-export       export.export_hf(run, ...): base + run merged into an HF folder
+     t5pt-export       exporting.export_hf(run, ...): base + run merged into an HF folder
      hf-load           transformers' T5ForConditionalGeneration.from_pretrained (the peer),
                        whose tensors are memory-mapped from the file: pages become
                        resident only when touched
@@ -52,7 +52,8 @@ def make_inputs(workdir: Path, size: str) -> None:
   import transformers  # pylint: disable=import-outside-toplevel
 
   sys.path.insert(0, str(ROOT))
-  from t5pt import checkpoints, network  # pylint: disable=import-outside-toplevel
+  from t5pt.checkpoints import run_checkpoints  # pylint: disable=import-outside-toplevel
+  from t5pt.model import network
 
   torch.manual_seed(0)
   config = transformers.T5Config(
@@ -66,7 +67,7 @@ def make_inputs(workdir: Path, size: str) -> None:
   model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.shared.weight) * 0.03)
   model.save_pretrained(workdir / 'hf')
   d_model = FLAN_SHAPES[size]['d_model']
-  saver = checkpoints.RunCheckpointer(str(workdir / 'run'))
+  saver = run_checkpoints.RunCheckpointer(str(workdir / 'run'))
   prompt = {
     'encoder': {
       'prompt': {'prompt': np.random.default_rng(0).normal(size=(100, d_model)).astype(np.float32)}
@@ -75,7 +76,7 @@ def make_inputs(workdir: Path, size: str) -> None:
   saver.save(
     prompt,
     {'count': np.zeros((), np.int32)},
-    checkpoints.RunMeta(
+    run_checkpoints.RunMeta(
       step=1,
       trainable=('encoder/prompt/prompt',),
       batches_consumed=1,
@@ -91,7 +92,9 @@ def run_worker(name: str, workdir: Path, shard_mib: int) -> dict:
   sys.path.insert(0, str(ROOT))
   if name.startswith('t5pt'):
     import jax  # pylint: disable=import-outside-toplevel
-    from t5pt import checkpoint_import, export, trained_model  # pylint: disable=import-outside-toplevel
+    from t5pt.checkpoints import checkpoint_import  # pylint: disable=import-outside-toplevel
+    from t5pt.checkpoints import exporting
+    from t5pt.checkpoints import trained_model
   else:
     import transformers  # pylint: disable=import-outside-toplevel
   base_mib = rss_mib()
@@ -105,7 +108,7 @@ def run_worker(name: str, workdir: Path, shard_mib: int) -> dict:
     out = workdir / 'exported'
     shutil.rmtree(out, ignore_errors=True)
     run = trained_model.TrainedRun(str(workdir / 'run'))
-    export.export_hf(run, str(out), run.base_path(None), max_shard_bytes=shard_mib << 20)
+    exporting.export_hf(run, str(out), run.base_path(None), max_shard_bytes=shard_mib << 20)
   else:
     model = transformers.T5ForConditionalGeneration.from_pretrained(workdir / 'hf')
     if name == 'hf-load-touched':  # Page every weight in, as the first forward pass does.

@@ -86,11 +86,15 @@ def rss_peak_mib() -> float:
 
 def run_jax(name: str, folder: Path, args) -> dict:
   import functools  # pylint: disable=import-outside-toplevel
+
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
   sys.path.insert(0, str(ROOT))
-  from t5pt import checkpoint_import, inference, models, network  # pylint: disable=import-outside-toplevel
+  from t5pt.checkpoints import checkpoint_import  # pylint: disable=import-outside-toplevel
+  from t5pt.model import models
+  from t5pt.model import network
+  from t5pt.serving import inference
 
   config, params = checkpoint_import.load_model(str(folder), network.T5Config(dtype=args.dtype))
   beam = 'beam' in name

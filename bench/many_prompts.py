@@ -45,13 +45,13 @@ sys.path[:0] = [str(ROOT)]
 import gin  # noqa: E402
 import numpy as np  # noqa: E402
 
-from t5pt import batch_inference  # noqa: E402
-from t5pt import evaluation  # noqa: E402
-from t5pt import export  # noqa: E402
-from t5pt import gin_utils  # noqa: E402
-from t5pt import inference  # noqa: E402
-from t5pt import trained_model  # noqa: E402
-from t5pt import trainer  # noqa: E402
+from t5pt.serving import batch_inference  # noqa: E402
+from t5pt.serving import evaluation  # noqa: E402
+from t5pt.checkpoints import exporting  # noqa: E402
+from t5pt.runtime import gin_utils  # noqa: E402
+from t5pt.serving import inference  # noqa: E402
+from t5pt.checkpoints import trained_model  # noqa: E402
+from t5pt.training import trainer  # noqa: E402
 from tasks import synthetic  # noqa: E402
 
 PROMPT_LENGTHS = {'first': 8, 'last': 6, 'min': 5, 'max': 8}
@@ -177,12 +177,12 @@ def export_for_peft(work: Path, prompts: dict) -> tuple[str, dict]:
   hf_dir = work / 'peft' / 'hf'
   first = trained_model.TrainedRun(next(iter(prompts.values())))
   if not hf_dir.exists():
-    export.export_hf(first, str(hf_dir), first.base_path(), 2 << 30)
+    exporting.export_hf(first, str(hf_dir), first.base_path(), 2 << 30)
   adapters = {}
   for name, run in prompts.items():
     adapters[name] = str(work / 'peft' / name)
     if not Path(adapters[name]).exists():
-      export.export_peft_prompt(trained_model.TrainedRun(run), adapters[name], str(hf_dir))
+      exporting.export_peft_prompt(trained_model.TrainedRun(run), adapters[name], str(hf_dir))
   return str(hf_dir), adapters
 
 

@@ -19,7 +19,7 @@ append_eos_after_trim) whose lengths are drawn to look like
   inputs ~10-300 tokens, targets ~20-400 with a long tail (~6% over 256), as the
   dataset card's summary statistics describe it (from memory, not measured here).
 
-Each example goes through t5pt's own pipeline, `t5pt.data.get_dataset(..., pack=...)`,
+Each example goes through t5pt's own pipeline, `t5pt.runtime.data.get_dataset(..., pack=...)`,
 exactly what a training run with PACK=True/False does: TASK_FEATURE_LENGTHS['inputs']
 includes the PROMPT_LENGTH prompt positions, seqio's EncDecFeatureConverter packs or pads.
 
@@ -28,7 +28,7 @@ repeated, shuffled training stream:
 * examples per batch, how full the inputs and targets token positions are, and the
   padding efficiency: non-padding input + target tokens / token positions (the prompt's
   positions are in neither);
-* steps/s of t5pt's jitted training step (`t5pt.steps.build_train_step`, prompt tuning,
+* steps/s of t5pt's jitted training step (`t5pt.model.steps.build_train_step`, prompt tuning,
   Adafactor, as bench/train_step.py runs it) on those very batches, 1 / median step time
   after warm-up, and real tokens/s = mean real tokens per batch x steps/s (the trainer's
   tokens_per_second counts the same tokens); the ratio packed / unpacked.
@@ -186,7 +186,7 @@ SETTINGS = (
 
 def sample_batches(task: str, setting: Setting, pack: bool, batch: int, count: int):
   """`count` numpy batches [batch, ...] of the training stream, as a run would draw them."""
-  from t5pt import data
+  from t5pt.runtime import data
 
   ds = data.get_dataset(
     task, setting.lengths, 'train', prompt_length=PROMPT, shuffle=True, seed=0, pack=pack
@@ -232,7 +232,7 @@ def truncated(setting: Setting) -> dict:
 
 def network_config(model: str, prompt_length: int, **tuning):
   """t5pt T5Config of --model's shapes (bench/train_step.SHARED_SIZES), dropout 0."""
-  from t5pt import network
+  from t5pt.model import network
 
   return network.T5Config(
     **train_step.SHARED_SIZES,
@@ -248,7 +248,9 @@ def init_params(model: str):
   import flax.linen as nn
   import jax
 
-  from t5pt import models, network, partitioning
+  from t5pt.model import models
+  from t5pt.model import network
+  from t5pt.runtime import partitioning
 
   module = models.EncoderDecoderModel(network_config(model, PROMPT))
   params = partitioning.flatten(nn.unbox(module.init(jax.random.PRNGKey(0), 16, 8)))
@@ -264,8 +266,9 @@ class StepRunner:
   def __init__(self, model: str, params, batches: list[dict]):
     import jax
 
-    from t5pt import models, optimizers
-    from t5pt.steps import build_train_step
+    from t5pt.model import models
+    from t5pt.model.steps import build_train_step
+    from t5pt.training import optimizers
 
     trainable, self.frozen = params
     self.trainable = jax.tree.map(lambda x: x.copy(), trainable)  # the step donates it
@@ -367,7 +370,7 @@ def print_table(rows: list[dict]) -> None:
 def one_pass(task: str, lengths: dict, prompt_length: int, pack: bool, rows: int = -1) -> dict:
   """The first `rows` (default all) converted rows of one unshuffled pass over the
   validation split, stacked: {feature: [rows, length]}."""
-  from t5pt import data
+  from t5pt.runtime import data
 
   ds = data.get_dataset(
     task, lengths, 'validation', prompt_length=prompt_length, shuffle=False, repeat=False, pack=pack
@@ -409,7 +412,7 @@ def first_examples(task: str, lengths: dict, prompt_length: int, rows: int):
 
 def token_losses(module, params, batch: dict) -> np.ndarray:
   """[real target tokens] cross-entropy of `batch`, row-major (packing keeps the order)."""
-  from t5pt import models
+  from t5pt.model import models
 
   logits = module.logits(params, batch)
   loss, _ = models.cross_entropy(logits, batch['decoder_target_tokens'], 0.0, 0.0)
@@ -420,7 +423,7 @@ def given_logits_model(factor: str):
   """models.EncoderDecoderModel whose `logits` are the parameters passed in (loss,
   weights and normalisation are models.py's own), so the gradient with respect to them
   shows each target token's weight in the loss."""
-  from t5pt import models
+  from t5pt.model import models
 
   class GivenLogits(models.EncoderDecoderModel):
     def __init__(self):  # no network: only the loss is used
@@ -478,7 +481,7 @@ def check_equivalence(task: str, setting: Setting, model: str, rows: int) -> lis
   import flax.linen as nn
   import jax
 
-  from t5pt import models
+  from t5pt.model import models
 
   lines = []
   for name, tuning in VARIANTS.items():

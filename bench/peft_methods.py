@@ -43,7 +43,6 @@ import json
 import sys
 
 import numpy as np
-
 from train_step import (
   INPUTS,
   PROMPT,
@@ -72,7 +71,9 @@ def t5pt_method(method: str):
   """(T5Config overrides, optimizer, frozen dtype) for one method; what trains follows
   from the overrides (T5Config.tuned_parameters), as in a t5pt run."""
   sys.path.insert(0, str(ROOT))
-  from t5pt import adapters, network, optimizers
+  from t5pt.model import adapters
+  from t5pt.model import network
+  from t5pt.training import optimizers
 
   prompt = dict(prompt_length=PROMPT)
   lora = dict(lora_rules=adapters.DEFAULT_LORA_RULES)
@@ -110,7 +111,8 @@ def frozen_tree(float_params: dict, shapes: dict, frozen_paths: list, frozen_dty
   float32 scales where the network declares them (quantization.stored_tensors), every
   other leaf in `frozen_dtype`."""
   import jax.numpy as jnp
-  from t5pt import quantization
+
+  from t5pt.model import quantization
 
   frozen = {}
   for path in frozen_paths:
@@ -129,11 +131,14 @@ def frozen_tree(float_params: dict, shapes: dict, frozen_paths: list, frozen_dty
 
 def run_jax(method: str, args) -> dict:
   import dataclasses
+
   import flax.linen as nn
   import jax
 
   sys.path.insert(0, str(ROOT))
-  from t5pt import models, network, partitioning
+  from t5pt.model import models
+  from t5pt.model import network
+  from t5pt.runtime import partitioning
 
   base_mib = current_rss_mib()
   overrides, opt, frozen_dtype = t5pt_method(method)

@@ -6,7 +6,7 @@ Usage (from the repository root, in the test environment, which has the peer):
     .venv/bin/python bench/peft_parity.py [--steps 20] [--tolerance 1e-4]
 
 1. A tiny T5 1.1 base (gin/models/t5_1_1_tiny.gin's sizes, t5pt's random init) is written
-   as a t5pt run checkpoint and exported with t5pt's own exporter (`export.export_hf`) to an
+   as a t5pt run checkpoint and exported with t5pt's own exporter (`exporting.export_hf`) to an
    HF folder. Both frameworks load the base from that folder: t5pt with
    `checkpoint_import.load_model`, transformers with `from_pretrained` (float32). Their
    teacher-forced losses on the first batch must agree before anything trains.
@@ -54,7 +54,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from t5pt import logs  # noqa: E402
+from t5pt.runtime import logs  # noqa: E402
 
 logs.quiet_cli()  # Before TensorFlow and JAX load: keeps their native logs off the terminal.
 
@@ -69,18 +69,18 @@ import transformers  # noqa: E402
 transformers.logging.set_verbosity_error()  # Its lm_head tying warning: see load_hf.
 transformers.logging.disable_progress_bar()
 
-from t5pt import adapters  # noqa: E402
-from t5pt import checkpoint_import  # noqa: E402
-from t5pt import checkpoints  # noqa: E402
-from t5pt import export  # noqa: E402
-from t5pt import hf_format  # noqa: E402
-from t5pt import models  # noqa: E402
-from t5pt import network  # noqa: E402
-from t5pt import optimizers  # noqa: E402
-from t5pt import partitioning  # noqa: E402
-from t5pt import prompts  # noqa: E402
-from t5pt import steps as t5pt_steps  # noqa: E402
-from t5pt import trained_model  # noqa: E402
+from t5pt.model import adapters  # noqa: E402
+from t5pt.checkpoints import checkpoint_import  # noqa: E402
+from t5pt.checkpoints import run_checkpoints  # noqa: E402
+from t5pt.checkpoints import exporting  # noqa: E402
+from t5pt.checkpoints import hf_format  # noqa: E402
+from t5pt.model import models  # noqa: E402
+from t5pt.model import network  # noqa: E402
+from t5pt.training import optimizers  # noqa: E402
+from t5pt.runtime import partitioning  # noqa: E402
+from t5pt.model import prompts  # noqa: E402
+from t5pt.model import steps as t5pt_steps  # noqa: E402
+from t5pt.checkpoints import trained_model  # noqa: E402
 
 TINY = dict(  # gin/models/t5_1_1_tiny.gin
   vocab_size=272,
@@ -171,16 +171,16 @@ def method_config(method: str) -> network.T5Config:
 
 def export_random_base(workdir: Path) -> str:
   """Writes t5pt's random init of the tiny base as a run checkpoint and exports it with
-  `export.export_hf` (the run is its own base); returns the HF folder."""
+  `exporting.export_hf` (the run is its own base); returns the HF folder."""
   cfg = base_config()
   boxed = models.EncoderDecoderModel(cfg).init(jax.random.PRNGKey(0), INPUTS, TARGETS)
   params = jax.tree.map(np.asarray, nn.unbox(boxed))
   run_dir, hf_dir = str(workdir / 'base_run'), str(workdir / 'hf_base')
-  saver = checkpoints.RunCheckpointer(run_dir)
-  saver.save(params, None, checkpoints.RunMeta(step=1, trainable=('.*',), network_config=cfg))
+  saver = run_checkpoints.RunCheckpointer(run_dir)
+  saver.save(params, None, run_checkpoints.RunMeta(step=1, trainable=('.*',), network_config=cfg))
   saver.wait_until_finished()
   saver.close()
-  export.export_hf(trained_model.TrainedRun(run_dir), hf_dir, run_dir, max_shard_bytes=1 << 30)
+  exporting.export_hf(trained_model.TrainedRun(run_dir), hf_dir, run_dir, max_shard_bytes=1 << 30)
   return hf_dir
 
 

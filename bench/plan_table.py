@@ -3,7 +3,7 @@ fine-tuning} x {1, 2, 8 devices} x {float32, bfloat16, int8 frozen base}.
 
     python bench/plan_table.py [--out /tmp/plan_table.jsonl] [--sizes small,base]
 
-Each (size, method, mesh) compiles the real train step once (t5pt.plan.Planner on
+Each (size, method, mesh) compiles the real train step once (t5pt.training.planner.Planner on
 simulated CPU devices) with the gin file's settings: TASK_FEATURE_LENGTHS 512/128 with a
 100-token prompt, BATCH_SIZE 32, bfloat16 activations. The frozen-base dtypes change the
 bytes held (exact, from shapes and shardings), not the compile: the activation estimate is
@@ -45,8 +45,8 @@ def configs(sizes):
 
 def plan_one(size: str, method: str, mesh_name: str) -> dict:
   import gin
-
-  from t5pt import gin_utils, plan
+  from t5pt.runtime import gin_utils
+  from t5pt.training import planner as plan
 
   gin_name, bindings = METHODS[method]
   gin.clear_config()

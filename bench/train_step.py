@@ -20,7 +20,7 @@ autocast dtype.
 Each (framework, mode) runs in a subprocess of its own (`--worker jax-prompt`, ...) so
 its peak memory is its own: peak RSS (ru_maxrss, which includes XLA compilation) on CPU,
 peak device bytes on GPU. The RSS right after imports and after the timed steps is
-reported too. t5pt's side imports only what `t5pt.steps` needs (jax, flax, optax, gin),
+reported too. t5pt's side imports only what `t5pt.model.steps` needs (jax, flax, optax, gin),
 not TensorFlow or seqio, so it also runs on a machine that has only those.
 """
 
@@ -179,7 +179,10 @@ def run_jax(prompt: bool, args) -> dict:
   import jax
 
   sys.path.insert(0, str(ROOT))
-  from t5pt import models, network, optimizers, partitioning
+  from t5pt.model import models
+  from t5pt.model import network
+  from t5pt.runtime import partitioning
+  from t5pt.training import optimizers
 
   base_mib = current_rss_mib()
   cfg = network.T5Config(
@@ -201,9 +204,9 @@ def jax_measurements(model, opt, trainable, frozen, args, base_mib: float) -> di
   """Timing, memory, trainable-parameter count, last loss, device and version of t5pt's
   jitted training step on trainable / frozen (nested) parameters, --batch examples."""
   import jax
-
   import mfu
-  from t5pt.steps import build_train_step
+
+  from t5pt.model.steps import build_train_step
 
   opt_state = jax.jit(opt.transform.init)(trainable)
   batch = jax.device_put(make_batch(args.batch))

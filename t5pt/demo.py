@@ -11,18 +11,18 @@ files in gin/demo/ and gin/t5_1_1_tiny_prompt.gin; the demo only chains them.
 
 import time
 
-import gin
 import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from t5pt import batch_inference
-from t5pt import fs
-from t5pt import gin_utils
-from t5pt import inference
-from t5pt import models
-from t5pt import trained_model
-from t5pt import trainer
+import gin
+from t5pt.checkpoints import trained_model
+from t5pt.model import models
+from t5pt.runtime import fs
+from t5pt.runtime import gin_utils
+from t5pt.serving import batch_inference
+from t5pt.serving import inference
+from t5pt.training import trainer
 
 HELDOUT_TASK = 'synthetic_heldout_max'
 

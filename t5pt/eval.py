@@ -5,8 +5,8 @@ r"""Evaluate a trained prompt (or any checkpoint) with the task's metrics, t5x-s
 Uses gin/eval.gin unless --gin_file is given; unset macros come from the run.
 """
 
-from t5pt import evaluation
-from t5pt import gin_utils
+from t5pt.runtime import gin_utils
+from t5pt.serving import evaluation
 
 
 def main(argv):

@@ -4,8 +4,8 @@ r"""Train a T5 prompt (or any TRAINABLE subset), t5x-style.
       --gin.MODEL_DIR="'/tmp/run'" --gin.TRAIN_STEPS=200
 """
 
-from t5pt import gin_utils
-from t5pt import trainer
+from t5pt.runtime import gin_utils
+from t5pt.training import trainer
 
 
 def main(argv):

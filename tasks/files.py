@@ -109,10 +109,10 @@ import seqio
 import tensorflow as tf
 from absl import logging
 
+from t5pt.runtime import fs
+from t5pt.runtime import vocabularies
+from t5pt.runtime.errors import UserError
 from tasks import metrics
-from t5pt import fs
-from t5pt import vocabularies
-from t5pt.errors import UserError
 
 FORMATS = ('jsonl', 'csv', 'tsv', 'alpaca')
 # alpaca_prompt -> (inputs with an input, inputs without one).

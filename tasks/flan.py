@@ -25,11 +25,9 @@ from typing import Optional, Sequence
 
 import seqio
 
-from tasks import metrics
-from tasks import mixtures
-from tasks import templates
+from t5pt.runtime import vocabularies
+from tasks import metrics, mixtures, templates
 from tasks.templates import Template
-from t5pt import vocabularies
 
 T5_VOCABULARY_URL = 'gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model'
 MIXTURE = 'flan_mini_mixture'

@@ -15,7 +15,7 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 
 import seqio
 
-from t5pt.errors import UserError
+from t5pt.runtime.errors import UserError
 
 FLAN_EXAMPLE_CAP = 3000
 

@@ -10,7 +10,7 @@ whether TASK_FEATURE_LENGTHS truncates them once the prompt has taken its positi
 
 from typing import Iterator, Optional, Sequence
 
-from t5pt import logs
+from t5pt.runtime import logs
 
 if __name__ == '__main__':
   logs.quiet_cli()  # Before seqio imports TensorFlow.
@@ -19,11 +19,12 @@ if __name__ == '__main__':
 import seqio
 from absl import flags
 
-from t5pt import data
-from t5pt import data_report
-from t5pt.data_report import FEATURES
-from t5pt import gin_utils
-from t5pt.errors import UserError
+from t5pt.runtime import data
+from t5pt.runtime import gin_utils
+from t5pt.runtime.errors import UserError
+from t5pt.training import data_report
+from t5pt.training.data_report import FEATURES
+
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 _MODULES = flags.DEFINE_multi_string('module', [], 'Module(s) that register the task.')

@@ -53,8 +53,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from t5pt.runtime.errors import UserError
 from tasks import mixtures
-from t5pt.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)

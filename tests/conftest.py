@@ -41,7 +41,9 @@ def train_in_process(gin_file: str, model_dir: str, bindings=(), **macros) -> di
   """Runs trainer.train under `gin_file` with MODEL_DIR, macro overrides and raw
   gin `bindings`. Decoded evaluation (INFER_EVAL) is off unless a test turns it on, and
   the data report samples fewer examples (tests/test_data_report.py checks it)."""
-  from t5pt import data_report, gin_utils, trainer  # pylint: disable=import-outside-toplevel
+  from t5pt.training import data_report  # pylint: disable=import-outside-toplevel
+  from t5pt.runtime import gin_utils
+  from t5pt.training import trainer
 
   data_report.SAMPLE_EXAMPLES = 64
   macros.setdefault('INFER_EVAL', False)

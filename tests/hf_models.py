@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import transformers
 
-from t5pt import models
+from t5pt.model import models
 
 COMMON = dict(
   vocab_size=64,

@@ -9,13 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t5pt import adapters
-from t5pt import inference
-from t5pt import models
-from t5pt import network
-from t5pt import optimizers
-from t5pt import partitioning
-from t5pt.errors import UserError
+from t5pt.model import adapters
+from t5pt.model import models
+from t5pt.model import network
+from t5pt.runtime import partitioning
+from t5pt.runtime.errors import UserError
+from t5pt.serving import inference
+from t5pt.training import optimizers
 from tests.conftest import TINY
 from tests.test_training import _batch, _train_steps
 

@@ -2,15 +2,14 @@
 
 import os
 
-import gin
 import pytest
 
-from t5pt import gin_utils
-from t5pt import partitioning
-from t5pt import trainer
-from t5pt.errors import UserError
-from tests.conftest import run_module
-from tests.conftest import train_in_process
+import gin
+from t5pt.runtime import gin_utils
+from t5pt.runtime import partitioning
+from t5pt.runtime.errors import UserError
+from t5pt.training import trainer
+from tests.conftest import run_module, train_in_process
 
 PROMPT_GIN = 'gin/t5_1_1_tiny_prompt.gin'
 

@@ -4,16 +4,16 @@ naming what the user typed, before anything is written (no traceback, no output)
 import os
 import socket
 
-import gin
 import numpy as np
 import pytest
 
-from t5pt import batch_inference
-from t5pt import evaluation
-from t5pt import fs
-from t5pt import gin_utils
-from t5pt import trainer
-from t5pt.errors import UserError
+import gin
+from t5pt.runtime import fs
+from t5pt.runtime import gin_utils
+from t5pt.runtime.errors import UserError
+from t5pt.serving import batch_inference
+from t5pt.serving import evaluation
+from t5pt.training import trainer
 from tests.conftest import run_module
 
 ADAMW = ['OPTIMIZER = @optimizers.adamw()', 'optimizers.adamw.decay_steps = 100']

@@ -11,7 +11,7 @@ import jax
 import pytest
 from jax._src.clusters import cloud_tpu_cluster
 
-from t5pt import distributed
+from t5pt.runtime import distributed
 
 CLUSTER_VARIABLES = (
   'SLURM_JOB_ID',

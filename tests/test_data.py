@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import tasks.synthetic  # noqa: F401  (registers the tasks)
-from t5pt import data
-from t5pt.errors import UserError
+from t5pt.runtime import data
+from t5pt.runtime.errors import UserError
 
 LENGTHS = {'inputs': 24, 'targets': 10}
 

@@ -3,8 +3,8 @@ against token counts made by hand from the synthetic tasks' strings."""
 
 import numpy as np
 
-from t5pt import data
-from t5pt import data_report
+from t5pt.runtime import data
+from t5pt.training import data_report
 from tasks import synthetic
 
 TASK = 'synthetic_max'

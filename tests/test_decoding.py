@@ -10,11 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t5pt import decoding
-from t5pt import inference
-from t5pt import models
-from t5pt import network
-from t5pt import partitioning
+from t5pt.model import decoding
+from t5pt.model import models
+from t5pt.model import network
+from t5pt.runtime import partitioning
+from t5pt.serving import inference
 from tests.conftest import TINY
 
 

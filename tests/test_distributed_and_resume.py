@@ -11,9 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from t5pt import checkpoint_import
-from tests.conftest import REPO
-from tests.conftest import run_module
+from t5pt.checkpoints import checkpoint_import
+from tests.conftest import REPO, run_module
 
 pytestmark = pytest.mark.slow
 

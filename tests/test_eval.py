@@ -3,15 +3,14 @@
 import glob
 import json
 
-import gin
 import pytest
 import seqio
 
-from t5pt import evaluation
-from t5pt import gin_utils
-from t5pt.errors import UserError
-from tests.conftest import run_module
-from tests.conftest import train_in_process
+import gin
+from t5pt.runtime import gin_utils
+from t5pt.runtime.errors import UserError
+from t5pt.serving import evaluation
+from tests.conftest import run_module, train_in_process
 from tests.test_infer import infer_in_process
 
 TASK = 'synthetic_heldout_max'

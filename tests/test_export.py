@@ -9,16 +9,15 @@ import pytest
 import torch
 import transformers
 
-from t5pt import checkpoint_import
-from t5pt import export
-from t5pt import fs
-from t5pt import network
-from t5pt import partitioning
-from t5pt import trained_model
-from t5pt.errors import UserError
+from t5pt.checkpoints import checkpoint_import
+from t5pt.checkpoints import exporting
+from t5pt.checkpoints import trained_model
+from t5pt.model import network
+from t5pt.runtime import fs
+from t5pt.runtime import partitioning
+from t5pt.runtime.errors import UserError
 from tests import hf_models
-from tests.conftest import run_module
-from tests.conftest import train_in_process
+from tests.conftest import run_module, train_in_process
 
 MERGED_KERNEL = 'encoder/layers_0/mlp/wo/kernel'
 # No model sizes: they come from the HF folder's config.json.
@@ -197,30 +196,30 @@ def test_every_output_is_checked_before_anything_is_written(tmp_path):
   before = _tree(tmp_path)
   for outputs, fragments in cases:
     with pytest.raises(UserError) as error:
-      export.check_outputs(outputs, {'--model_dir': run, '--base': None}, overwrite=True)
+      exporting.check_outputs(outputs, {'--model_dir': run, '--base': None}, overwrite=True)
     message = str(error.value)
     assert all(f in message for f in fragments), (outputs, message)
     assert 'pass --overwrite' not in message
   for overwrite in (False, True):  # A .npy file: replaced only with --overwrite.
     outputs = {'--prompt_npy': str(tmp_path / 'old.npy')}
     if overwrite:
-      export.check_outputs(outputs, {}, overwrite)
+      exporting.check_outputs(outputs, {}, overwrite)
     else:
       with pytest.raises(UserError, match='already exists; .* pass --overwrite'):
-        export.check_outputs(outputs, {}, overwrite)
+        exporting.check_outputs(outputs, {}, overwrite)
   assert _tree(tmp_path) == before
 
 
 def test_overwrite_replaces_only_what_t5pt_wrote(trained_run, hf_base, tmp_path):
   run = trained_model.open_run(trained_run)
   peft_dir, hf_dir, npy = str(tmp_path / 'peft'), str(tmp_path / 'hf'), str(tmp_path / 'p.npy')
-  export.export_prompt(np.zeros((4, 16)), npy)
-  export.export_peft_prompt(run, peft_dir, 'base')
-  export.export_hf(run, hf_dir, hf_base[0], 1 << 30)
+  exporting.export_prompt(np.zeros((4, 16)), npy)
+  exporting.export_peft_prompt(run, peft_dir, 'base')
+  exporting.export_hf(run, hf_dir, hf_base[0], 1 << 30)
   for write in (
-    lambda overwrite: export.export_prompt(run.prompt, npy, overwrite),
-    lambda overwrite: export.export_peft_prompt(run, peft_dir, 'base', overwrite),
-    lambda overwrite: export.export_hf(run, hf_dir, hf_base[0], 1 << 30, overwrite),
+    lambda overwrite: exporting.export_prompt(run.prompt, npy, overwrite),
+    lambda overwrite: exporting.export_peft_prompt(run, peft_dir, 'base', overwrite),
+    lambda overwrite: exporting.export_hf(run, hf_dir, hf_base[0], 1 << 30, overwrite),
   ):
     with pytest.raises(UserError, match='already exists.* pass --overwrite to replace it'):
       write(False)
@@ -235,20 +234,20 @@ def test_overwrite_replaces_only_what_t5pt_wrote(trained_run, hf_base, tmp_path)
   (tmp_path / 'peft' / 'adapter_config.json').write_text(json.dumps({**config, 'revision': None}))
   before = _tree(tmp_path)
   with pytest.raises(UserError, match="holds 'README.md': it is not a folder t5pt.export wrote"):
-    export.export_hf(run, hf_dir, hf_base[0], 1 << 30, overwrite=True)
+    exporting.export_hf(run, hf_dir, hf_base[0], 1 << 30, overwrite=True)
   with pytest.raises(UserError, match="holds 'adapter_config.json': it is not an adapter"):
-    export.export_peft_prompt(run, peft_dir, 'base', overwrite=True)
+    exporting.export_peft_prompt(run, peft_dir, 'base', overwrite=True)
   with pytest.raises(UserError, match="holds 'config.json'"):
-    export.check_output_dir(hf_base[0], '--hf_dir', overwrite=True)
+    exporting.check_output_dir(hf_base[0], '--hf_dir', overwrite=True)
   assert _tree(tmp_path) == before
 
   # Checked again when the finished folder replaces the old one: a file the user added
   # meanwhile keeps the old folder, and the new one is dropped.
   (tmp_path / 'hf' / 'README.md').unlink()
   with pytest.raises(UserError, match="holds 'late.txt'"):
-    with export.atomic_output_dir(hf_dir, '--hf_dir', overwrite=True) as scratch:
+    with exporting.atomic_output_dir(hf_dir, '--hf_dir', overwrite=True) as scratch:
       (tmp_path / 'hf' / 'late.txt').write_text('mine')
-      fs.write_text(fs.join(scratch, export.HF_MARKER), '{}')
+      fs.write_text(fs.join(scratch, exporting.HF_MARKER), '{}')
   assert (tmp_path / 'hf' / 'late.txt').read_text() == 'mine'
   assert sorted(os.listdir(tmp_path)) == ['hf', 'p.npy', 'peft']
 

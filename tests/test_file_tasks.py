@@ -5,10 +5,9 @@ import json
 import pytest
 import seqio
 
-from t5pt import data
-from t5pt.errors import UserError
-from tasks import files
-from tasks import templates
+from t5pt.runtime import data
+from t5pt.runtime.errors import UserError
+from tasks import files, templates
 from tests.conftest import train_in_process
 from tests.test_infer import infer_in_process
 

@@ -6,11 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t5pt import models
-from t5pt import network
-from t5pt import optimizers
-from t5pt import partitioning
-from t5pt import steps
+from t5pt.model import models
+from t5pt.model import network
+from t5pt.model import steps
+from t5pt.runtime import partitioning
+from t5pt.training import optimizers
 from tests.conftest import TINY, train_in_process
 
 BATCH, INPUTS, TARGETS, PROMPT = 8, 12, 6, 3

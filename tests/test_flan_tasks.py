@@ -7,10 +7,8 @@ import pytest
 import seqio
 import tensorflow_datasets as tfds
 
-from t5pt import data
-from tasks import flan
-from tasks import mixtures
-from tasks import templates
+from t5pt.runtime import data
+from tasks import flan, mixtures, templates
 
 BYTES = seqio.ByteVocabulary()
 LENGTHS = {'inputs': 1024, 'targets': 256}

@@ -7,10 +7,8 @@ import os
 
 import pytest
 
-from t5pt import fs
-from tests.conftest import REPO
-from tests.conftest import run_module
-from tests.conftest import train_in_process
+from t5pt.runtime import fs
+from tests.conftest import REPO, run_module, train_in_process
 from tests.test_eval import eval_in_process
 from tests.test_infer import infer_in_process
 

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from t5pt import fs
-from t5pt.errors import UserError
+from t5pt.runtime import fs
+from t5pt.runtime.errors import UserError
 from tests.conftest import run_module
 
 PROMPT_GIN = 'gin/t5_1_1_tiny_prompt.gin'

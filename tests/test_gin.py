@@ -3,14 +3,14 @@
 import glob
 import os
 
-import gin
 import pytest
 
-from t5pt import gin_utils
-from t5pt import hf_format
-from t5pt import network
-from t5pt import run_setup
-from t5pt.errors import UserError
+import gin
+from t5pt.checkpoints import hf_format
+from t5pt.model import network
+from t5pt.runtime import gin_utils
+from t5pt.runtime.errors import UserError
+from t5pt.training import run_setup
 from tests.conftest import REPO
 
 

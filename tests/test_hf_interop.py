@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from t5pt import checkpoint_import
-from t5pt import inference
-from t5pt import models
-from t5pt import network
-from t5pt.errors import UserError
+from t5pt.checkpoints import checkpoint_import
+from t5pt.model import models
+from t5pt.model import network
+from t5pt.runtime.errors import UserError
+from t5pt.serving import inference
 from tests import hf_models
 
 

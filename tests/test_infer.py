@@ -3,20 +3,20 @@
 import json
 import os
 
-import gin
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import seqio
 
-from t5pt import gin_utils
-from t5pt import batch_inference
-from t5pt import checkpoint_import
-from t5pt import data
-from t5pt import inference
-from t5pt import models
-from t5pt import trained_model
-from t5pt.errors import UserError
+import gin
+from t5pt.checkpoints import checkpoint_import
+from t5pt.checkpoints import trained_model
+from t5pt.model import models
+from t5pt.runtime import data
+from t5pt.runtime import gin_utils
+from t5pt.runtime.errors import UserError
+from t5pt.serving import batch_inference
+from t5pt.serving import inference
 
 TASK = 'synthetic_heldout_max'
 OUTPUT_NAME = f'{TASK}-validation.jsonl'

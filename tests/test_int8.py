@@ -6,14 +6,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t5pt import adapters
-from t5pt import checkpoint_import
-from t5pt import models
-from t5pt import network
-from t5pt import partitioning
-from t5pt import quantization
-from t5pt import trained_model
-from t5pt.errors import UserError
+from t5pt.checkpoints import checkpoint_import
+from t5pt.checkpoints import trained_model
+from t5pt.model import adapters
+from t5pt.model import models
+from t5pt.model import network
+from t5pt.model import quantization
+from t5pt.runtime import partitioning
+from t5pt.runtime.errors import UserError
 from tests.conftest import train_in_process
 from tests.test_training import _batch
 

@@ -1,5 +1,5 @@
 """launch.sh picks JAX's build for the machine (CPU, CUDA 12, TPU) on fake hardware, and
-t5pt/backend_check.py warns when a run got the CPU on a machine with an accelerator.
+t5pt/runtime/backend_check.py warns when a run got the CPU on a machine with an accelerator.
 
 launch.sh runs against a stub virtual environment whose `python` only logs its arguments,
 so every pip call it would make is observable and nothing is installed; the hardware is a
@@ -14,7 +14,7 @@ import sys
 import jax
 import pytest
 
-from t5pt import backend_check
+from t5pt.runtime import backend_check
 from tests.conftest import REPO
 
 LAUNCH = os.path.join(REPO, 'launch.sh')
@@ -135,7 +135,7 @@ def test_launch_installs_the_jax_build_for_the_machine(machine, monkeypatch, nam
   assert _stamp(machine) == (accelerator if accelerator == 'cpu' else f'{accelerator} {spec}')
   # Installed: the next run installs nothing.
   assert machine.launch('train').calls == [('', '-P -m t5pt.train')]
-  # t5pt/backend_check.py sees the same machine.
+  # t5pt/runtime/backend_check.py sees the same machine.
   assert machine.detect_in_python(monkeypatch) == accelerator
 
 

@@ -6,20 +6,20 @@ import os
 import shutil
 import zlib
 
-import gin
 import numpy as np
 import pytest
 
-from t5pt import batch_inference
-from t5pt import ensemble
-from t5pt import ensemble_evaluation
-from t5pt import evaluation
-from t5pt import gin_utils
-from t5pt import inference
-from t5pt import models
-from t5pt import prompt_bank
-from t5pt import trained_model
-from t5pt.errors import UserError
+import gin
+from t5pt.checkpoints import trained_model
+from t5pt.model import models
+from t5pt.runtime import gin_utils
+from t5pt.runtime.errors import UserError
+from t5pt.serving import batch_inference
+from t5pt.serving import ensemble
+from t5pt.serving import ensemble_evaluation
+from t5pt.serving import evaluation
+from t5pt.serving import inference
+from t5pt.serving import prompt_bank
 from tasks import synthetic
 from tests.conftest import train_in_process
 

@@ -3,9 +3,9 @@
 import nltk
 import pytest
 
+from t5pt.model import models
+from t5pt.runtime import metrics_log
 from tasks import metrics
-from t5pt import metrics_log
-from t5pt import models
 
 
 def test_accuracy_strips_whitespace_but_not_case():

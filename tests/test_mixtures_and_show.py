@@ -6,9 +6,8 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from t5pt.errors import UserError
-from tasks import files
-from tasks import mixtures
+from t5pt.runtime.errors import UserError
+from tasks import files, mixtures
 from tests.conftest import run_module
 
 BYTES = seqio.ByteVocabulary()

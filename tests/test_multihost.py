@@ -11,10 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from t5pt import checkpoint_import
-from t5pt import logs
-from tests.conftest import REPO
-from tests.conftest import run_module
+from t5pt.checkpoints import checkpoint_import
+from t5pt.runtime import logs
+from tests.conftest import REPO, run_module
 from tests.gcs_emulator import free_port
 
 pytestmark = pytest.mark.slow

@@ -6,10 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t5pt import layers
-from t5pt import network
-from t5pt import partitioning
-
+from t5pt.model import layers
+from t5pt.model import network
+from t5pt.runtime import partitioning
 from tests.conftest import TINY
 
 

@@ -3,8 +3,8 @@ own working directory (outside the repository) registers a TSV whose 0/1 labels 
 to words and an Alpaca JSON with an extra key; they train a few steps on both, decode a
 file with nothing but CHECKPOINT_PATH, evaluate and export."""
 
-import hashlib
 import glob
+import hashlib
 import json
 import os
 import subprocess
@@ -14,10 +14,9 @@ import traceback
 import numpy as np
 import pytest
 
-from t5pt import data
-from t5pt.errors import UserError
-from tests.conftest import REPO
-from tests.conftest import run_module
+from t5pt.runtime import data
+from t5pt.runtime.errors import UserError
+from tests.conftest import REPO, run_module
 
 MY_TASKS = '''
 import seqio

@@ -12,16 +12,16 @@ import safetensors.numpy
 import seqio
 import tensorflow as tf
 
-from t5pt import batch_inference
-from t5pt import checkpoint_import
-from t5pt import errors
-from t5pt import fs
-from t5pt import peft_import
-from t5pt import prompt_bank
-from t5pt import prompts
-from t5pt import seqio_outputs
-from t5pt import trained_model
-from t5pt.errors import UserError
+from t5pt.checkpoints import checkpoint_import
+from t5pt.checkpoints import peft_importing
+from t5pt.checkpoints import trained_model
+from t5pt.model import prompts
+from t5pt.runtime import errors
+from t5pt.runtime import fs
+from t5pt.runtime.errors import UserError
+from t5pt.serving import batch_inference
+from t5pt.serving import prompt_bank
+from t5pt.serving import seqio_outputs
 from tests.test_infer import infer_in_process
 
 
@@ -140,9 +140,9 @@ def _adapter(directory, a, b=None, torch_bin=False) -> str:
 
 def test_adapter_tensors_holding_nan_or_inf_or_not_float_are_refused(tmp_path):
   good = np.ones((2, 16), np.float32)
-  _, weights = peft_import.read_adapter(_adapter(tmp_path / 'good', good))
+  _, weights = peft_importing.read_adapter(_adapter(tmp_path / 'good', good))
   assert weights[LORA_A].dtype == np.float32 and np.array_equal(weights[LORA_A], good)
-  _, weights = peft_import.read_adapter(
+  _, weights = peft_importing.read_adapter(
     _adapter(tmp_path / 'bf16', good.astype(ml_dtypes.bfloat16))
   )
   assert weights[LORA_A].dtype == np.float32 and np.array_equal(weights[LORA_A], good)
@@ -150,7 +150,7 @@ def test_adapter_tensors_holding_nan_or_inf_or_not_float_are_refused(tmp_path):
   bad = good.copy()
   bad[0, 3] = np.nan
   folder = _adapter(tmp_path / 'nan', bad)
-  message = _message(lambda: peft_import.read_adapter(folder))
+  message = _message(lambda: peft_importing.read_adapter(folder))
   assert f'{folder}/adapter_model.safetensors, tensor {LORA_A!r},' in message
   assert 'holds 1 non-finite value(s) (NaN or Inf) of 32' in message
 
@@ -158,25 +158,25 @@ def test_adapter_tensors_holding_nan_or_inf_or_not_float_are_refused(tmp_path):
     tmp_path / 'inf_bf16', good.astype(ml_dtypes.bfloat16), np.full((16, 2), np.inf)
   )
   assert f'tensor {LORA_B!r}, holds 32 non-finite' in _message(
-    lambda: peft_import.read_adapter(folder)
+    lambda: peft_importing.read_adapter(folder)
   )
   folder = _adapter(tmp_path / 'ints', np.ones((2, 16), np.int32))
   assert 'is int32 (2, 16); LoRA weights are float' in _message(
-    lambda: peft_import.read_adapter(folder)
+    lambda: peft_importing.read_adapter(folder)
   )
   folder = _adapter(tmp_path / 'bin', bad, torch_bin=True)
-  message = _message(lambda: peft_import.read_adapter(folder))
+  message = _message(lambda: peft_importing.read_adapter(folder))
   assert f'{folder}/adapter_model.bin, tensor {LORA_A!r}, holds 1 non-finite' in message
   (tmp_path / 'bin' / 'adapter_model.bin').write_bytes(b'not a pickle')
   assert 'is not a readable PyTorch state dict' in _message(
-    lambda: peft_import.read_adapter(folder)
+    lambda: peft_importing.read_adapter(folder)
   )
 
   # Refused before anything is written.
   model_dir = tmp_path / 'run'
   folder = _adapter(tmp_path / 'nan', bad)
   with pytest.raises(UserError, match='non-finite'):
-    peft_import.import_adapter(folder, str(tmp_path / 'good'), str(model_dir))
+    peft_importing.import_adapter(folder, str(tmp_path / 'good'), str(model_dir))
   assert not model_dir.exists()
 
 

@@ -11,18 +11,16 @@ import peft
 import pytest
 import torch
 import transformers
-from safetensors.numpy import load_file
-from safetensors.numpy import save_file
+from safetensors.numpy import load_file, save_file
 
-from t5pt import adapters
-from t5pt import export
-from t5pt import network
-from t5pt import peft_import
-from t5pt import trained_model
-from t5pt.errors import UserError
+from t5pt.checkpoints import exporting
+from t5pt.checkpoints import peft_importing
+from t5pt.checkpoints import trained_model
+from t5pt.model import adapters
+from t5pt.model import network
+from t5pt.runtime.errors import UserError
 from tests import hf_models
-from tests.conftest import run_module
-from tests.conftest import train_in_process
+from tests.conftest import run_module, train_in_process
 
 VOCAB = 272  # >= the synthetic tasks' byte vocabulary (259 ids).
 # Sizes come from the HF base's config.json; the adapter recipe from the included file.
@@ -172,7 +170,7 @@ def test_hf_export_of_a_lora_run_has_the_lora_merged(lora_run, lora_exports, hf_
 @pytest.mark.filterwarnings('ignore:Model has `tie_word_embeddings=True`')
 def test_per_module_rank_and_alpha_and_the_prompt_round_trip(prompt_lora_run, hf_base, tmp_path):
   run = trained_model.TrainedRun(prompt_lora_run)
-  export.export_peft_lora(run, str(tmp_path / 'peft'), hf_base[0])
+  exporting.export_peft_lora(run, str(tmp_path / 'peft'), hf_base[0])
   assert sorted(os.listdir(tmp_path / 'peft')) == [
     'adapter_config.json',
     'adapter_model.safetensors',
@@ -197,7 +195,7 @@ def test_per_module_rank_and_alpha_and_the_prompt_round_trip(prompt_lora_run, hf
   _assert_close(ours, _hf_logits(with_adapter, prompt))
   _assert_differ(ours, _hf_logits(hf_base[1], prompt))
 
-  peft_import.import_adapter(str(tmp_path / 'peft'), hf_base[0], str(tmp_path / 'back'))
+  peft_importing.import_adapter(str(tmp_path / 'peft'), hf_base[0], str(tmp_path / 'back'))
   back = trained_model.TrainedRun(str(tmp_path / 'back'))
   lora = {k: v for k, v in run.params.items() if adapters.is_adapter(k)}
   assert sorted(back.params) == sorted(lora)
@@ -235,8 +233,8 @@ def test_imported_adapter_gives_the_original_runs_logits(lora_run, lora_exports,
   )
 
   with pytest.raises(UserError, match='already exists .* pass --overwrite'):
-    peft_import.import_adapter(f'{lora_exports}/peft', hf_base[0], f'{tmp_path}/imported')
-  peft_import.import_adapter(f'{lora_exports}/peft', hf_base[0], f'{tmp_path}/imported', True)
+    peft_importing.import_adapter(f'{lora_exports}/peft', hf_base[0], f'{tmp_path}/imported')
+  peft_importing.import_adapter(f'{lora_exports}/peft', hf_base[0], f'{tmp_path}/imported', True)
   assert sorted(os.listdir(tmp_path)) == ['imported']
   # A training run, or a folder holding the user's files, is never replaced.
   user = tmp_path / 'user'
@@ -245,7 +243,7 @@ def test_imported_adapter_gives_the_original_runs_logits(lora_run, lora_exports,
   run_files = sorted(os.listdir(lora_run))
   for model_dir, held in ((lora_run, "'checkpoint_5'"), (str(user), "'notes.txt'")):
     with pytest.raises(UserError, match=f'--model_dir=.* holds .*{held}.*: it is not a run') as e:
-      peft_import.import_adapter(f'{lora_exports}/peft', hf_base[0], model_dir, overwrite=True)
+      peft_importing.import_adapter(f'{lora_exports}/peft', hf_base[0], model_dir, overwrite=True)
     assert 'pass --overwrite' not in str(e.value)
   assert sorted(os.listdir(lora_run)) == run_files and os.listdir(user) == ['notes.txt']
   user.joinpath('notes.txt').unlink()
@@ -290,10 +288,10 @@ def test_adapter_saved_by_peft_imports_with_peft_logits(options, hf_base, tmp_pa
   theirs = _hf_logits(model.eval())
   saved = sorted(os.listdir(tmp_path / 'adapter'))
   with pytest.raises(UserError, match='--peft_dir=.* holds .*it is not an adapter t5pt.export'):
-    export.check_output_dir(str(tmp_path / 'adapter'), '--peft_dir', overwrite=True)
+    exporting.check_output_dir(str(tmp_path / 'adapter'), '--peft_dir', overwrite=True)
   assert sorted(os.listdir(tmp_path / 'adapter')) == saved
 
-  peft_import.import_adapter(str(tmp_path / 'adapter'), hf_base[0], str(tmp_path / 'run'))
+  peft_importing.import_adapter(str(tmp_path / 'adapter'), hf_base[0], str(tmp_path / 'run'))
   ours = _t5pt_logits(str(tmp_path / 'run'))
   _assert_close(ours, theirs)
   _assert_differ(ours, _hf_logits(hf_base[1]))
@@ -322,7 +320,7 @@ def test_ia3_run_exports_merged_but_not_as_peft(ia3_run, hf_base, tmp_path):
   assert os.listdir(tmp_path) == []  # Refused before writing anything.
 
   run = trained_model.TrainedRun(ia3_run)
-  export.export_hf(run, str(tmp_path / 'hf'), hf_base[0], max_shard_bytes=1 << 30)
+  exporting.export_hf(run, str(tmp_path / 'hf'), hf_base[0], max_shard_bytes=1 << 30)
   merged = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path / 'hf').eval()
   ours = _t5pt_logits(ia3_run)
   _assert_close(ours, _hf_logits(merged))
@@ -336,9 +334,9 @@ def test_deep_prompt_runs_are_not_exported_to_hf_or_peft(hf_base, tmp_path_facto
     )
   )
   with pytest.raises(UserError, match='deep-prompt prefixes'):
-    export.peft_type(run)
+    exporting.peft_type(run)
   with pytest.raises(UserError, match='prefix_key.*no place for'):
-    export.export_hf(run, str(tmp_path / 'hf'), hf_base[0], max_shard_bytes=1 << 30)
+    exporting.export_hf(run, str(tmp_path / 'hf'), hf_base[0], max_shard_bytes=1 << 30)
   assert os.listdir(tmp_path) == []
 
 
@@ -364,7 +362,7 @@ def _copy_adapter(lora_exports, tmp_path, **config_changes) -> str:
 def test_unsupported_adapter_configs_are_named(changes, message, lora_exports, hf_base, tmp_path):
   folder = _copy_adapter(lora_exports, tmp_path, **changes)
   with pytest.raises(UserError, match=message):
-    peft_import.import_adapter(folder, hf_base[0], str(tmp_path / 'run'))
+    peft_importing.import_adapter(folder, hf_base[0], str(tmp_path / 'run'))
   assert not os.path.exists(tmp_path / 'run')
 
 
@@ -376,7 +374,7 @@ def test_missing_weights_and_unknown_modules_are_named(lora_exports, hf_base, tm
   with pytest.raises(
     UserError, match='has adapter_config.json but no weights: expected adapter_model.safetensors'
   ):
-    peft_import.import_adapter(folder, hf_base[0], str(tmp_path / 'run'))
+    peft_importing.import_adapter(folder, hf_base[0], str(tmp_path / 'run'))
 
   prefix = 'base_model.model.encoder.block.0.layer.0.SelfAttention.'
   for side in ('A', 'B'):
@@ -389,8 +387,8 @@ def test_missing_weights_and_unknown_modules_are_named(lora_exports, hf_base, tm
     match=r"'encoder.block.0.layer.0.SelfAttention"
     r".relative_attention_bias' is not a linear layer of the base T5",
   ):
-    peft_import.import_adapter(folder, hf_base[0], str(tmp_path / 'run'))
+    peft_importing.import_adapter(folder, hf_base[0], str(tmp_path / 'run'))
 
   with pytest.raises(UserError, match='--base=.* does not exist'):
-    peft_import.import_adapter(folder, str(tmp_path / 'nowhere'), str(tmp_path / 'run'))
+    peft_importing.import_adapter(folder, str(tmp_path / 'nowhere'), str(tmp_path / 'run'))
   assert not os.path.exists(tmp_path / 'run')

@@ -7,14 +7,14 @@ import os
 import sys
 import types
 
-import gin
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t5pt import gin_utils
-from t5pt import plan
-from t5pt.errors import UserError
+import gin
+from t5pt.runtime import gin_utils
+from t5pt.runtime.errors import UserError
+from t5pt.training import planner as plan
 from tests.conftest import REPO, run_module
 
 # Public parameter counts of T5 1.1 / Flan-T5 (untied logits).
@@ -58,7 +58,8 @@ def test_every_flan_gin_file_plans_its_parameters(gin_file):
 MEASURE = """
 import json, sys
 import gin
-from t5pt import gin_utils, plan
+from t5pt.runtime import gin_utils
+from t5pt.training import planner as plan
 gin_utils.parse(['gin/t5_1_1_tiny_prompt.gin'], ['BATCH_SIZE = 512', 'DROPOUT_RATE = 0.1'])
 planner = plan.Planner(plan._train_bindings(), plan.make_mesh(1, None, 1))
 setting = plan.Setting(512, 1, 'none')

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import seqio
 
-from t5pt import prompts
-from t5pt.errors import UserError
+from t5pt.model import prompts
+from t5pt.runtime.errors import UserError
 from tests.conftest import INTEROP
 
 EMBEDDING = np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32)

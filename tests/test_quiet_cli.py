@@ -10,7 +10,7 @@ import sysconfig
 
 import pytest
 
-from t5pt import logs
+from t5pt.runtime import logs
 from tests.conftest import REPO
 
 # Lines that TensorFlow, XLA, absl, seqio & co. print: absl's C++ and Python prefixes
@@ -122,5 +122,5 @@ def test_filter_keeps_t5pt_records_and_library_errors_only():
 def test_warnings_filter_matches_library_modules_only():
   pattern = re.compile(logs._NOT_OWN_MODULE)  # pylint: disable=protected-access
   assert pattern.match('seqio.dataset_providers') and pattern.match('jax._src.xla_bridge')
-  assert not pattern.match('t5pt.trainer') and not pattern.match('tasks')
+  assert not pattern.match('t5pt.training.trainer') and not pattern.match('tasks')
   assert not pattern.match('__main__') and pattern.match('t5pt_other')

@@ -1,16 +1,15 @@
-"""The typed run record (checkpoints.RunMeta): every reader and writer of a run shares it,
+"""The typed run record (run_checkpoints.RunMeta): every reader and writer of a run shares it,
 and runs written before it existed still open and resume."""
 
 import shutil
 
 import pytest
 
-from t5pt import checkpoints
-from t5pt import network
-from t5pt import trained_model
-from t5pt.errors import UserError
-from tests.conftest import REPO
-from tests.conftest import train_in_process
+from t5pt.checkpoints import run_checkpoints
+from t5pt.checkpoints import trained_model
+from t5pt.model import network
+from t5pt.runtime.errors import UserError
+from tests.conftest import REPO, train_in_process
 
 V0_RUN = f'{REPO}/tests/data/run_v0'
 
@@ -25,7 +24,7 @@ def v0_run(tmp_path) -> str:
 def test_a_run_written_before_the_record_still_opens(v0_run):
   run = trained_model.TrainedRun(v0_run)
   assert run.step == 2
-  assert run.meta.version == checkpoints.RUN_META_VERSION
+  assert run.meta.version == run_checkpoints.RUN_META_VERSION
   assert run.meta.trainable == (network.PROMPT_PATH,)
   assert run.meta.task_feature_lengths == {'inputs': 24, 'targets': 10}
   assert run.meta.mixture_or_task_module == 'tasks.synthetic'
@@ -44,13 +43,13 @@ def test_a_run_written_before_the_record_resumes_and_is_rewritten_typed(v0_run):
     EVAL_PERIOD=1000,
   )
   assert summary['start_step'] == 2
-  meta = checkpoints.read_meta(v0_run, 4)
+  meta = run_checkpoints.read_meta(v0_run, 4)
   assert meta.batches_consumed == 4
   assert meta.network_config == trained_model.TrainedRun(v0_run, 2).network_config()
 
 
 def test_record_round_trips_through_json():
-  meta = checkpoints.RunMeta(
+  meta = run_checkpoints.RunMeta(
     step=7,
     trainable=('a', 'b'),
     batches_consumed=7,
@@ -58,11 +57,11 @@ def test_record_round_trips_through_json():
     initial_checkpoint_path='gs://bucket/base',
     task_feature_lengths={'inputs': 8},
   )
-  assert checkpoints.RunMeta.from_json(meta.to_json(), 'test') == meta
+  assert run_checkpoints.RunMeta.from_json(meta.to_json(), 'test') == meta
 
 
 def test_records_from_a_newer_t5pt_or_damaged_ones_are_refused():
   with pytest.raises(UserError, match='newer t5pt'):
-    checkpoints.RunMeta.from_json({'step': 1, 'trainable': [], 'version': 99}, 'x')
+    run_checkpoints.RunMeta.from_json({'step': 1, 'trainable': [], 'version': 99}, 'x')
   with pytest.raises(UserError, match=r"unknown run record field\(s\) \['bogus'\]"):
-    checkpoints.RunMeta.from_json({'step': 1, 'trainable': [], 'bogus': 1}, 'x')
+    run_checkpoints.RunMeta.from_json({'step': 1, 'trainable': [], 'bogus': 1}, 'x')

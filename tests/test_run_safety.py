@@ -9,14 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t5pt import batch_inference
-from t5pt import checkpoint_import
-from t5pt import checkpoints
-from t5pt import errors
-from t5pt import steps
-from t5pt import trainer
-from t5pt import trained_model
-from t5pt.errors import UserError
+from t5pt.checkpoints import checkpoint_import
+from t5pt.checkpoints import run_checkpoints
+from t5pt.checkpoints import trained_model
+from t5pt.model import steps
+from t5pt.runtime import errors
+from t5pt.runtime.errors import UserError
+from t5pt.serving import batch_inference
+from t5pt.training import trainer
 from tests.conftest import train_in_process
 from tests.test_infer import infer_in_process
 
@@ -48,7 +48,7 @@ def test_a_nan_stops_the_run_and_keeps_the_last_finite_checkpoint(
   model_dir = tmp_path / 'run'
   with pytest.raises(errors.TrainingStopped, match=r'NaN or Inf by step 4 .*checkpoint_2, holds'):
     _train(str(model_dir), INITIAL_CHECKPOINT_PATH=base_checkpoint, TRAIN_STEPS=10, **SHORT)
-  assert checkpoints.latest_step(str(model_dir)) == 2
+  assert run_checkpoints.latest_step(str(model_dir)) == 2
   prompt = checkpoint_import.read_params_as_numpy(str(model_dir))['encoder/prompt/prompt']
   assert np.isfinite(prompt).all()
   lines = [json.loads(l) for l in (model_dir / 'metrics.jsonl').read_text().splitlines()]
@@ -65,7 +65,7 @@ def test_resuming_under_other_settings_is_refused_naming_both_values(base_checkp
     _train(model_dir, **changed)
   with pytest.raises(UserError, match=r"TASK_FEATURE_LENGTHS was \{'inputs': 24, 'targets': 10\}"):
     _train(model_dir, **dict(common, TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 10}))
-  assert checkpoints.latest_step(model_dir) == 2
+  assert run_checkpoints.latest_step(model_dir) == 2
   # More steps under the same settings is what resuming is for.
   assert _train(model_dir, **dict(common, TRAIN_STEPS=4))['step'] == 4
 
@@ -73,15 +73,15 @@ def test_resuming_under_other_settings_is_refused_naming_both_values(base_checkp
 def test_a_resumed_infer_keeps_the_checkpoint_it_began_with(prompt_run, tmp_path, monkeypatch):
   run = tmp_path / 'run'
   shutil.copytree(prompt_run, run)
-  newest = checkpoints.latest_step(str(run))
+  newest = run_checkpoints.latest_step(str(run))
   interrupted = lambda *a: (_ for _ in ()).throw(KeyboardInterrupt())
-  monkeypatch.setattr('t5pt.batch_inference.ChunkedOutput.write_chunk', interrupted)
+  monkeypatch.setattr('t5pt.serving.batch_inference.ChunkedOutput.write_chunk', interrupted)
   with pytest.raises(KeyboardInterrupt):
     infer_in_process(tmp_path / 'out', CHECKPOINT_PATH=str(run), BATCH_SIZE=16)
   monkeypatch.undo()
   # The run trains on meanwhile: a newer checkpoint appears.
   shutil.copytree(run / f'checkpoint_{newest}', run / f'checkpoint_{newest + 100}')
-  assert checkpoints.latest_step(str(run)) == newest + 100
+  assert run_checkpoints.latest_step(str(run)) == newest + 100
   loaded_steps = []
   load = trained_model.load
 
@@ -132,7 +132,7 @@ def test_a_damaged_newest_checkpoint_is_named_and_the_one_before_it_resumes(
     (newest / 'meta' / 'metadata').write_text('{"step": 4, "trainable": [')
   else:
     shutil.rmtree(newest / 'params')
-  with pytest.raises(checkpoints.DamagedCheckpoint, match=f'{newest} is damaged'):
+  with pytest.raises(run_checkpoints.DamagedCheckpoint, match=f'{newest} is damaged'):
     trained_model.TrainedRun(str(model_dir))  # What infer, eval and export read.
   capsys.readouterr()
 
@@ -145,4 +145,4 @@ def test_a_damaged_newest_checkpoint_is_named_and_the_one_before_it_resumes(
   assert summary['start_step'] == 2 and summary['step'] == 6
   assert (model_dir / 'checkpoint_4.damaged').is_dir()
   assert 'Set aside the damaged checkpoint_4' in captured.out
-  assert checkpoints.latest_step(str(model_dir)) == 6
+  assert run_checkpoints.latest_step(str(model_dir)) == 6

@@ -7,9 +7,9 @@ import subprocess
 
 import pytest
 
-from t5pt import checkpoints
-from t5pt import errors
-from t5pt.errors import UserError
+from t5pt.checkpoints import run_checkpoints
+from t5pt.runtime import errors
+from t5pt.runtime.errors import UserError
 from tests.conftest import train_in_process
 
 PROMPT_GIN = 'gin/t5_1_1_tiny_prompt.gin'
@@ -45,9 +45,9 @@ def test_a_full_disk_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, base_
       train_in_process(PROMPT_GIN, model_dir, bindings=keep_all, **settings)
     message = str(stopped.value)
     assert 'No space left on device' in message and f'MODEL_DIR={model_dir}' in message
-    newest = checkpoints.latest_step(model_dir)
+    newest = run_checkpoints.latest_step(model_dir)
     assert newest and f'checkpoint_{newest}, is intact' in message
-    meta = checkpoints.read_meta(model_dir, newest)
+    meta = run_checkpoints.read_meta(model_dir, newest)
     assert meta.step == newest and meta.checksums
 
     # Once there is room again, the same command resumes from that checkpoint.

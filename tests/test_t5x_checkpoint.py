@@ -5,7 +5,6 @@ t5x's orbax CheckpointManager writes them."""
 import os
 import shutil
 
-import gin
 import jax
 import jax.numpy as jnp
 import ml_dtypes
@@ -16,18 +15,18 @@ import tensorstore as ts
 from etils import epath
 from flax import serialization
 
-from t5pt import adapters
-from t5pt import checkpoint_import
-from t5pt import network
-from t5pt import partitioning
-from t5pt import t5x_legacy
-from t5pt import t5x_network
-from t5pt import trained_model
-from t5pt import vocabularies
-from t5pt.errors import UserError
+import gin
+from t5pt.checkpoints import checkpoint_import
+from t5pt.checkpoints import t5x_legacy
+from t5pt.checkpoints import trained_model
+from t5pt.model import adapters
+from t5pt.model import network
+from t5pt.runtime import partitioning
+from t5pt.runtime import vocabularies
+from t5pt.runtime.errors import UserError
+from t5pt.t5x_bridge import t5x_network
 from tests import hf_models
-from tests.conftest import INTEROP
-from tests.conftest import TINY
+from tests.conftest import INTEROP, TINY
 
 FIXTURE = os.path.join(INTEROP, 't5x_tiny')
 LEGACY = os.path.join(FIXTURE, 'test_t5_1_1_tiny', 'checkpoint_3')

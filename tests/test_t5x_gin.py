@@ -18,17 +18,15 @@ import pkgutil
 import subprocess
 import sys
 
-import gin
 import pytest
-from gin import config_parser
 
+import gin
 import t5pt
-from t5pt import gin_utils
-from t5pt import t5x_network
-from t5pt.errors import UserError
-
-from tests.conftest import INTEROP
-from tests.conftest import REPO
+from gin import config_parser
+from t5pt.runtime import gin_utils
+from t5pt.runtime.errors import UserError
+from t5pt.t5x_bridge import t5x_network
+from tests.conftest import INTEROP, REPO
 
 GIN = os.path.join(REPO, 'gin')
 T5X_HALF = os.path.join(GIN, 't5x', 'tuning.gin')
@@ -135,7 +133,7 @@ def _parameters(target) -> set[str]:
 
 def test_t5x_half_bindings_and_references_to_t5pt_exist():
   parsed = _parse(T5X_HALF)
-  assert parsed.imports['t5x_network'] == 't5pt.t5x_network'
+  assert parsed.imports['t5x_network'] == 't5pt.t5x_bridge.t5x_network'
   for binding in parsed.bindings:
     if not binding.arg_name:  # a macro definition
       continue

@@ -1,4 +1,4 @@
-"""t5pt.t5x_network: t5pt's network under t5x's module interface, without t5x installed.
+"""t5pt.t5x_bridge.t5x_network: t5pt's network under t5x's module interface, without t5x installed.
 
 The module must compute exactly what t5pt's network computes (logits, encode/decode,
 one-token cached decoding as t5x's decoding loop drives it, beam-expandable caches), name
@@ -14,14 +14,13 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from t5pt import adapters
-from t5pt import checkpoint_import
-from t5pt import network
-from t5pt import partitioning
-from t5pt import prompts
-from t5pt import t5x_network
-from t5pt.errors import UserError
-
+from t5pt.checkpoints import checkpoint_import
+from t5pt.model import adapters
+from t5pt.model import network
+from t5pt.model import prompts
+from t5pt.runtime import partitioning
+from t5pt.runtime.errors import UserError
+from t5pt.t5x_bridge import t5x_network
 from tests.conftest import TINY
 
 METHODS = {

@@ -16,11 +16,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from t5pt import checkpoint_import
-from t5pt import network
-
-from tests.conftest import REPO
-from tests.conftest import run_module
+from t5pt.checkpoints import checkpoint_import
+from t5pt.model import network
+from tests.conftest import REPO, run_module
 
 T5X_PYTHON = os.environ.get('T5X_PYTHON')
 pytestmark = [
@@ -44,7 +42,7 @@ LENGTHS = "{'inputs': 24, 'targets': 10}"
 TINY_RUN = """
 from __gin__ import dynamic_registration
 import __main__ as script
-from t5pt import prompts
+from t5pt.model import prompts
 from t5x import decoding
 from t5x import models
 from t5x import utils
@@ -62,7 +60,7 @@ utils.DatasetConfig.split = 'validation'
 """
 # The legacy T5X checkpoint of ../shared/interop (README there).
 INTEROP_SIZES = """
-from t5pt import network
+from t5pt.model import network
 network.T5Config:
   vocab_size = 32128
   dtype = 'float32'

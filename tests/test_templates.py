@@ -7,10 +7,9 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from t5pt import data
-from t5pt.errors import UserError
-from tasks import show
-from tasks import templates
+from t5pt.runtime import data
+from t5pt.runtime.errors import UserError
+from tasks import show, templates
 from tasks.templates import Template
 
 BYTES = seqio.ByteVocabulary()

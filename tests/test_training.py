@@ -9,12 +9,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from t5pt import checkpoint_import
-from t5pt import models
-from t5pt import network
-from t5pt import optimizers
-from t5pt import partitioning
-from t5pt import steps
+from t5pt.checkpoints import checkpoint_import
+from t5pt.model import models
+from t5pt.model import network
+from t5pt.model import steps
+from t5pt.runtime import partitioning
+from t5pt.training import optimizers
 from tests.conftest import TINY as TINY_2_LAYERS
 from tests.conftest import train_in_process
 

@@ -1,0 +1,237 @@
+"""A trained run, or a bare base checkpoint, as a model ready to decode or evaluate.
+
+A t5pt run stores only what it trained, plus (in each checkpoint's meta) the network
+config, the base checkpoint it was trained on and its task. `load` puts the two back
+together: the base from INITIAL_CHECKPOINT_PATH (any format checkpoint_import reads) and
+the trained parameters from the run. A checkpoint of real t5x trained with gin/t5x
+holds both in one tree (T5XRun). Pointed at a base checkpoint instead (an HF folder, a
+T5X checkpoint without tuned leaves), it gives that model with no prompt.
+"""
+
+import dataclasses
+import posixpath
+from typing import Optional
+
+import jax
+import numpy as np
+
+from t5pt.checkpoints import checkpoint_import
+from t5pt.checkpoints import run_checkpoints
+from t5pt.model import network
+from t5pt.runtime import data
+from t5pt.runtime import fs
+from t5pt.runtime import partitioning
+from t5pt.runtime.errors import UserError
+
+
+class TrainedRun:
+  """The trainable parameters (host numpy) and record of one checkpoint of a t5pt run."""
+
+  def __init__(self, path: str, step: Optional[int] = None):
+    model_dir, named_step = _split_step_dir(path)
+    latest = run_checkpoints.latest_step(model_dir)
+    if latest is None:
+      raise UserError(f'{path!r} holds no complete t5pt checkpoint.')
+    self.step = step or named_step or latest
+    step_dir = run_checkpoints.step_dir(model_dir, self.step)
+    if not fs.isdir(step_dir):
+      raise UserError(f'{model_dir} has no checkpoint for step {self.step} (newest: {latest}).')
+    self.model_dir = model_dir
+    self.meta = run_checkpoints.read_meta(model_dir, self.step)
+    if not fs.exists(fs.join(step_dir, 'params', '_METADATA')):
+      raise run_checkpoints.DamagedCheckpoint(step_dir, 'its params are missing')
+    try:
+      self.params = checkpoint_import.read_params_as_numpy(step_dir)
+    except UserError:
+      raise
+    except Exception as e:  # A missing or truncated array file: whatever orbax raises.
+      raise run_checkpoints.DamagedCheckpoint(step_dir, f'its arrays cannot be read ({e!r})') from e
+    run_checkpoints.verify(self.meta, step_dir, {'params': partitioning.unflatten(self.params)})
+
+  @property
+  def prompt(self) -> Optional[np.ndarray]:
+    return self.params.get(network.PROMPT_PATH)
+
+  def network_config(self) -> network.T5Config:
+    # Older runs do not record it: the base checkpoint supplies the sizes.
+    return self.meta.network_config or network.T5Config()
+
+  def base_path(self, override: Optional[str] = None) -> str:
+    path = override or self.meta.initial_checkpoint_path
+    if not path:
+      raise UserError(
+        f'{self.model_dir} does not record its base checkpoint; pass the '
+        'INITIAL_CHECKPOINT_PATH it was trained from.'
+      )
+    return path
+
+
+class T5XRun(TrainedRun):
+  """A checkpoint of real t5x trained with gin/t5x: one tree holds the frozen base and
+  the tuned leaves. The tuned leaves are the run's parameters; the checkpoint itself is
+  its base. Prompt and deep-prompt lengths are read from the shapes; LoRA and IA3 need
+  the gin rules they were trained with (LoRA's alpha is not in the checkpoint)."""
+
+  def __init__(self, path: str, step: Optional[int] = None, setting: str = 'CHECKPOINT_PATH'):
+    model_dir, named_step = _split_step_dir(path)
+    if step and not named_step:
+      path = run_checkpoints.step_dir(model_dir, step)
+    checkpoint = checkpoint_import.open_checkpoint(path, setting)
+    shapes = checkpoint.shapes()
+    tuned = sorted(k for k in shapes if network.is_added_by_tuning(k))
+    if not tuned:
+      raise UserError(f'{setting}={path!r} holds no prompt or adapter parameters.')
+    self.model_dir = model_dir
+    self.step = checkpoint_import.step_of(checkpoint.path)
+    self.params = {k: checkpoint.read(k) for k in tuned}
+    config = checkpoint.reconcile(_tuning_from_shapes(network.T5Config(), shapes, setting, path))
+    self.meta = run_checkpoints.RunMeta(
+      step=self.step,
+      trainable=config.tuned_parameters(),
+      network_config=config,
+      initial_checkpoint_path=path,
+    )
+    mesh = partitioning.PartitionConfig().make_mesh()
+    missing = set(tuned) - set(checkpoint_import.model_targets(config, 'float32', mesh))
+    if missing:
+      raise UserError(
+        f'{setting}={path!r} holds tuned parameters the gin network.T5Config does not make, '
+        f'e.g. {sorted(missing)[:2]}: bind the lora_rules / ia3_pattern the t5x run used.'
+      )
+
+
+def _tuning_from_shapes(config: network.T5Config, shapes, setting: str, path: str):
+  """`config` with the prompt and deep-prompt lengths the shapes imply (a length gin sets
+  must agree); a UserError if the shapes hold LoRA or IA3 leaves gin has no rule for."""
+  lengths = {}
+  prompt = shapes.get(network.PROMPT_PATH)
+  if prompt:
+    lengths['prompt_length'] = prompt[0]
+  for side, field in (('encoder', 'prefix_length'), ('decoder', 'decoder_prefix_length')):
+    prefixes = [v[0] for k, v in shapes.items() if k.startswith(side) and k.endswith('/prefix_key')]
+    if prefixes:
+      lengths[field] = prefixes[0]
+  for field, value in lengths.items():
+    if getattr(config, field) not in (0, value):
+      raise UserError(
+        f'network.T5Config.{field} = {getattr(config, field)} in gin, but {path} was trained '
+        f'with {value}; drop the binding.'
+      )
+  lora = sorted(k for k in shapes if k.endswith('/lora_a'))
+  if lora and not config.lora_rules:
+    raise UserError(
+      f'{setting}={path!r} holds LoRA factors on {len(lora)} kernels (rank {shapes[lora[0]][1]}), '
+      f'e.g. {lora[0]}. Its alpha is not in the checkpoint: pass the rules the t5x run used, '
+      "e.g. gin/t5x/lora.gin's: --gin.network.T5Config.lora_rules=%adapters.DEFAULT_LORA_RULES"
+    )
+  if any(k.endswith('/ia3_scale') for k in shapes) and not config.ia3_pattern:
+    raise UserError(
+      f'{setting}={path!r} holds IA3 scales: pass the ia3_pattern the t5x run used, e.g. '
+      '--gin.network.T5Config.ia3_pattern="%adapters.DEFAULT_IA3_PATTERN".'
+    )
+  return dataclasses.replace(config, **lengths)
+
+
+def open_run(path: str, step: Optional[int] = None, setting: str = 'CHECKPOINT_PATH'):
+  """A t5pt run, or a t5x checkpoint holding tuned leaves (T5XRun)."""
+  return TrainedRun(path, step) if is_run(path) else T5XRun(path, step, setting)
+
+
+def has_tuned_parameters(path: str, setting: str = 'CHECKPOINT_PATH') -> bool:
+  """Whether a checkpoint that is not a t5pt run holds prompt or adapter parameters."""
+  shapes = checkpoint_import.open_checkpoint(path, setting).shapes()
+  return any(network.is_added_by_tuning(k) for k in shapes)
+
+
+def _split_step_dir(path: str) -> tuple[str, Optional[int]]:
+  """MODEL_DIR/checkpoint_<step> -> (MODEL_DIR, step); MODEL_DIR -> (MODEL_DIR, None)."""
+  trimmed = path.rstrip('/')
+  match = checkpoint_import.STEP_DIR.match(posixpath.basename(trimmed))
+  if match:
+    return posixpath.dirname(trimmed), int(match.group(1))
+  return path, None
+
+
+def is_run(path: str) -> bool:
+  """Whether `path` is a t5pt MODEL_DIR or one of its checkpoint_<step> directories."""
+  model_dir, _ = _split_step_dir(path)
+  step = run_checkpoints.latest_step(model_dir)
+  return step is not None and fs.isdir(fs.join(run_checkpoints.step_dir(model_dir, step), 'meta'))
+
+
+@dataclasses.dataclass
+class LoadedModel:
+  config: network.T5Config
+  params: dict  # nested, on the mesh
+  run: Optional[TrainedRun]
+  base_path: str
+
+
+def load(
+  path: str,
+  base_path: Optional[str] = None,
+  dtype: str = 'float32',
+  mesh: Optional[jax.sharding.Mesh] = None,
+  step: Optional[int] = None,
+) -> LoadedModel:
+  """The model at `path`: a t5pt run (at `step`, default the one `path` names or the
+  newest) merged onto its base, or a bare base checkpoint.
+
+  The base is read as `dtype` (e.g. 'bfloat16'); trained parameters stay float32.
+  """
+  mesh = mesh or partitioning.PartitionConfig().make_mesh()
+  if is_run(path):
+    run = TrainedRun(path, step)
+  elif has_tuned_parameters(path):
+    run = T5XRun(path, step)
+  else:
+    config, params = checkpoint_import.load_model(
+      path, dtype=dtype, mesh=mesh, setting='CHECKPOINT_PATH'
+    )
+    return LoadedModel(config, params, None, path)
+  if not (base_path or run.meta.initial_checkpoint_path):
+    return _load_self_contained(run, mesh)
+  base = run.base_path(base_path)
+  setting = 'BASE_CHECKPOINT_PATH'
+  if not base_path:
+    setting += ' (default: the INITIAL_CHECKPOINT_PATH the run recorded)'
+  config, params = checkpoint_import.load_model(
+    base, run.network_config(), dtype, mesh, setting=setting
+  )
+  flat = partitioning.flatten(params)
+  replicated = partitioning.replicated(mesh)
+  for name, value in run.params.items():
+    sharding = flat[name].sharding if name in flat else replicated
+    flat[name] = jax.device_put(np.asarray(value, np.float32), sharding)
+  return LoadedModel(config, partitioning.unflatten(flat), run, base)
+
+
+def _load_self_contained(run: TrainedRun, mesh) -> LoadedModel:
+  """A run trained from scratch (TRAINABLE = everything) needs no base."""
+  config = run.network_config().require_complete()
+  targets = checkpoint_import.model_targets(config, 'float32', mesh)
+  missing = sorted(set(targets) - set(run.params))
+  if missing:
+    raise UserError(
+      f'{run.model_dir} does not record its base checkpoint and lacks '
+      f'{len(missing)} parameter(s), e.g. {missing[:2]}; pass the '
+      'INITIAL_CHECKPOINT_PATH it was trained from (BASE_CHECKPOINT_PATH).'
+    )
+  params = {k: checkpoint_import.place(run.params[k], t) for k, t in targets.items()}
+  return LoadedModel(config, partitioning.unflatten(params), run, run.model_dir)
+
+
+def task_and_lengths(
+  loaded: LoadedModel,
+  mixture_or_task_name: Optional[str],
+  mixture_or_task_module,
+  task_feature_lengths,
+) -> tuple[Optional[str], Optional[dict]]:
+  """The task and feature lengths to use: as given, else as the run recorded them.
+  Imports the task's module (given or recorded) so that the task is registered."""
+  meta = loaded.run.meta if loaded.run else run_checkpoints.RunMeta(step=0, trainable=())
+  data.import_task_modules(mixture_or_task_module or meta.mixture_or_task_module)
+  return (
+    mixture_or_task_name or meta.mixture_or_task_name,
+    task_feature_lengths or meta.task_feature_lengths,
+  )
