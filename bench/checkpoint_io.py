@@ -9,7 +9,7 @@ Usage (from the repository root, inside the test environment, which has the peer
    trained "on" it (random values; only the files matter here).
 2. In a fresh subprocess each, measures peak RSS (VmHWM) minus the RSS right after the
    imports for:
-     t5pt-import-f32   checkpoint_import.load_model(folder), float32 parameters
+     t5pt-import-f32   base_readers.load_model(folder), float32 parameters
      t5pt-import-bf16  the same, cast to bfloat16 while loading
      t5pt-export       exporting.export_hf(run, ...): base + run merged into an HF folder
      hf-load           transformers' T5ForConditionalGeneration.from_pretrained (the peer),
@@ -92,7 +92,7 @@ def run_worker(name: str, workdir: Path, shard_mib: int) -> dict:
   sys.path.insert(0, str(ROOT))
   if name.startswith('t5pt'):
     import jax  # pylint: disable=import-outside-toplevel
-    from t5pt.checkpoints import checkpoint_import  # pylint: disable=import-outside-toplevel
+    from t5pt.checkpoints import base_readers  # pylint: disable=import-outside-toplevel
     from t5pt.checkpoints import exporting
     from t5pt.checkpoints import trained_model
   else:
@@ -100,7 +100,7 @@ def run_worker(name: str, workdir: Path, shard_mib: int) -> dict:
   base_mib = rss_mib()
   start = time.perf_counter()
   if name.startswith('t5pt-import'):
-    _, params = checkpoint_import.load_model(
+    _, params = base_readers.load_model(
       str(workdir / 'hf'), dtype='bfloat16' if name.endswith('bf16') else 'float32'
     )
     jax.block_until_ready(params)

@@ -8,7 +8,7 @@ Usage (from the repository root, in the test environment, which has the peer):
 1. A tiny T5 1.1 base (gin/models/t5_1_1_tiny.gin's sizes, t5pt's random init) is written
    as a t5pt run checkpoint and exported with t5pt's own exporter (`exporting.export_hf`) to an
    HF folder. Both frameworks load the base from that folder: t5pt with
-   `checkpoint_import.load_model`, transformers with `from_pretrained` (float32). Their
+   `base_readers.load_model`, transformers with `from_pretrained` (float32). Their
    teacher-forced losses on the first batch must agree before anything trains.
 2. Each method starts from the same values on both sides: t5pt's LoRA factors (lora_a
    [in, r] from t5pt's init, lora_b [r, out] drawn small and nonzero so that step 0
@@ -70,7 +70,7 @@ transformers.logging.set_verbosity_error()  # Its lm_head tying warning: see loa
 transformers.logging.disable_progress_bar()
 
 from t5pt.model import adapters  # noqa: E402
-from t5pt.checkpoints import checkpoint_import  # noqa: E402
+from t5pt.checkpoints import base_readers  # noqa: E402
 from t5pt.checkpoints import run_checkpoints  # noqa: E402
 from t5pt.checkpoints import exporting  # noqa: E402
 from t5pt.checkpoints import hf_format  # noqa: E402
@@ -197,7 +197,7 @@ def load_hf(hf_dir: str):
 
 def load_frozen(hf_dir: str, cfg: network.T5Config) -> dict:
   """t5pt's frozen base, read from the HF folder as a run reads INITIAL_CHECKPOINT_PATH."""
-  _, params = checkpoint_import.load_model(hf_dir, cfg)
+  _, params = base_readers.load_model(hf_dir, cfg)
   return params
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import transformers
 
-from t5pt.checkpoints import checkpoint_import
+from t5pt.checkpoints import base_readers
 from t5pt.checkpoints import exporting
 from t5pt.checkpoints import trained_model
 from t5pt.model import network
@@ -67,11 +67,9 @@ def trained_run(hf_base, gin_file, tmp_path_factory) -> str:
 
 
 def _t5pt_logits_of_run(model_dir, base_dir, inputs, decoder_inputs, targets):
-  run_params = checkpoint_import.read_params_as_numpy(model_dir)
+  run_params = base_readers.read_params_as_numpy(model_dir)
   prompt_length = run_params[network.PROMPT_PATH].shape[0]
-  config, params = checkpoint_import.load_model(
-    base_dir, network.T5Config(prompt_length=prompt_length)
-  )
+  config, params = base_readers.load_model(base_dir, network.T5Config(prompt_length=prompt_length))
   params = partitioning.unflatten({**partitioning.flatten(params), **run_params})
   return hf_models.t5pt_logits(config, params, inputs, decoder_inputs, targets), run_params
 

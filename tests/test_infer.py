@@ -9,7 +9,7 @@ import pytest
 import seqio
 
 import gin
-from t5pt.checkpoints import checkpoint_import
+from t5pt.checkpoints import base_readers
 from t5pt.checkpoints import trained_model
 from t5pt.model import models
 from t5pt.runtime import data
@@ -178,7 +178,7 @@ def test_inputs_are_checked_before_the_base_loads(prompt_run, tmp_path, monkeypa
   def loaded(*args, **kwargs):
     raise AssertionError('the base was loaded before the inputs were checked')
 
-  monkeypatch.setattr(checkpoint_import, 'load_model', loaded)
+  monkeypatch.setattr(base_readers, 'load_model', loaded)
   monkeypatch.setattr(trained_model, 'load', loaded)
   out = tmp_path / 'out'
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t5pt.checkpoints import checkpoint_import
+from t5pt.checkpoints import base_readers
 from t5pt.checkpoints import trained_model
 from t5pt.model import adapters
 from t5pt.model import models
@@ -38,8 +38,8 @@ def _logits(config, params, batch):
 
 
 def test_int8_base_tracks_the_float_base(base_checkpoint):
-  float_config, float_params = checkpoint_import.load_model(base_checkpoint)
-  int8_config, int8_params = checkpoint_import.load_model(
+  float_config, float_params = base_readers.load_model(base_checkpoint)
+  int8_config, int8_params = base_readers.load_model(
     base_checkpoint, network.T5Config(int8_kernels=True), dtype='bfloat16'
   )
   flat = partitioning.flatten(int8_params)

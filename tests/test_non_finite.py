@@ -12,7 +12,7 @@ import safetensors.numpy
 import seqio
 import tensorflow as tf
 
-from t5pt.checkpoints import checkpoint_import
+from t5pt.checkpoints import base_readers
 from t5pt.checkpoints import peft_importing
 from t5pt.checkpoints import trained_model
 from t5pt.model import prompts
@@ -98,7 +98,7 @@ def test_a_nan_prompt_in_prompts_or_ensemble_stops_infer_before_the_base_loads(
   def loaded(*args, **kwargs):
     raise AssertionError('the base was loaded before the inputs were checked')
 
-  monkeypatch.setattr(checkpoint_import, 'load_model', loaded)
+  monkeypatch.setattr(base_readers, 'load_model', loaded)
   monkeypatch.setattr(trained_model, 'load', loaded)
   (tmp_path / 'in.jsonl').write_text('{"inputs": "cab", "prompt": "max"}\n')
   (tmp_path / 'in.txt').write_text('cab\n')

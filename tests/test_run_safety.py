@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t5pt.checkpoints import checkpoint_import
+from t5pt.checkpoints import base_readers
 from t5pt.checkpoints import run_checkpoints
 from t5pt.checkpoints import trained_model
 from t5pt.model import steps
@@ -49,7 +49,7 @@ def test_a_nan_stops_the_run_and_keeps_the_last_finite_checkpoint(
   with pytest.raises(errors.TrainingStopped, match=r'NaN or Inf by step 4 .*checkpoint_2, holds'):
     _train(str(model_dir), INITIAL_CHECKPOINT_PATH=base_checkpoint, TRAIN_STEPS=10, **SHORT)
   assert run_checkpoints.latest_step(str(model_dir)) == 2
-  prompt = checkpoint_import.read_params_as_numpy(str(model_dir))['encoder/prompt/prompt']
+  prompt = base_readers.read_params_as_numpy(str(model_dir))['encoder/prompt/prompt']
   assert np.isfinite(prompt).all()
   lines = [json.loads(l) for l in (model_dir / 'metrics.jsonl').read_text().splitlines()]
   assert [l['loss'] is None for l in lines if l['split'] == 'train'] == [False, True]

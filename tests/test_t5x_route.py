@@ -16,7 +16,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from t5pt.checkpoints import checkpoint_import
+from t5pt.checkpoints import base_readers
 from t5pt.model import network
 from tests.conftest import REPO, run_module
 
@@ -120,7 +120,7 @@ def _task_macros(**more):
 
 
 def _params(path):
-  return checkpoint_import.read_params_as_numpy(path)
+  return base_readers.read_params_as_numpy(path)
 
 
 def _changed(before, after):

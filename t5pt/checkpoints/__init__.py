@@ -1,5 +1,5 @@
 """Everything on disk that holds weights: opening what the user pointed at (a base in any
-format, a t5pt run, a t5x run, one step of either: checkpoint_import, trained_model), the
+format, a t5pt run, a t5x run, one step of either: base_readers, trained_model), the
 formats (HF names and configs, legacy T5X, safetensors: hf_format, t5x_legacy,
 safetensors_io), a run's own orbax checkpoints and record (run_checkpoints), and the ways
 out and in (exporting: prompt .npy, HF folder, PEFT adapter; peft_importing).

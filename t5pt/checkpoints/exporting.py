@@ -43,7 +43,7 @@ from typing import Iterator, Mapping, Optional
 
 import numpy as np
 
-from t5pt.checkpoints import checkpoint_import
+from t5pt.checkpoints import base_readers
 from t5pt.checkpoints import hf_format
 from t5pt.checkpoints import safetensors_io
 from t5pt.checkpoints import trained_model
@@ -207,7 +207,7 @@ def export_prompt(prompt: np.ndarray, path: str, overwrite: bool = False) -> Non
 
 
 def _hf_sizes(
-  base: checkpoint_import.BaseCheckpoint,
+  base: base_readers.BaseCheckpoint,
   config: network.T5Config,
   trained: Mapping[str, np.ndarray],
 ) -> dict[str, int]:
@@ -220,7 +220,7 @@ def _hf_sizes(
 
 
 def _hf_tensors(
-  base: checkpoint_import.BaseCheckpoint,
+  base: base_readers.BaseCheckpoint,
   config: network.T5Config,
   trained: Mapping[str, np.ndarray],
 ) -> Iterator[tuple[str, np.ndarray]]:
@@ -263,7 +263,7 @@ def export_hf(
 ) -> list[str]:
   """Writes the base with the run's trained base parameters and adapters merged in as an
   HF folder."""
-  base = checkpoint_import.open_checkpoint(base_path)
+  base = base_readers.open_checkpoint(base_path)
   config = base.reconcile(run.network_config()).require_complete()
   names = hf_format.parameter_names(config)
   unmergeable = sorted(
@@ -289,7 +289,7 @@ def export_hf(
       fs.join(scratch, 'generation_config.json'),
       {'decoder_start_token_id': 0, 'eos_token_id': 1, 'pad_token_id': 0},
     )
-    if isinstance(base, checkpoint_import.HFCheckpoint):
+    if isinstance(base, base_readers.HFCheckpoint):
       for name in TOKENIZER_FILES:
         if fs.exists(fs.join(base_path, name)):
           fs.write_bytes(fs.join(scratch, name), fs.read_bytes(fs.join(base_path, name)))

@@ -2,7 +2,7 @@
 
 A t5pt run stores only what it trained, plus (in each checkpoint's meta) the network
 config, the base checkpoint it was trained on and its task. `load` puts the two back
-together: the base from INITIAL_CHECKPOINT_PATH (any format checkpoint_import reads) and
+together: the base from INITIAL_CHECKPOINT_PATH (any format base_readers reads) and
 the trained parameters from the run. A checkpoint of real t5x trained with gin/t5x
 holds both in one tree (T5XRun). Pointed at a base checkpoint instead (an HF folder, a
 T5X checkpoint without tuned leaves), it gives that model with no prompt.
@@ -15,7 +15,7 @@ from typing import Optional
 import jax
 import numpy as np
 
-from t5pt.checkpoints import checkpoint_import
+from t5pt.checkpoints import base_readers
 from t5pt.checkpoints import run_checkpoints
 from t5pt.model import network
 from t5pt.runtime import data
@@ -41,7 +41,7 @@ class TrainedRun:
     if not fs.exists(fs.join(step_dir, 'params', '_METADATA')):
       raise run_checkpoints.DamagedCheckpoint(step_dir, 'its params are missing')
     try:
-      self.params = checkpoint_import.read_params_as_numpy(step_dir)
+      self.params = base_readers.read_params_as_numpy(step_dir)
     except UserError:
       raise
     except Exception as e:  # A missing or truncated array file: whatever orbax raises.
@@ -76,13 +76,13 @@ class T5XRun(TrainedRun):
     model_dir, named_step = _split_step_dir(path)
     if step and not named_step:
       path = run_checkpoints.step_dir(model_dir, step)
-    checkpoint = checkpoint_import.open_checkpoint(path, setting)
+    checkpoint = base_readers.open_checkpoint(path, setting)
     shapes = checkpoint.shapes()
     tuned = sorted(k for k in shapes if network.is_added_by_tuning(k))
     if not tuned:
       raise UserError(f'{setting}={path!r} holds no prompt or adapter parameters.')
     self.model_dir = model_dir
-    self.step = checkpoint_import.step_of(checkpoint.path)
+    self.step = base_readers.step_of(checkpoint.path)
     self.params = {k: checkpoint.read(k) for k in tuned}
     config = checkpoint.reconcile(_tuning_from_shapes(network.T5Config(), shapes, setting, path))
     self.meta = run_checkpoints.RunMeta(
@@ -92,7 +92,7 @@ class T5XRun(TrainedRun):
       initial_checkpoint_path=path,
     )
     mesh = partitioning.PartitionConfig().make_mesh()
-    missing = set(tuned) - set(checkpoint_import.model_targets(config, 'float32', mesh))
+    missing = set(tuned) - set(base_readers.model_targets(config, 'float32', mesh))
     if missing:
       raise UserError(
         f'{setting}={path!r} holds tuned parameters the gin network.T5Config does not make, '
@@ -139,14 +139,14 @@ def open_run(path: str, step: Optional[int] = None, setting: str = 'CHECKPOINT_P
 
 def has_tuned_parameters(path: str, setting: str = 'CHECKPOINT_PATH') -> bool:
   """Whether a checkpoint that is not a t5pt run holds prompt or adapter parameters."""
-  shapes = checkpoint_import.open_checkpoint(path, setting).shapes()
+  shapes = base_readers.open_checkpoint(path, setting).shapes()
   return any(network.is_added_by_tuning(k) for k in shapes)
 
 
 def _split_step_dir(path: str) -> tuple[str, Optional[int]]:
   """MODEL_DIR/checkpoint_<step> -> (MODEL_DIR, step); MODEL_DIR -> (MODEL_DIR, None)."""
   trimmed = path.rstrip('/')
-  match = checkpoint_import.STEP_DIR.match(posixpath.basename(trimmed))
+  match = base_readers.STEP_DIR.match(posixpath.basename(trimmed))
   if match:
     return posixpath.dirname(trimmed), int(match.group(1))
   return path, None
@@ -185,7 +185,7 @@ def load(
   elif has_tuned_parameters(path):
     run = T5XRun(path, step)
   else:
-    config, params = checkpoint_import.load_model(
+    config, params = base_readers.load_model(
       path, dtype=dtype, mesh=mesh, setting='CHECKPOINT_PATH'
     )
     return LoadedModel(config, params, None, path)
@@ -195,9 +195,7 @@ def load(
   setting = 'BASE_CHECKPOINT_PATH'
   if not base_path:
     setting += ' (default: the INITIAL_CHECKPOINT_PATH the run recorded)'
-  config, params = checkpoint_import.load_model(
-    base, run.network_config(), dtype, mesh, setting=setting
-  )
+  config, params = base_readers.load_model(base, run.network_config(), dtype, mesh, setting=setting)
   flat = partitioning.flatten(params)
   replicated = partitioning.replicated(mesh)
   for name, value in run.params.items():
@@ -209,7 +207,7 @@ def load(
 def _load_self_contained(run: TrainedRun, mesh) -> LoadedModel:
   """A run trained from scratch (TRAINABLE = everything) needs no base."""
   config = run.network_config().require_complete()
-  targets = checkpoint_import.model_targets(config, 'float32', mesh)
+  targets = base_readers.model_targets(config, 'float32', mesh)
   missing = sorted(set(targets) - set(run.params))
   if missing:
     raise UserError(
@@ -217,7 +215,7 @@ def _load_self_contained(run: TrainedRun, mesh) -> LoadedModel:
       f'{len(missing)} parameter(s), e.g. {missing[:2]}; pass the '
       'INITIAL_CHECKPOINT_PATH it was trained from (BASE_CHECKPOINT_PATH).'
     )
-  params = {k: checkpoint_import.place(run.params[k], t) for k, t in targets.items()}
+  params = {k: base_readers.place(run.params[k], t) for k, t in targets.items()}
   return LoadedModel(config, partitioning.unflatten(params), run, run.model_dir)
 
 

@@ -16,7 +16,7 @@ MOVED = {
   'adapters': 't5pt.model.adapters',
   'backend_check': 't5pt.runtime.backend_check',
   'batch_inference': 't5pt.serving.batch_inference',
-  'checkpoint_import': 't5pt.checkpoints.checkpoint_import',
+  'checkpoint_import': 't5pt.checkpoints.base_readers',
   'checks': 't5pt.runtime.checks',
   'data': 't5pt.runtime.data',
   'data_report': 't5pt.training.data_report',

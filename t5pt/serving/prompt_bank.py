@@ -19,7 +19,7 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 import jax
 import numpy as np
 
-from t5pt.checkpoints import checkpoint_import
+from t5pt.checkpoints import base_readers
 from t5pt.checkpoints import trained_model
 from t5pt.model import models
 from t5pt.model import network
@@ -182,12 +182,12 @@ class PromptBank:
     self.base_path = common_base(self.members, base_checkpoint_path, macro)
     setting = 'BASE_CHECKPOINT_PATH' if base_checkpoint_path else f'the base {macro} records'
     trained = next((c for c in map(_base_network, self.members) if c), network.T5Config())
-    checkpoint = checkpoint_import.open_checkpoint(self.base_path, setting)
+    checkpoint = base_readers.open_checkpoint(self.base_path, setting)
     base_config = checkpoint.reconcile(trained).require_complete()
     _check_networks(self.members, base_config, macro)
     before_load()
     # Everything is checked: only now is the (large) base read, once.
-    base_config, self.params = checkpoint_import.load_model(
+    base_config, self.params = base_readers.load_model(
       self.base_path, base_config, dtype, self.mesh, setting=setting
     )
     stacked, mask = inference.stack_prompts([m.prompt for m in self.members])
