@@ -392,7 +392,7 @@ def test_bad_arguments(tmp_path):
 
 
 def test_from_a_jsonl_file_to_a_trained_prompt_and_decoded_outputs(tmp_path, base_checkpoint):
-  """The README's "Adding your own task" walk-through, on the tiny synthetic base."""
+  """The "Adding your own task" walk-through of docs/tasks.md, on the tiny synthetic base."""
   letters = 'abcdefgh'
   records = [
     {'text': ''.join(letters[(i * 7 + j * 3) % 8] for j in range(3 + i % 4))} for i in range(200)

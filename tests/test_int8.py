@@ -17,8 +17,8 @@ from t5pt.runtime.errors import UserError
 from tests.conftest import train_in_process
 from tests.test_training import _batch
 
-# Documented tolerance (README): on the tiny base, int8 logits stay within 2% of the float
-# logits' range and greedy decodes agree on nearly every example.
+# Documented tolerance (docs/training.md): on the tiny base, int8 logits stay within 2% of the
+# float logits' range and greedy decodes agree on nearly every example.
 LOGIT_TOLERANCE = 0.02
 
 

@@ -1,7 +1,7 @@
-"""A new user's first contact, through the README's commands only: their own module in their
-own working directory (outside the repository) registers a TSV whose 0/1 labels are mapped
-to words and an Alpaca JSON with an extra key; they train a few steps on both, decode a
-file with nothing but CHECKPOINT_PATH, evaluate and export."""
+"""A new user's first contact, through the commands of README.md and docs/tasks.md only: their
+own module in their own working directory (outside the repository) registers a TSV whose 0/1
+labels are mapped to words and an Alpaca JSON with an extra key; they train a few steps on
+both, decode a file with nothing but CHECKPOINT_PATH, evaluate and export."""
 
 import glob
 import hashlib

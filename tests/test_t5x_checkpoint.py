@@ -68,7 +68,8 @@ def test_fixture_runs_a_forward_pass_on_t5_vocabulary_tokens():
   vocabulary = vocabularies.sentencepiece(os.path.join(FIXTURE, 't5_vocab'))
   assert vocabulary.encode('hello world') == [21820, 296]
   assert vocabulary.vocab_size == 32100
-  # The checkpoint cannot tell the relative-attention max distance; the README says 8.
+  # The checkpoint cannot tell the relative-attention max distance; ../shared/interop/README.md
+  # says 8.
   config, params = base_readers.load_model(
     LEGACY, network.T5Config(relative_attention_max_distance=8)
   )

@@ -3,9 +3,9 @@
 t5pt reads what it wrote.
 
 Opt-in: t5x is not in the package registries. Set T5X_PYTHON to a Python where
-`import t5x` works (README, "Running under t5x", shows how to build one); without it
-these tests skip and say so. Each t5x command runs on the CPU in a subprocess, from the
-repository root, with the checkout first on PYTHONPATH.
+`import t5x` works (docs/t5x.md, "Installing t5x beside t5pt's pins", shows how to build
+one); without it these tests skip and say so. Each t5x command runs on the CPU in a
+subprocess, from the repository root, with the checkout first on PYTHONPATH.
 """
 
 import glob
@@ -26,8 +26,8 @@ pytestmark = [
   pytest.mark.skipif(
     not T5X_PYTHON,
     reason='real t5x not available: set T5X_PYTHON to a Python where `import t5x` works, '
-    'built as README "Installing t5x beside t5pt\'s pins" shows, to run the shared gin '
-    'files under t5x',
+    'built as docs/t5x.md "Installing t5x beside t5pt\'s pins" shows, to run the shared '
+    'gin files under t5x',
   ),
 ]
 # Normalised: tensorstore (t5x's reader) refuses paths with '..' in them.
