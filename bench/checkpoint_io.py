@@ -9,7 +9,7 @@ Usage (from the repository root, inside the test environment, which has the peer
    trained "on" it (random values; only the files matter here).
 2. In a fresh subprocess each, measures peak RSS (VmHWM) minus the RSS right after the
    imports for:
-     t5pt-import-f32   base_readers.load_model(folder), float32 parameters
+     t5pt-import-f32   opening.load_model(folder), float32 parameters
      t5pt-import-bf16  the same, cast to bfloat16 while loading
      t5pt-export       exporting.export_hf(run, ...): base + run merged into an HF folder
      hf-load           transformers' T5ForConditionalGeneration.from_pretrained (the peer),
@@ -92,22 +92,21 @@ def run_worker(name: str, workdir: Path, shard_mib: int) -> dict:
   sys.path.insert(0, str(ROOT))
   if name.startswith('t5pt'):
     import jax  # pylint: disable=import-outside-toplevel
-    from t5pt.checkpoints import base_readers  # pylint: disable=import-outside-toplevel
-    from t5pt.checkpoints import exporting
-    from t5pt.checkpoints import trained_model
+    from t5pt.checkpoints import exporting  # pylint: disable=import-outside-toplevel
+    from t5pt.checkpoints import opening
   else:
     import transformers  # pylint: disable=import-outside-toplevel
   base_mib = rss_mib()
   start = time.perf_counter()
   if name.startswith('t5pt-import'):
-    _, params = base_readers.load_model(
+    _, params = opening.load_model(
       str(workdir / 'hf'), dtype='bfloat16' if name.endswith('bf16') else 'float32'
     )
     jax.block_until_ready(params)
   elif name == 't5pt-export':
     out = workdir / 'exported'
     shutil.rmtree(out, ignore_errors=True)
-    run = trained_model.TrainedRun(str(workdir / 'run'))
+    run = opening.open_run(str(workdir / 'run'))
     exporting.export_hf(run, str(out), run.base_path(None), max_shard_bytes=shard_mib << 20)
   else:
     model = transformers.T5ForConditionalGeneration.from_pretrained(workdir / 'hf')

@@ -91,12 +91,12 @@ def run_jax(name: str, folder: Path, args) -> dict:
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
   sys.path.insert(0, str(ROOT))
-  from t5pt.checkpoints import base_readers  # pylint: disable=import-outside-toplevel
+  from t5pt.checkpoints import opening  # pylint: disable=import-outside-toplevel
   from t5pt.model import models
   from t5pt.model import network
   from t5pt.serving import inference
 
-  config, params = base_readers.load_model(str(folder), network.T5Config(dtype=args.dtype))
+  config, params = opening.load_model(str(folder), network.T5Config(dtype=args.dtype))
   beam = 'beam' in name
   decode = inference.DecodeConfig(
     method='beam' if beam else 'greedy',

@@ -48,9 +48,9 @@ import numpy as np  # noqa: E402
 from t5pt.serving import batch_inference  # noqa: E402
 from t5pt.serving import evaluation  # noqa: E402
 from t5pt.checkpoints import exporting  # noqa: E402
+from t5pt.checkpoints import opening  # noqa: E402
 from t5pt.runtime import gin_utils  # noqa: E402
 from t5pt.serving import inference  # noqa: E402
-from t5pt.checkpoints import trained_model  # noqa: E402
 from t5pt.training import trainer  # noqa: E402
 from tasks import synthetic  # noqa: E402
 
@@ -59,7 +59,7 @@ ENSEMBLE_SEEDS = (1, 2, 3)
 
 
 def train(gin_file: str, model_dir: Path, **macros) -> str:
-  if trained_model.is_run(str(model_dir)):
+  if opening.is_run(str(model_dir)):
     return str(model_dir)
   gin.clear_config()
   gin_utils.parse(
@@ -175,14 +175,14 @@ def peft_worker(spec: dict) -> None:
 def export_for_peft(work: Path, prompts: dict) -> tuple[str, dict]:
   """The base as an HF folder and each prompt as a PEFT adapter (made once)."""
   hf_dir = work / 'peft' / 'hf'
-  first = trained_model.TrainedRun(next(iter(prompts.values())))
+  first = opening.open_run(next(iter(prompts.values())))
   if not hf_dir.exists():
     exporting.export_hf(first, str(hf_dir), first.base_path(), 2 << 30)
   adapters = {}
   for name, run in prompts.items():
     adapters[name] = str(work / 'peft' / name)
     if not Path(adapters[name]).exists():
-      exporting.export_peft_prompt(trained_model.TrainedRun(run), adapters[name], str(hf_dir))
+      exporting.export_peft_prompt(opening.open_run(run), adapters[name], str(hf_dir))
   return str(hf_dir), adapters
 
 

@@ -8,7 +8,7 @@ Usage (from the repository root, in the test environment, which has the peer):
 1. A tiny T5 1.1 base (gin/models/t5_1_1_tiny.gin's sizes, t5pt's random init) is written
    as a t5pt run checkpoint and exported with t5pt's own exporter (`exporting.export_hf`) to an
    HF folder. Both frameworks load the base from that folder: t5pt with
-   `base_readers.load_model`, transformers with `from_pretrained` (float32). Their
+   `opening.load_model`, transformers with `from_pretrained` (float32). Their
    teacher-forced losses on the first batch must agree before anything trains.
 2. Each method starts from the same values on both sides: t5pt's LoRA factors (lora_a
    [in, r] from t5pt's init, lora_b [r, out] drawn small and nonzero so that step 0
@@ -70,17 +70,16 @@ transformers.logging.set_verbosity_error()  # Its lm_head tying warning: see loa
 transformers.logging.disable_progress_bar()
 
 from t5pt.model import adapters  # noqa: E402
-from t5pt.checkpoints import base_readers  # noqa: E402
 from t5pt.checkpoints import run_checkpoints  # noqa: E402
 from t5pt.checkpoints import exporting  # noqa: E402
 from t5pt.checkpoints import hf_format  # noqa: E402
+from t5pt.checkpoints import opening  # noqa: E402
 from t5pt.model import models  # noqa: E402
 from t5pt.model import network  # noqa: E402
 from t5pt.training import optimizers  # noqa: E402
 from t5pt.runtime import partitioning  # noqa: E402
 from t5pt.model import prompts  # noqa: E402
 from t5pt.model import steps as t5pt_steps  # noqa: E402
-from t5pt.checkpoints import trained_model  # noqa: E402
 
 TINY = dict(  # gin/models/t5_1_1_tiny.gin
   vocab_size=272,
@@ -180,7 +179,7 @@ def export_random_base(workdir: Path) -> str:
   saver.save(params, None, run_checkpoints.RunMeta(step=1, trainable=('.*',), network_config=cfg))
   saver.wait_until_finished()
   saver.close()
-  exporting.export_hf(trained_model.TrainedRun(run_dir), hf_dir, run_dir, max_shard_bytes=1 << 30)
+  exporting.export_hf(opening.open_run(run_dir), hf_dir, run_dir, max_shard_bytes=1 << 30)
   return hf_dir
 
 
@@ -197,7 +196,7 @@ def load_hf(hf_dir: str):
 
 def load_frozen(hf_dir: str, cfg: network.T5Config) -> dict:
   """t5pt's frozen base, read from the HF folder as a run reads INITIAL_CHECKPOINT_PATH."""
-  _, params = base_readers.load_model(hf_dir, cfg)
+  _, params = opening.load_model(hf_dir, cfg)
   return params
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from absl import flags
 
 import gin
-from t5pt.checkpoints import trained_model
+from t5pt.checkpoints import opening
 from t5pt.model import models
 from t5pt.runtime import fs
 from t5pt.runtime import gin_utils
@@ -57,7 +57,7 @@ def _accuracy_line(name: str, metrics: dict, decoded: dict) -> str:
 
 def _show_predictions(prompt_dir: str, count: int) -> None:
   """Greedy-decodes the first held-out validation examples with the trained prompt."""
-  loaded = trained_model.load(prompt_dir)
+  loaded = opening.load(prompt_dir)
   lengths = loaded.run.meta.task_feature_lengths
   input_length = lengths['inputs'] - loaded.config.prompt_length
   source = batch_inference.task_source(HELDOUT_TASK, 'validation', input_length)

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from t5pt.checkpoints import base_readers
+from t5pt.checkpoints import opening
 from tests.conftest import REPO, run_module
 
 pytestmark = pytest.mark.slow
@@ -29,7 +29,7 @@ def _args(model_dir, base, *extra):
 
 
 def _prompt(model_dir, step):
-  return base_readers.read_params_as_numpy(os.path.join(model_dir, f'checkpoint_{step}'))[
+  return opening.open_base(os.path.join(model_dir, f'checkpoint_{step}')).read_all()[
     'encoder/prompt/prompt'
   ]
 
@@ -80,8 +80,8 @@ def test_2x4_mesh_on_8_devices_matches_one_device(tmp_path, base_checkpoint, met
     np.testing.assert_allclose(eight[step], one[step], rtol=1e-5)
   # Sharded reductions sum in another order; Adafactor's normalised lr-0.3 updates carry
   # those float32 rounding differences into the prompt at the 1e-5 level.
-  trained_one = base_readers.read_params_as_numpy(str(tmp_path / 'one' / 'checkpoint_4'))
-  trained_eight = base_readers.read_params_as_numpy(str(tmp_path / 'eight' / 'checkpoint_4'))
+  trained_one = opening.open_base(str(tmp_path / 'one' / 'checkpoint_4')).read_all()
+  trained_eight = opening.open_base(str(tmp_path / 'eight' / 'checkpoint_4')).read_all()
   assert sorted(trained_one) == sorted(trained_eight)
   for name, value in trained_one.items():
     np.testing.assert_allclose(trained_eight[name], value, atol=1e-4, err_msg=name)

@@ -9,9 +9,8 @@ import pytest
 import torch
 import transformers
 
-from t5pt.checkpoints import base_readers
 from t5pt.checkpoints import exporting
-from t5pt.checkpoints import trained_model
+from t5pt.checkpoints import opening
 from t5pt.model import network
 from t5pt.runtime import fs
 from t5pt.runtime import partitioning
@@ -67,9 +66,9 @@ def trained_run(hf_base, gin_file, tmp_path_factory) -> str:
 
 
 def _t5pt_logits_of_run(model_dir, base_dir, inputs, decoder_inputs, targets):
-  run_params = base_readers.read_params_as_numpy(model_dir)
+  run_params = opening.open_base(model_dir).read_all()
   prompt_length = run_params[network.PROMPT_PATH].shape[0]
-  config, params = base_readers.load_model(base_dir, network.T5Config(prompt_length=prompt_length))
+  config, params = opening.load_model(base_dir, network.T5Config(prompt_length=prompt_length))
   params = partitioning.unflatten({**partitioning.flatten(params), **run_params})
   return hf_models.t5pt_logits(config, params, inputs, decoder_inputs, targets), run_params
 
@@ -209,7 +208,7 @@ def test_every_output_is_checked_before_anything_is_written(tmp_path):
 
 
 def test_overwrite_replaces_only_what_t5pt_wrote(trained_run, hf_base, tmp_path):
-  run = trained_model.open_run(trained_run)
+  run = opening.open_run(trained_run)
   peft_dir, hf_dir, npy = str(tmp_path / 'peft'), str(tmp_path / 'hf'), str(tmp_path / 'p.npy')
   exporting.export_prompt(np.zeros((4, 16)), npy)
   exporting.export_peft_prompt(run, peft_dir, 'base')

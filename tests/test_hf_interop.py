@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from t5pt.checkpoints import base_readers
+from t5pt.checkpoints import opening
 from t5pt.model import models
 from t5pt.model import network
 from t5pt.runtime.errors import UserError
@@ -29,7 +29,7 @@ def hf_pair(request, tmp_path_factory):
 
 def test_teacher_forced_logits_match_transformers(hf_pair):
   kind, model, folder = hf_pair
-  config, params = base_readers.load_model(folder)
+  config, params = opening.load_model(folder)
   assert config.logits_via_embedding == (kind == 't5_1_0_relu_tied')
   inputs, decoder_inputs, targets = hf_models.token_batch()
   ours = hf_models.t5pt_logits(config, params, inputs, decoder_inputs, targets)
@@ -41,7 +41,7 @@ def test_teacher_forced_logits_match_transformers(hf_pair):
 @pytest.mark.parametrize('method', ['greedy', 'beam'])
 def test_decodes_match_transformers_generate(hf_pair, method):
   _, model, folder = hf_pair
-  config, params = base_readers.load_model(folder)
+  config, params = opening.load_model(folder)
   inputs, _, _ = hf_models.token_batch(seed=1)
   steps, beams = 8, (4 if method == 'beam' else 1)
   decode = inference.DecodeConfig(method=method, num_decodes=beams, alpha=0.0)
@@ -65,7 +65,7 @@ def test_decodes_match_transformers_generate(hf_pair, method):
 
 def test_config_is_read_from_config_json(hf_pair):
   kind, model, folder = hf_pair
-  facts, _ = base_readers.open_checkpoint(folder).architecture()
+  facts, _ = opening.open_base(folder).architecture()
   hf = model.config
   assert facts['emb_dim'] == hf.d_model and facts['head_dim'] == hf.d_kv
   assert facts['num_encoder_layers'] == hf.num_layers
@@ -98,9 +98,9 @@ def test_sharded_safetensors_and_pytorch_bin_load_the_same_values(tmp_path):
   for folder in ('bin', 'bin_sharded'):
     with open(tmp_path / folder / 'config.json', 'w') as f:
       json.dump(config, f)
-  reference = base_readers.read_params_as_numpy(str(tmp_path / 'single'))
+  reference = opening.open_base(str(tmp_path / 'single')).read_all()
   for other in ('sharded', 'bin', 'bin_sharded'):
-    values = base_readers.read_params_as_numpy(str(tmp_path / other))
+    values = opening.open_base(str(tmp_path / other)).read_all()
     assert sorted(values) == sorted(reference)
     for name, value in reference.items():
       np.testing.assert_array_equal(values[name], value, err_msg=f'{other}: {name}')
@@ -109,7 +109,7 @@ def test_sharded_safetensors_and_pytorch_bin_load_the_same_values(tmp_path):
 def test_bfloat16_safetensors_are_read_exactly(tmp_path):
   model = hf_models.make_hf_t5('flan_t5_gated_untied').to(torch.bfloat16)
   model.save_pretrained(tmp_path)
-  values = base_readers.read_params_as_numpy(str(tmp_path))
+  values = opening.open_base(str(tmp_path)).read_all()
   embedding = values[network.EMBEDDING_PATH]
   assert str(embedding.dtype) == 'bfloat16'
   np.testing.assert_array_equal(
@@ -124,7 +124,7 @@ def test_bfloat16_safetensors_are_read_exactly(tmp_path):
 def test_gin_sizes_that_disagree_with_config_json_are_an_error(tmp_path):
   hf_models.make_hf_t5('flan_t5_gated_untied').save_pretrained(tmp_path)
   with pytest.raises(UserError) as error:
-    base_readers.load_model(str(tmp_path), network.T5Config(emb_dim=32, num_heads=4))
+    opening.load_model(str(tmp_path), network.T5Config(emb_dim=32, num_heads=4))
   assert 'network.T5Config.emb_dim = 32 in gin, but 16 in the checkpoint' in str(error.value)
   assert 'num_heads' not in str(error.value)  # It agrees, so it is not reported.
 
@@ -135,11 +135,11 @@ def test_unsupported_hf_configs_are_named(tmp_path):
   config = json.loads(config_file.read_text())
   config_file.write_text(json.dumps({**config, 'feed_forward_proj': 'gated-gelu_accurate'}))
   with pytest.raises(UserError, match='feed_forward_proj'):
-    base_readers.open_checkpoint(str(tmp_path))
+    opening.open_base(str(tmp_path))
   config_file.write_text(json.dumps({**config, 'model_type': 'bart'}))
   with pytest.raises(UserError, match="'bart' model"):
-    base_readers.open_checkpoint(str(tmp_path))
+    opening.open_base(str(tmp_path))
   config_file.write_text(json.dumps(config))
   os.remove(tmp_path / 'model.safetensors')
   with pytest.raises(UserError, match='no weights'):
-    base_readers.open_checkpoint(str(tmp_path))
+    opening.open_base(str(tmp_path))

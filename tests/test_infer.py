@@ -10,7 +10,7 @@ import seqio
 
 import gin
 from t5pt.checkpoints import base_readers
-from t5pt.checkpoints import trained_model
+from t5pt.checkpoints import opening
 from t5pt.model import models
 from t5pt.runtime import data
 from t5pt.runtime import gin_utils
@@ -61,7 +61,7 @@ def test_task_split_is_decoded_in_order(reference_output, prompt_run):
   assert all(l['score'] <= 0 for l in lines)
 
   # The file says what decoding the loaded model directly says.
-  model = trained_model.load(prompt_run)
+  model = opening.load(prompt_run)
   vocabulary = seqio.ByteVocabulary()
   tokens = np.zeros((4, 16), np.int32)
   for i, text in enumerate(expected[:4]):
@@ -178,8 +178,8 @@ def test_inputs_are_checked_before_the_base_loads(prompt_run, tmp_path, monkeypa
   def loaded(*args, **kwargs):
     raise AssertionError('the base was loaded before the inputs were checked')
 
-  monkeypatch.setattr(base_readers, 'load_model', loaded)
-  monkeypatch.setattr(trained_model, 'load', loaded)
+  monkeypatch.setattr(base_readers.BaseCheckpoint, 'load_model', loaded)
+  monkeypatch.setattr(opening, 'load', loaded)
   out = tmp_path / 'out'
 
   def refused(fragments, **macros):
@@ -219,7 +219,7 @@ def test_checkpoint_path_is_required(tmp_path):
 
 
 def test_rank_classification_picks_the_right_label(base_checkpoint):
-  model = trained_model.load(base_checkpoint)
+  model = opening.load(base_checkpoint)
   ds = seqio.get_mixture_or_task('synthetic_max').get_dataset(
     {'inputs': 24, 'targets': 4}, split='validation', shuffle=False
   )

@@ -6,8 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t5pt.checkpoints import base_readers
-from t5pt.checkpoints import trained_model
+from t5pt.checkpoints import opening
 from t5pt.model import adapters
 from t5pt.model import models
 from t5pt.model import network
@@ -38,8 +37,8 @@ def _logits(config, params, batch):
 
 
 def test_int8_base_tracks_the_float_base(base_checkpoint):
-  float_config, float_params = base_readers.load_model(base_checkpoint)
-  int8_config, int8_params = base_readers.load_model(
+  float_config, float_params = opening.load_model(base_checkpoint)
+  int8_config, int8_params = opening.load_model(
     base_checkpoint, network.T5Config(int8_kernels=True), dtype='bfloat16'
   )
   flat = partitioning.flatten(int8_params)
@@ -79,7 +78,7 @@ def test_prompt_trains_on_an_int8_base_and_the_run_reloads_int8(base_checkpoint,
     EVAL_PERIOD=20,
   )
   assert summary['eval']['loss'] < summary['eval_at_start']['loss']
-  loaded = trained_model.load(model_dir)
+  loaded = opening.load(model_dir)
   assert loaded.config.int8_kernels
   flat = partitioning.flatten(loaded.params)
   assert flat['encoder/layers_0/attention/query/kernel'].dtype == jnp.int8

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import gin
-from t5pt.checkpoints import trained_model
+from t5pt.checkpoints import opening
 from t5pt.model import models
 from t5pt.runtime import gin_utils
 from t5pt.runtime.errors import UserError
@@ -54,7 +54,7 @@ def min_run(base_checkpoint, tmp_path_factory) -> str:
 def npy_prompt(prompt_run, tmp_path_factory) -> str:
   """The max run's prompt as a bare .npy array."""
   path = str(tmp_path_factory.mktemp('npy') / 'max.npy')
-  np.save(path, trained_model.TrainedRun(prompt_run).prompt)
+  np.save(path, opening.open_run(prompt_run).prompt)
   return path
 
 
@@ -195,7 +195,7 @@ def test_ensemble_votes_and_ranks_like_its_members(prompt_run, min_run, tmp_path
   # The option with the highest log-likelihood summed over the three members.
   per_member = []
   for run in members.values():
-    loaded = trained_model.load(run)
+    loaded = opening.load(run)
     _, scores = inference.rank_classify(
       models.EncoderDecoderModel(loaded.config),
       loaded.params,

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from t5pt.checkpoints import base_readers
+from t5pt.checkpoints import opening
 from t5pt.runtime import logs
 from tests.conftest import REPO, run_module
 from tests.gcs_emulator import free_port
@@ -129,7 +129,7 @@ def test_two_hosts_preempted_and_resumed_train_like_one(tmp_path, base_checkpoin
   assert single.returncode == 0, single.stderr[-3000:]
 
   def prompt(run):
-    flat = base_readers.read_params_as_numpy(str(run / f'checkpoint_{finish}'))
+    flat = opening.open_base(str(run / f'checkpoint_{finish}')).read_all()
     return flat['encoder/prompt/prompt']
 
   lines = {run: _metrics(run) for run in (one, two)}

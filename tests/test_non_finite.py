@@ -13,8 +13,8 @@ import seqio
 import tensorflow as tf
 
 from t5pt.checkpoints import base_readers
+from t5pt.checkpoints import opening
 from t5pt.checkpoints import peft_importing
-from t5pt.checkpoints import trained_model
 from t5pt.model import prompts
 from t5pt.runtime import errors
 from t5pt.runtime import fs
@@ -98,8 +98,8 @@ def test_a_nan_prompt_in_prompts_or_ensemble_stops_infer_before_the_base_loads(
   def loaded(*args, **kwargs):
     raise AssertionError('the base was loaded before the inputs were checked')
 
-  monkeypatch.setattr(base_readers, 'load_model', loaded)
-  monkeypatch.setattr(trained_model, 'load', loaded)
+  monkeypatch.setattr(base_readers.BaseCheckpoint, 'load_model', loaded)
+  monkeypatch.setattr(opening, 'load', loaded)
   (tmp_path / 'in.jsonl').write_text('{"inputs": "cab", "prompt": "max"}\n')
   (tmp_path / 'in.txt').write_text('cab\n')
   for macro, entries, source in (

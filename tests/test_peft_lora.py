@@ -14,8 +14,8 @@ import transformers
 from safetensors.numpy import load_file, save_file
 
 from t5pt.checkpoints import exporting
+from t5pt.checkpoints import opening
 from t5pt.checkpoints import peft_importing
-from t5pt.checkpoints import trained_model
 from t5pt.model import adapters
 from t5pt.model import network
 from t5pt.runtime.errors import UserError
@@ -99,7 +99,7 @@ def lora_exports(lora_run, tmp_path_factory) -> str:
 
 def _t5pt_logits(path: str) -> np.ndarray:
   """Logits of a t5pt run (or base checkpoint) on hf_models.token_batch."""
-  loaded = trained_model.load(path)
+  loaded = opening.load(path)
   return hf_models.t5pt_logits(
     loaded.config, loaded.params, *hf_models.token_batch(vocab_size=VOCAB)
   )
@@ -142,7 +142,7 @@ def test_lora_run_exports_a_peft_adapter_with_t5pt_logits(lora_run, lora_exports
   assert len(config['target_modules']) == 12  # q and v of 2 + 2x2 attentions.
   assert 'decoder.block.1.layer.1.EncDecAttention.v' in config['target_modules']
   weights = load_file(os.path.join(peft_dir, 'adapter_model.safetensors'))
-  run = trained_model.TrainedRun(lora_run)
+  run = opening.open_run(lora_run)
   np.testing.assert_array_equal(
     weights['base_model.model.encoder.block.0.layer.0.SelfAttention.q.lora_A.weight'],
     run.params['encoder/layers_0/attention/query/lora_a'].T,
@@ -169,7 +169,7 @@ def test_hf_export_of_a_lora_run_has_the_lora_merged(lora_run, lora_exports, hf_
 # scale_decoder_outputs=false), so PEFT takes the LoRA on lm_head for one on a tied layer.
 @pytest.mark.filterwarnings('ignore:Model has `tie_word_embeddings=True`')
 def test_per_module_rank_and_alpha_and_the_prompt_round_trip(prompt_lora_run, hf_base, tmp_path):
-  run = trained_model.TrainedRun(prompt_lora_run)
+  run = opening.open_run(prompt_lora_run)
   exporting.export_peft_lora(run, str(tmp_path / 'peft'), hf_base[0])
   assert sorted(os.listdir(tmp_path / 'peft')) == [
     'adapter_config.json',
@@ -196,7 +196,7 @@ def test_per_module_rank_and_alpha_and_the_prompt_round_trip(prompt_lora_run, hf
   _assert_differ(ours, _hf_logits(hf_base[1], prompt))
 
   peft_importing.import_adapter(str(tmp_path / 'peft'), hf_base[0], str(tmp_path / 'back'))
-  back = trained_model.TrainedRun(str(tmp_path / 'back'))
+  back = opening.open_run(str(tmp_path / 'back'))
   lora = {k: v for k, v in run.params.items() if adapters.is_adapter(k)}
   assert sorted(back.params) == sorted(lora)
   for name, value in lora.items():
@@ -222,7 +222,7 @@ def test_imported_adapter_gives_the_original_runs_logits(lora_run, lora_exports,
   )
   assert result.returncode == 0, result.stderr
   assert sorted(os.listdir(tmp_path)) == ['imported']  # No partial leftovers.
-  imported = trained_model.TrainedRun(str(tmp_path / 'imported'))
+  imported = opening.open_run(str(tmp_path / 'imported'))
   assert imported.step == 0
   assert imported.meta.initial_checkpoint_path == os.path.abspath(hf_base[0])
   assert imported.meta.imported_from == os.path.abspath(f'{lora_exports}/peft')
@@ -319,7 +319,7 @@ def test_ia3_run_exports_merged_but_not_as_peft(ia3_run, hf_base, tmp_path):
   assert 'IA3' in result.stderr and 'Use --hf_dir' in result.stderr
   assert os.listdir(tmp_path) == []  # Refused before writing anything.
 
-  run = trained_model.TrainedRun(ia3_run)
+  run = opening.open_run(ia3_run)
   exporting.export_hf(run, str(tmp_path / 'hf'), hf_base[0], max_shard_bytes=1 << 30)
   merged = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path / 'hf').eval()
   ours = _t5pt_logits(ia3_run)
@@ -328,7 +328,7 @@ def test_ia3_run_exports_merged_but_not_as_peft(ia3_run, hf_base, tmp_path):
 
 
 def test_deep_prompt_runs_are_not_exported_to_hf_or_peft(hf_base, tmp_path_factory, tmp_path):
-  run = trained_model.TrainedRun(
+  run = opening.open_run(
     _train(
       tmp_path_factory, hf_base[0], 'prefix_run', 'methods/deep_prompt.gin', ['PREFIX_LENGTH = 2']
     )

@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 
+from t5pt.checkpoints import opening
 from t5pt.checkpoints import run_checkpoints
-from t5pt.checkpoints import trained_model
 from t5pt.model import network
 from t5pt.runtime.errors import UserError
 from tests.conftest import REPO, train_in_process
@@ -22,7 +22,7 @@ def v0_run(tmp_path) -> str:
 
 
 def test_a_run_written_before_the_record_still_opens(v0_run):
-  run = trained_model.TrainedRun(v0_run)
+  run = opening.open_run(v0_run)
   assert run.step == 2
   assert run.meta.version == run_checkpoints.RUN_META_VERSION
   assert run.meta.trainable == (network.PROMPT_PATH,)
@@ -45,7 +45,7 @@ def test_a_run_written_before_the_record_resumes_and_is_rewritten_typed(v0_run):
   assert summary['start_step'] == 2
   meta = run_checkpoints.read_meta(v0_run, 4)
   assert meta.batches_consumed == 4
-  assert meta.network_config == trained_model.TrainedRun(v0_run, 2).network_config()
+  assert meta.network_config == opening.open_run(v0_run, 2).network_config()
 
 
 def test_record_round_trips_through_json():

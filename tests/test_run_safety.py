@@ -9,9 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t5pt.checkpoints import base_readers
+from t5pt.checkpoints import opening
 from t5pt.checkpoints import run_checkpoints
-from t5pt.checkpoints import trained_model
 from t5pt.model import steps
 from t5pt.runtime import errors
 from t5pt.runtime.errors import UserError
@@ -49,7 +48,7 @@ def test_a_nan_stops_the_run_and_keeps_the_last_finite_checkpoint(
   with pytest.raises(errors.TrainingStopped, match=r'NaN or Inf by step 4 .*checkpoint_2, holds'):
     _train(str(model_dir), INITIAL_CHECKPOINT_PATH=base_checkpoint, TRAIN_STEPS=10, **SHORT)
   assert run_checkpoints.latest_step(str(model_dir)) == 2
-  prompt = base_readers.read_params_as_numpy(str(model_dir))['encoder/prompt/prompt']
+  prompt = opening.open_base(str(model_dir)).read_all()['encoder/prompt/prompt']
   assert np.isfinite(prompt).all()
   lines = [json.loads(l) for l in (model_dir / 'metrics.jsonl').read_text().splitlines()]
   assert [l['loss'] is None for l in lines if l['split'] == 'train'] == [False, True]
@@ -83,14 +82,14 @@ def test_a_resumed_infer_keeps_the_checkpoint_it_began_with(prompt_run, tmp_path
   shutil.copytree(run / f'checkpoint_{newest}', run / f'checkpoint_{newest + 100}')
   assert run_checkpoints.latest_step(str(run)) == newest + 100
   loaded_steps = []
-  load = trained_model.load
+  load = opening.load
 
   def spy(*args, **kwargs):
     model = load(*args, **kwargs)
     loaded_steps.append(model.run.step)
     return model
 
-  monkeypatch.setattr(batch_inference.trained_model, 'load', spy)
+  monkeypatch.setattr(batch_inference.opening, 'load', spy)
   infer_in_process(tmp_path / 'out', CHECKPOINT_PATH=str(run), BATCH_SIZE=16)
   infer_in_process(tmp_path / 'fresh', CHECKPOINT_PATH=str(run), BATCH_SIZE=16)
   assert loaded_steps == [newest, newest + 100]
@@ -133,7 +132,7 @@ def test_a_damaged_newest_checkpoint_is_named_and_the_one_before_it_resumes(
   else:
     shutil.rmtree(newest / 'params')
   with pytest.raises(run_checkpoints.DamagedCheckpoint, match=f'{newest} is damaged'):
-    trained_model.TrainedRun(str(model_dir))  # What infer, eval and export read.
+    opening.open_run(str(model_dir))  # What infer, eval and export read.
   capsys.readouterr()
 
   summary = _train(str(model_dir), **dict(common, TRAIN_STEPS=6))

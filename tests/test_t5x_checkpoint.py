@@ -17,6 +17,7 @@ from flax import serialization
 
 import gin
 from t5pt.checkpoints import base_readers
+from t5pt.checkpoints import opening
 from t5pt.checkpoints import t5x_legacy
 from t5pt.checkpoints import trained_model
 from t5pt.model import adapters
@@ -38,7 +39,7 @@ needs_fixture = pytest.mark.skipif(
 
 @needs_fixture
 def test_fixture_embedding_matches_golden_file_bit_for_bit():
-  checkpoint = base_readers.open_checkpoint(LEGACY)
+  checkpoint = opening.open_base(LEGACY)
   assert isinstance(checkpoint, base_readers.T5XLegacyCheckpoint)
   embedding = checkpoint.read(network.EMBEDDING_PATH)
   golden = np.load(os.path.join(FIXTURE, 'tiny_embeddings_32128x4.npy'))
@@ -48,7 +49,7 @@ def test_fixture_embedding_matches_golden_file_bit_for_bit():
 
 @needs_fixture
 def test_fixture_architecture_is_inferred_from_shapes():
-  facts, defaults = base_readers.open_checkpoint(LEGACY).architecture()
+  facts, defaults = opening.open_base(LEGACY).architecture()
   assert facts == dict(
     vocab_size=32128,
     emb_dim=4,
@@ -70,9 +71,7 @@ def test_fixture_runs_a_forward_pass_on_t5_vocabulary_tokens():
   assert vocabulary.vocab_size == 32100
   # The checkpoint cannot tell the relative-attention max distance; ../shared/interop/README.md
   # says 8.
-  config, params = base_readers.load_model(
-    LEGACY, network.T5Config(relative_attention_max_distance=8)
-  )
+  config, params = opening.load_model(LEGACY, network.T5Config(relative_attention_max_distance=8))
   vocabularies.check_fits(vocabulary, config.vocab_size, 't5_vocab')
   inputs = np.array([vocabulary.encode('hello world') + [1]], np.int32)
   decoder_inputs = np.array([[0, 21820, 296]], np.int32)
@@ -151,16 +150,16 @@ def _write_legacy(directory, params: dict, absolute: bool, zarr_dtype: str) -> N
 def test_synthesised_bfloat16_legacy_checkpoint_round_trips(tmp_path, absolute):
   model = hf_models.make_hf_t5('flan_t5_gated_untied')
   model.save_pretrained(tmp_path / 'hf')
-  reference = base_readers.read_params_as_numpy(str(tmp_path / 'hf'))
+  reference = opening.open_base(str(tmp_path / 'hf')).read_all()
   as_bf16 = {k: v.astype(ml_dtypes.bfloat16) for k, v in reference.items()}
   _write_legacy(str(tmp_path / 'checkpoint_7'), as_bf16, absolute, zarr_dtype='bfloat16')
   # Moved after writing: relative kvstore paths must follow the checkpoint.
   os.rename(tmp_path / 'checkpoint_7', tmp_path / 'moved')
   if absolute:
     with pytest.raises(UserError, match='Cannot read'):
-      base_readers.read_params_as_numpy(str(tmp_path / 'moved'))
+      opening.open_base(str(tmp_path / 'moved')).read_all()
     return
-  loaded = base_readers.read_params_as_numpy(str(tmp_path / 'moved'))
+  loaded = opening.open_base(str(tmp_path / 'moved')).read_all()
   assert sorted(loaded) == sorted(reference)
   for name, value in as_bf16.items():
     assert loaded[name].dtype == ml_dtypes.bfloat16, name
@@ -183,7 +182,7 @@ def test_kvstore_paths_resolve_against_the_checkpoint_location():
 def test_corrupt_msgpack_is_a_clear_error(tmp_path):
   (tmp_path / 'checkpoint').write_bytes(b'\xc1 not msgpack')
   with pytest.raises(UserError, match='not a readable T5X msgpack checkpoint'):
-    base_readers.open_checkpoint(str(tmp_path))
+    opening.open_base(str(tmp_path))
 
 
 def test_t5x_layout_orbax_checkpoint_under_optimizer_target_loads(tmp_path):
@@ -191,7 +190,7 @@ def test_t5x_layout_orbax_checkpoint_under_optimizer_target_loads(tmp_path):
   prefix = 'optimizer/target'
   model = hf_models.make_hf_t5('t5_1_0_relu_tied')
   model.save_pretrained(tmp_path / 'hf')
-  reference = base_readers.read_params_as_numpy(str(tmp_path / 'hf'))
+  reference = opening.open_base(str(tmp_path / 'hf')).read_all()
   tree = {'state': {'step': np.int32(3)}}
   node = tree
   for part in prefix.split('/'):
@@ -203,7 +202,7 @@ def test_t5x_layout_orbax_checkpoint_under_optimizer_target_loads(tmp_path):
       leaf = leaf.setdefault(p, {})
     leaf[name] = value
   ocp.PyTreeCheckpointer().save(tmp_path / 'run' / 'checkpoint_3', tree)
-  config, params = base_readers.load_model(
+  config, params = opening.load_model(
     str(tmp_path / 'run'), network.T5Config(relative_attention_max_distance=20)
   )
   assert config.logits_via_embedding and config.mlp_activations == ('relu',)
@@ -255,7 +254,7 @@ def t5x_run(tmp_path_factory):
   root = tmp_path_factory.mktemp('t5x_run')
   model = hf_models.make_hf_t5('t5_1_0_relu_tied')
   model.save_pretrained(root / 'hf')
-  reference = base_readers.read_params_as_numpy(str(root / 'hf'))
+  reference = opening.open_base(str(root / 'hf')).read_all()
   model_dir = root / 'model_dir'
   _save_t5x_run(model_dir, {1: {k: v + 1 for k, v in reference.items()}, 2: reference})
   # What a save interrupted on local disk leaves: its temporary directory, never renamed.
@@ -268,7 +267,7 @@ def t5x_run(tmp_path_factory):
 @pytest.mark.parametrize('where', ['', 'checkpoint_2', 'checkpoint_2/state'])
 def test_t5x_orbax_run_loads_from_model_dir_step_or_item(t5x_run, where):
   model, _, model_dir = t5x_run
-  config, params = base_readers.load_model(
+  config, params = opening.load_model(
     str(model_dir / where), network.T5Config(relative_attention_max_distance=20)
   )
   assert config.logits_via_embedding and config.mlp_activations == ('relu',)
@@ -280,10 +279,10 @@ def test_t5x_orbax_run_loads_from_model_dir_step_or_item(t5x_run, where):
 
 def test_t5x_orbax_run_reads_the_newest_finished_step_and_no_optimizer_slot(t5x_run):
   _, reference, model_dir = t5x_run
-  checkpoint = base_readers.open_checkpoint(str(model_dir))
+  checkpoint = opening.open_base(str(model_dir))
   assert checkpoint.path == str(model_dir / 'checkpoint_2')
   assert checkpoint.shapes() == {k: v.shape for k, v in reference.items()}
-  for name, value in base_readers.read_params_as_numpy(str(model_dir)).items():
+  for name, value in opening.open_base(str(model_dir)).read_all().items():
     np.testing.assert_array_equal(value, reference[name])
 
 
@@ -291,12 +290,12 @@ def test_t5x_orbax_run_reads_the_newest_finished_step_and_no_optimizer_slot(t5x_
 def test_infer_and_eval_checkpoint_path_may_be_a_t5x_run(t5x_run, where):
   # What infer.sh / t5pt.eval do with CHECKPOINT_PATH: a bare base, no prompt.
   _, reference, model_dir = t5x_run
-  loaded = trained_model.load(str(model_dir / where))
+  loaded = opening.load(str(model_dir / where))
   assert loaded.run is None
   flat = partitioning.flatten(loaded.params)
   np.testing.assert_array_equal(flat[network.EMBEDDING_PATH], reference[network.EMBEDDING_PATH])
   with pytest.raises(UserError, match=r"^CHECKPOINT_PATH='.*missing' does not exist"):
-    trained_model.load(str(model_dir / 'missing'))
+    opening.load(str(model_dir / 'missing'))
 
 
 def test_object_store_step_without_commit_marker_is_skipped(gcs_dir):
@@ -306,19 +305,19 @@ def test_object_store_step_without_commit_marker_is_skipped(gcs_dir):
   marker = ocp.path.atomicity.COMMIT_SUCCESS_FILE
   assert (epath.Path(gcs_dir) / 'checkpoint_2' / marker).exists()
   (epath.Path(gcs_dir) / 'checkpoint_2' / marker).unlink()
-  assert base_readers.open_checkpoint(gcs_dir).path == f'{gcs_dir}/checkpoint_1'
+  assert opening.open_base(gcs_dir).path == f'{gcs_dir}/checkpoint_1'
   (epath.Path(gcs_dir) / 'checkpoint_1' / marker).unlink()
   with pytest.raises(UserError, match=r'^CHECKPOINT_PATH=.*none is a finished save'):
-    base_readers.open_checkpoint(gcs_dir, setting='CHECKPOINT_PATH')
+    opening.open_base(gcs_dir, setting='CHECKPOINT_PATH')
 
 
 def test_unrecognised_checkpoint_path_errors_name_the_setting(tmp_path):
   with pytest.raises(UserError, match=r'^CHECKPOINT_PATH=.* does not exist'):
-    base_readers.load_model(str(tmp_path / 'nowhere'), setting='CHECKPOINT_PATH')
+    opening.load_model(str(tmp_path / 'nowhere'), setting='CHECKPOINT_PATH')
   with pytest.raises(UserError, match=r'^CHECKPOINT_PATH=.* recognises: .*state/_METADATA'):
-    base_readers.load_model(str(tmp_path), setting='CHECKPOINT_PATH')
+    opening.load_model(str(tmp_path), setting='CHECKPOINT_PATH')
   with pytest.raises(UserError, match=r'^INITIAL_CHECKPOINT_PATH=.* recognises'):
-    base_readers.open_checkpoint(str(tmp_path))
+    opening.open_base(str(tmp_path))
 
 
 def test_a_t5x_checkpoint_with_tuned_leaves_is_a_run(tmp_path):
@@ -335,7 +334,7 @@ def test_a_t5x_checkpoint_with_tuned_leaves_is_a_run(tmp_path):
     gin.clear_config()
     gin.parse_config(sizes_only + list(bindings))
     try:
-      return trained_model.load(str(tmp_path / 'model'))
+      return opening.load(str(tmp_path / 'model'))
     finally:
       gin.clear_config()
 

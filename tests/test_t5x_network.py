@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from t5pt.checkpoints import base_readers
+from t5pt.checkpoints import opening
 from t5pt.model import adapters
 from t5pt.model import network
 from t5pt.model import prompts
@@ -190,7 +190,7 @@ def test_prompt_init_from_a_file_a_t5pt_run_exported(tmp_path):
 
 
 def test_prompt_init_samples_the_base_checkpoints_embedding(base_checkpoint):
-  base = base_readers.open_checkpoint(base_checkpoint)
+  base = opening.open_base(base_checkpoint)
   cfg = base.reconcile(network.T5Config(prompt_length=4))
   module = t5x_network.Transformer(
     cfg, prompt_init=prompts.sampled_vocab, embedding_checkpoint=base_checkpoint

@@ -16,7 +16,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from t5pt.checkpoints import base_readers
+from t5pt.checkpoints import opening
 from t5pt.model import network
 from tests.conftest import REPO, run_module
 
@@ -120,7 +120,7 @@ def _task_macros(**more):
 
 
 def _params(path):
-  return base_readers.read_params_as_numpy(path)
+  return opening.open_base(path).read_all()
 
 
 def _changed(before, after):

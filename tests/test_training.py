@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from t5pt.checkpoints import base_readers
+from t5pt.checkpoints import opening
 from t5pt.model import models
 from t5pt.model import network
 from t5pt.model import steps
@@ -101,7 +101,7 @@ def test_prompt_run_writes_only_trainable_state_and_metrics(base_checkpoint, tmp
   )
   assert list(partitioning.flatten(stored)) == [network.PROMPT_PATH]
   np.testing.assert_array_equal(
-    base_readers.read_params_as_numpy(model_dir)['encoder/prompt/prompt'],
+    opening.open_base(model_dir).read_all()['encoder/prompt/prompt'],
     summary['params']['encoder']['prompt']['prompt'],
   )
   lines = [json.loads(l) for l in open(os.path.join(model_dir, 'metrics.jsonl'))]
@@ -132,7 +132,7 @@ def test_class_label_init_inside_a_run_uses_the_base_embedding(base_checkpoint, 
     INITIAL_CHECKPOINT_PATH=base_checkpoint,
     TRAIN_STEPS=0,
   )
-  embedding = base_readers.read_params_as_numpy(base_checkpoint)['token_embedder/embedding']
+  embedding = opening.open_base(base_checkpoint).read_all()['token_embedder/embedding']
   prompt = summary['params']['encoder']['prompt']['prompt']
   a, b, c = (ord(ch) + 3 for ch in 'abc')  # ByteVocabulary: id = byte + 3
   np.testing.assert_allclose(prompt[0], embedding[a], rtol=1e-6)

@@ -1,24 +1,21 @@
-"""Opening a base model from whatever checkpoint a user has, detected automatically.
+"""The readers of every base checkpoint format, one class each; which one a path needs is
+decided in opening.py, never here.
 
-    INITIAL_CHECKPOINT_PATH is ...                        read as
-    a folder with config.json (+ model.safetensors,       HFCheckpoint (transformers layout,
-      sharded safetensors + index, or pytorch_model.bin)    names mapped by hf_format)
-    a T5X dir/file with a msgpack `checkpoint`            T5XLegacyCheckpoint
-    an orbax dir (_METADATA): a t5pt checkpoint_<step>     OrbaxCheckpoint (params tree, under
-      (params/_METADATA), a T5X one (state/_METADATA,       target/ or optimizer/target/ for T5X;
-      written by t5x's orbax CheckpointManager) or the      T5X optimizer slots are never read)
-      item directory itself
-    a run dir holding checkpoint_<step>/ subdirectories   the newest complete step of the above
-      (a t5pt MODEL_DIR or a T5X model_dir)                 (unfinished orbax saves are skipped)
+    HFCheckpoint          a transformers T5 folder: config.json and safetensors (single or
+                          sharded with an index) or pytorch_model.bin (names mapped by
+                          hf_format)
+    T5XLegacyCheckpoint   a T5X msgpack `checkpoint` (t5x_legacy)
+    OrbaxCheckpoint       an orbax parameter tree: a t5pt checkpoint_<step>'s params, a T5X
+                          one's state (target/ or optimizer/target/; its optimizer slots are
+                          never read), or a bare item directory
 
-Every format exposes t5x parameter paths ('encoder/layers_0/attention/query/kernel'), their
+Every reader exposes t5x parameter paths ('encoder/layers_0/attention/query/kernel'), their
 shapes without reading data, the architecture it implies, and `load(targets)`, which reads
 each tensor, casts it and places it on its target sharding one at a time, so host memory
 never holds the model twice.
 """
 
 import io
-import os
 import re
 from typing import Mapping, Optional
 
@@ -41,17 +38,6 @@ from t5pt.model import quantization
 from t5pt.runtime import fs
 from t5pt.runtime import partitioning
 from t5pt.runtime.errors import UserError
-
-STEP_DIR = re.compile(r'^checkpoint_(\d+)$')
-
-
-def step_of(checkpoint_path: str) -> int:
-  """The step of a checkpoint_<step> directory or of an item in it (0 if neither)."""
-  for name in reversed(checkpoint_path.rstrip('/').split('/')[-2:]):
-    match = STEP_DIR.match(name)
-    if match:
-      return int(match.group(1))
-  return 0
 
 
 class BaseCheckpoint:
@@ -122,6 +108,31 @@ class BaseCheckpoint:
       ).items():
         loaded[key] = place(array, targets[key])
     return loaded
+
+  def load_model(
+    self,
+    config: network.T5Config = network.T5Config(),
+    dtype: str = 'float32',
+    mesh: Optional[jax.sharding.Mesh] = None,
+    rules: partitioning.LogicalRules = partitioning.STANDARD_LOGICAL_AXIS_RULES,
+  ) -> tuple[network.T5Config, dict]:
+    """(completed config, nested params) of the model this checkpoint holds, sharded over
+    `mesh` (default: PartitionConfig's, one replica per device) by the logical rules.
+
+    Parameters `config` has but the checkpoint lacks (a soft prompt or adapters a base
+    model does not have) are left out; the caller supplies them.
+    """
+    config = self.reconcile(config).require_complete()
+    targets = model_targets(
+      config, dtype, mesh or partitioning.PartitionConfig().make_mesh(), rules
+    )
+    stored = self.shapes()
+    targets = {k: v for k, v in targets.items() if k in stored or not network.is_added_by_tuning(k)}
+    return config, partitioning.unflatten(self.load(targets))
+
+  def read_all(self) -> dict[str, np.ndarray]:
+    """Every parameter as a host array {t5x path: array}."""
+    return {name: self.read(name) for name in self.shapes()}
 
 
 def place(array: np.ndarray, target: jax.ShapeDtypeStruct) -> jax.Array:
@@ -315,6 +326,9 @@ class OrbaxCheckpoint(BaseCheckpoint):
     item = {k: self._stored[k] for k in names}
     return self._restore(item, {k: ocp.RestoreArgs(restore_type=np.ndarray) for k in names})
 
+  def read_all(self) -> dict[str, np.ndarray]:
+    return self.read_many(list(self.shapes()))
+
   def load(self, targets, progress: bool = False) -> dict[str, jax.Array]:
     # Orbax reads each array straight into its target sharding, so it does the work of
     # the generic per-tensor loop itself (and faster, in parallel). int8 targets are
@@ -323,72 +337,6 @@ class OrbaxCheckpoint(BaseCheckpoint):
       return super().load(targets, progress)
     self.check(targets)
     return self._restore(dict(targets), ocp.checkpoint_utils.construct_restore_args(dict(targets)))
-
-
-# The item directory holding the parameter tree in a checkpoint_<step>: t5pt's `params`,
-# T5X's `state` (its train state dict: target/ is the model, state/ the optimizer's).
-_ORBAX_ITEMS = ('params', 'state')
-
-
-def _is_complete_step(step: epath.Path) -> bool:
-  """Whether checkpoint_<step> is a finished save: orbax's own test (locally, no
-  `.orbax-checkpoint-tmp` name; on an object store, its commit marker), or a legacy T5X
-  msgpack `checkpoint` file, which orbax never marks."""
-  return (step / t5x_legacy.CHECKPOINT_FILE).exists() or ocp.step.is_path_finalized(step)
-
-
-def _newest_step_dir(path: epath.Path, setting: str) -> Optional[epath.Path]:
-  """The newest complete checkpoint_<step> in `path`; None if it holds no step at all."""
-  steps = sorted(
-    ((int(m.group(1)), c) for c in path.iterdir() for m in [STEP_DIR.match(c.name)] if m),
-    reverse=True,
-  )
-  if not steps:
-    return None
-  for _, step in steps:
-    if _is_complete_step(step):
-      return step
-  raise UserError(
-    f'{setting}={os.fspath(path)!r} holds checkpoint_<step> directories but none is a '
-    f'finished save: orbax has not marked {[s.name for _, s in steps][:3]} committed. Wait '
-    f'for the run to finish saving, or point {setting} at a finished checkpoint.'
-  )
-
-
-def open_checkpoint(path: str, setting: str = 'INITIAL_CHECKPOINT_PATH') -> BaseCheckpoint:
-  """Detects the format of `path` (see module docstring) and opens it lazily. `setting`
-  is the name the user gave `path` under, for error messages."""
-  fs.check_gcs_reachable(path, setting)
-  p = fs.path(path)
-  if not p.exists():
-    raise UserError(
-      f'{setting}={path!r} does not exist. Point it at an HF folder (config.json + '
-      'model.safetensors), a T5X model_dir or one of its checkpoint_<step> directories, '
-      'or a t5pt MODEL_DIR.'
-    )
-  if p.is_dir() and (p / 'config.json').exists():
-    return HFCheckpoint(path)
-  if (p.name == t5x_legacy.CHECKPOINT_FILE and not p.is_dir()) or (
-    p.is_dir()
-    and (p / t5x_legacy.CHECKPOINT_FILE).exists()
-    and not (p / t5x_legacy.CHECKPOINT_FILE).is_dir()
-  ):
-    return T5XLegacyCheckpoint(path)
-  if p.is_dir():
-    for candidate in [p / item for item in _ORBAX_ITEMS] + [p]:
-      if (candidate / '_METADATA').exists():
-        return OrbaxCheckpoint(path, candidate)
-    newest = _newest_step_dir(p, setting)
-    if newest is not None:
-      return open_checkpoint(os.fspath(newest), setting)
-  raise UserError(
-    f'{setting}={path!r} is not a checkpoint t5pt recognises: expected an HF folder with '
-    'config.json; a T5X checkpoint_<step> (a msgpack `checkpoint` file, or orbax '
-    'state/_METADATA as t5x\'s orbax CheckpointManager writes) or its model_dir; a t5pt '
-    'MODEL_DIR or its checkpoint_<step> (params/_METADATA); or an orbax item directory '
-    '(_METADATA). A directory of checkpoint_<step> subdirectories is read at its newest '
-    'complete step.'
-  )
 
 
 def model_targets(
@@ -408,34 +356,3 @@ def model_targets(
     )
     for k, v in partitioning.flatten(nn.unbox(boxed)).items()
   }
-
-
-def load_model(
-  path: str,
-  config: network.T5Config = network.T5Config(),
-  dtype: str = 'float32',
-  mesh: Optional[jax.sharding.Mesh] = None,
-  rules: partitioning.LogicalRules = partitioning.STANDARD_LOGICAL_AXIS_RULES,
-  setting: str = 'INITIAL_CHECKPOINT_PATH',
-) -> tuple[network.T5Config, dict]:
-  """(completed config, nested params) of the model a checkpoint holds, sharded over
-  `mesh` (default: PartitionConfig's, one replica per device) by the logical rules.
-  `setting` names `path` in error messages (e.g. infer's CHECKPOINT_PATH).
-
-  Parameters `config` has but the checkpoint lacks (a soft prompt or adapters a base
-  model does not have) are left out; the caller supplies them.
-  """
-  checkpoint = open_checkpoint(path, setting)
-  config = checkpoint.reconcile(config).require_complete()
-  targets = model_targets(config, dtype, mesh or partitioning.PartitionConfig().make_mesh(), rules)
-  stored = checkpoint.shapes()
-  targets = {k: v for k, v in targets.items() if k in stored or not network.is_added_by_tuning(k)}
-  return config, partitioning.unflatten(checkpoint.load(targets))
-
-
-def read_params_as_numpy(path: str) -> dict[str, np.ndarray]:
-  """Every parameter of a checkpoint as host numpy arrays {t5x path: array}."""
-  checkpoint = open_checkpoint(path)
-  if isinstance(checkpoint, OrbaxCheckpoint):
-    return checkpoint.read_many(list(checkpoint.shapes()))
-  return {name: checkpoint.read(name) for name in checkpoint.shapes()}

@@ -45,6 +45,7 @@ import numpy as np
 
 from t5pt.checkpoints import base_readers
 from t5pt.checkpoints import hf_format
+from t5pt.checkpoints import opening
 from t5pt.checkpoints import safetensors_io
 from t5pt.checkpoints import trained_model
 from t5pt.model import adapters
@@ -263,7 +264,7 @@ def export_hf(
 ) -> list[str]:
   """Writes the base with the run's trained base parameters and adapters merged in as an
   HF folder."""
-  base = base_readers.open_checkpoint(base_path)
+  base = opening.open_base(base_path)
   config = base.reconcile(run.network_config()).require_complete()
   names = hf_format.parameter_names(config)
   unmergeable = sorted(
@@ -485,7 +486,7 @@ def export_run(
     if path
   }
   check_outputs(outputs, {'--model_dir': model_dir, '--base': base}, overwrite)
-  run = trained_model.open_run(model_dir, step, '--model_dir')
+  run = opening.open_run(model_dir, step, '--model_dir')
   if hf_dir or peft_dir:  # Both read the base: the one the run records, unless --base.
     base_setting = '--base' if base else "the run's INITIAL_CHECKPOINT_PATH"
     check_outputs(outputs, {base_setting: run.base_path(base)}, overwrite)

@@ -5,12 +5,12 @@ r"""Imports an HF PEFT LoRA adapter of a T5 as a t5pt run.
 
 --peft_dir is what peft's save_pretrained writes: adapter_config.json and
 adapter_model.safetensors (or adapter_model.bin, read with torch). --base is the T5 the
-adapter was trained on, in any format base_readers reads. --model_dir becomes a run
+adapter was trained on, in any format opening recognises. --model_dir becomes a run
 with one checkpoint, checkpoint_0, laid out as the trainer writes them: its params are the
 adapter's LoRA leaves (lora_a = lora_A.weight.T [in, r], lora_b = lora_B.weight.T [r, out])
 and its meta records the base and one LoRA rule per adapted kernel with that module's
 rank and alpha (rank_pattern / alpha_pattern as PEFT resolves them; use_rslora's
-alpha / sqrt(r) folded into alpha). trained_model.load, infer.sh, python -m t5pt.eval and
+alpha / sqrt(r) folded into alpha). opening.load, infer.sh, python -m t5pt.eval and
 python -m t5pt.export use it as they use a trained run. It records no task: pass
 MIXTURE_OR_TASK_NAME (and TASK_FEATURE_LENGTHS) to eval and infer.
 
@@ -32,8 +32,8 @@ from typing import Mapping, Optional
 import jax
 import numpy as np
 
-from t5pt.checkpoints import base_readers
 from t5pt.checkpoints import hf_format
+from t5pt.checkpoints import opening
 from t5pt.checkpoints import run_checkpoints
 from t5pt.checkpoints import safetensors_io
 from t5pt.model import adapters
@@ -266,7 +266,7 @@ def import_adapter(
   adapter_config, weights = read_adapter(peft_dir)
   check_config(adapter_config, source)
   pairs = lora_weights(weights, peft_dir)
-  base = base_readers.open_checkpoint(base_path)
+  base = opening.open_base(base_path)
   architecture = base.reconcile(network.T5Config()).require_complete()
   params, rules = lora_parameters(adapter_config, pairs, architecture, base.shapes(), source)
   config = dataclasses.replace(

@@ -5,7 +5,7 @@ atomically by orbax's CheckpointManager, each with up to three items:
   params     the *trainable* parameters only (a prompt is kilobytes to megabytes)
   opt_state  their optimizer state (absent in a run imported from an HF PEFT adapter)
   meta       a RunMeta as JSON: what the run is and where its data stands
-The frozen base is read from INITIAL_CHECKPOINT_PATH (see base_readers) and never
+The frozen base is read from INITIAL_CHECKPOINT_PATH (see opening) and never
 written again.
 """
 

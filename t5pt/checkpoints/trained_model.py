@@ -1,15 +1,13 @@
 """A trained run, or a bare base checkpoint, as a model ready to decode or evaluate.
 
 A t5pt run stores only what it trained, plus (in each checkpoint's meta) the network
-config, the base checkpoint it was trained on and its task. `load` puts the two back
-together: the base from INITIAL_CHECKPOINT_PATH (any format base_readers reads) and
-the trained parameters from the run. A checkpoint of real t5x trained with gin/t5x
-holds both in one tree (T5XRun). Pointed at a base checkpoint instead (an HF folder, a
-T5X checkpoint without tuned leaves), it gives that model with no prompt.
+config, the base checkpoint it was trained on and its task (TrainedRun). A checkpoint of
+real t5x trained with gin/t5x holds both in one tree (T5XRun). A run's trained parameters
+are put back onto its base (merged_onto_base) or, trained from scratch, need none
+(self_contained). Which of these a path is, and opening it, is opening.py's.
 """
 
 import dataclasses
-import posixpath
 from typing import Optional
 
 import jax
@@ -27,21 +25,20 @@ from t5pt.runtime.errors import UserError
 class TrainedRun:
   """The trainable parameters (host numpy) and record of one checkpoint of a t5pt run."""
 
-  def __init__(self, path: str, step: Optional[int] = None):
-    model_dir, named_step = _split_step_dir(path)
-    latest = run_checkpoints.latest_step(model_dir)
-    if latest is None:
-      raise UserError(f'{path!r} holds no complete t5pt checkpoint.')
-    self.step = step or named_step or latest
-    step_dir = run_checkpoints.step_dir(model_dir, self.step)
+  def __init__(self, model_dir: str, step: int):
+    """`step`: a checkpoint of the run in `model_dir` (opening.open_run picks it)."""
+    step_dir = run_checkpoints.step_dir(model_dir, step)
     if not fs.isdir(step_dir):
-      raise UserError(f'{model_dir} has no checkpoint for step {self.step} (newest: {latest}).')
+      newest = run_checkpoints.latest_step(model_dir)
+      raise UserError(f'{model_dir} has no checkpoint for step {step} (newest: {newest}).')
+    self.step = step
     self.model_dir = model_dir
     self.meta = run_checkpoints.read_meta(model_dir, self.step)
-    if not fs.exists(fs.join(step_dir, 'params', '_METADATA')):
+    params_dir = fs.join(step_dir, 'params')
+    if not fs.exists(fs.join(params_dir, '_METADATA')):
       raise run_checkpoints.DamagedCheckpoint(step_dir, 'its params are missing')
     try:
-      self.params = base_readers.read_params_as_numpy(step_dir)
+      self.params = base_readers.OrbaxCheckpoint(step_dir, fs.path(params_dir)).read_all()
     except UserError:
       raise
     except Exception as e:  # A missing or truncated array file: whatever orbax raises.
@@ -72,17 +69,22 @@ class T5XRun(TrainedRun):
   its base. Prompt and deep-prompt lengths are read from the shapes; LoRA and IA3 need
   the gin rules they were trained with (LoRA's alpha is not in the checkpoint)."""
 
-  def __init__(self, path: str, step: Optional[int] = None, setting: str = 'CHECKPOINT_PATH'):
-    model_dir, named_step = _split_step_dir(path)
-    if step and not named_step:
-      path = run_checkpoints.step_dir(model_dir, step)
-    checkpoint = base_readers.open_checkpoint(path, setting)
+  def __init__(
+    self,
+    checkpoint: base_readers.BaseCheckpoint,
+    path: str,
+    model_dir: str,
+    step: int,
+    setting: str = 'CHECKPOINT_PATH',
+  ):
+    """`checkpoint`: `path` (as the user named it under `setting`) opened, at `step` of the
+    t5x model_dir `model_dir` (opening.open_run does both)."""
     shapes = checkpoint.shapes()
     tuned = sorted(k for k in shapes if network.is_added_by_tuning(k))
     if not tuned:
       raise UserError(f'{setting}={path!r} holds no prompt or adapter parameters.')
     self.model_dir = model_dir
-    self.step = base_readers.step_of(checkpoint.path)
+    self.step = step
     self.params = {k: checkpoint.read(k) for k in tuned}
     config = checkpoint.reconcile(_tuning_from_shapes(network.T5Config(), shapes, setting, path))
     self.meta = run_checkpoints.RunMeta(
@@ -132,33 +134,6 @@ def _tuning_from_shapes(config: network.T5Config, shapes, setting: str, path: st
   return dataclasses.replace(config, **lengths)
 
 
-def open_run(path: str, step: Optional[int] = None, setting: str = 'CHECKPOINT_PATH'):
-  """A t5pt run, or a t5x checkpoint holding tuned leaves (T5XRun)."""
-  return TrainedRun(path, step) if is_run(path) else T5XRun(path, step, setting)
-
-
-def has_tuned_parameters(path: str, setting: str = 'CHECKPOINT_PATH') -> bool:
-  """Whether a checkpoint that is not a t5pt run holds prompt or adapter parameters."""
-  shapes = base_readers.open_checkpoint(path, setting).shapes()
-  return any(network.is_added_by_tuning(k) for k in shapes)
-
-
-def _split_step_dir(path: str) -> tuple[str, Optional[int]]:
-  """MODEL_DIR/checkpoint_<step> -> (MODEL_DIR, step); MODEL_DIR -> (MODEL_DIR, None)."""
-  trimmed = path.rstrip('/')
-  match = base_readers.STEP_DIR.match(posixpath.basename(trimmed))
-  if match:
-    return posixpath.dirname(trimmed), int(match.group(1))
-  return path, None
-
-
-def is_run(path: str) -> bool:
-  """Whether `path` is a t5pt MODEL_DIR or one of its checkpoint_<step> directories."""
-  model_dir, _ = _split_step_dir(path)
-  step = run_checkpoints.latest_step(model_dir)
-  return step is not None and fs.isdir(fs.join(run_checkpoints.step_dir(model_dir, step), 'meta'))
-
-
 @dataclasses.dataclass
 class LoadedModel:
   config: network.T5Config
@@ -167,44 +142,20 @@ class LoadedModel:
   base_path: str
 
 
-def load(
-  path: str,
-  base_path: Optional[str] = None,
-  dtype: str = 'float32',
-  mesh: Optional[jax.sharding.Mesh] = None,
-  step: Optional[int] = None,
+def merged_onto_base(
+  run: TrainedRun, config: network.T5Config, base_params: dict, base_path: str, mesh
 ) -> LoadedModel:
-  """The model at `path`: a t5pt run (at `step`, default the one `path` names or the
-  newest) merged onto its base, or a bare base checkpoint.
-
-  The base is read as `dtype` (e.g. 'bfloat16'); trained parameters stay float32.
-  """
-  mesh = mesh or partitioning.PartitionConfig().make_mesh()
-  if is_run(path):
-    run = TrainedRun(path, step)
-  elif has_tuned_parameters(path):
-    run = T5XRun(path, step)
-  else:
-    config, params = base_readers.load_model(
-      path, dtype=dtype, mesh=mesh, setting='CHECKPOINT_PATH'
-    )
-    return LoadedModel(config, params, None, path)
-  if not (base_path or run.meta.initial_checkpoint_path):
-    return _load_self_contained(run, mesh)
-  base = run.base_path(base_path)
-  setting = 'BASE_CHECKPOINT_PATH'
-  if not base_path:
-    setting += ' (default: the INITIAL_CHECKPOINT_PATH the run recorded)'
-  config, params = base_readers.load_model(base, run.network_config(), dtype, mesh, setting=setting)
-  flat = partitioning.flatten(params)
+  """`run`'s trained parameters (float32) put onto the base model `config`, `base_params`
+  (nested, on `mesh`) read from `base_path`."""
+  flat = partitioning.flatten(base_params)
   replicated = partitioning.replicated(mesh)
   for name, value in run.params.items():
     sharding = flat[name].sharding if name in flat else replicated
     flat[name] = jax.device_put(np.asarray(value, np.float32), sharding)
-  return LoadedModel(config, partitioning.unflatten(flat), run, base)
+  return LoadedModel(config, partitioning.unflatten(flat), run, base_path)
 
 
-def _load_self_contained(run: TrainedRun, mesh) -> LoadedModel:
+def self_contained(run: TrainedRun, mesh) -> LoadedModel:
   """A run trained from scratch (TRAINABLE = everything) needs no base."""
   config = run.network_config().require_complete()
   targets = base_readers.model_targets(config, 'float32', mesh)

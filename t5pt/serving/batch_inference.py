@@ -33,6 +33,7 @@ import seqio
 import tqdm
 
 import gin
+from t5pt.checkpoints import opening
 from t5pt.checkpoints import trained_model
 from t5pt.model import models
 from t5pt.runtime import checks
@@ -274,7 +275,7 @@ def _one_model(checkpoint_path, output_dir, args, mesh, batch_size, decode) -> S
   identity = {'checkpoint_path': checkpoint_path}
   started = _started(output_dir, identity)
   pinned = started.get('checkpoint_step') if started else None
-  loaded = trained_model.load(
+  loaded = opening.load(
     checkpoint_path, args['base_checkpoint_path'], args['frozen_dtype'], mesh, step=pinned
   )
   task, lengths = trained_model.task_and_lengths(

@@ -18,6 +18,7 @@ import seqio
 import tqdm
 
 import gin
+from t5pt.checkpoints import opening
 from t5pt.checkpoints import trained_model
 from t5pt.model import models
 from t5pt.model import steps
@@ -218,7 +219,7 @@ def evaluate(
         _say(f'{label:>12} {name}: {metrics_log.describe(dict(sorted(values.items())))}')
     _say(f'metrics -> {output_dir}/<member>/, {output_dir}/ensemble/')
     return results
-  loaded = trained_model.load(checkpoint_path, base_checkpoint_path, frozen_dtype, mesh)
+  loaded = opening.load(checkpoint_path, base_checkpoint_path, frozen_dtype, mesh)
   task, lengths = trained_model.task_and_lengths(
     loaded, mixture_or_task_name, mixture_or_task_module, task_feature_lengths
   )

@@ -19,7 +19,7 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 import jax
 import numpy as np
 
-from t5pt.checkpoints import base_readers
+from t5pt.checkpoints import opening
 from t5pt.checkpoints import trained_model
 from t5pt.model import models
 from t5pt.model import network
@@ -84,7 +84,7 @@ def read_member(name: str, path: str, macro: str, step: Optional[int] = None) ->
     if not fs.exists(path):
       raise UserError(f'{setting}={path!r} does not exist.')
     return Member(name, path, prompts.read_npy(path, setting), None)
-  run = trained_model.open_run(path, step, setting)
+  run = opening.open_run(path, step, setting)
   extra = sorted(k for k in run.params if k != network.PROMPT_PATH)
   if extra:
     raise UserError(
@@ -182,14 +182,12 @@ class PromptBank:
     self.base_path = common_base(self.members, base_checkpoint_path, macro)
     setting = 'BASE_CHECKPOINT_PATH' if base_checkpoint_path else f'the base {macro} records'
     trained = next((c for c in map(_base_network, self.members) if c), network.T5Config())
-    checkpoint = base_readers.open_checkpoint(self.base_path, setting)
+    checkpoint = opening.open_base(self.base_path, setting)
     base_config = checkpoint.reconcile(trained).require_complete()
     _check_networks(self.members, base_config, macro)
     before_load()
     # Everything is checked: only now is the (large) base read, once.
-    base_config, self.params = base_readers.load_model(
-      self.base_path, base_config, dtype, self.mesh, setting=setting
-    )
+    base_config, self.params = checkpoint.load_model(base_config, dtype, self.mesh)
     stacked, mask = inference.stack_prompts([m.prompt for m in self.members])
     self.config = dataclasses.replace(base_config, prompt_length=stacked.shape[1])
     self.model = models.EncoderDecoderModel(self.config)

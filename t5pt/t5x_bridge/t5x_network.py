@@ -36,6 +36,7 @@ from flax.linen import partitioning as flax_partitioning
 
 import gin
 from t5pt.checkpoints import base_readers
+from t5pt.checkpoints import opening
 from t5pt.model import adapters
 from t5pt.model import network
 from t5pt.model import prompts
@@ -189,9 +190,9 @@ def _prompt_values(initializer, shape, embedding_checkpoint, vocabulary, seed) -
 def _embedding(checkpoint_path: str) -> np.ndarray:
   """The base's token embedding [vocab, embed], read once per process however many
   devices ask for the prompt."""
-  return base_readers.open_checkpoint(
-    checkpoint_path, 't5x_network.Transformer.embedding_checkpoint'
-  ).read(network.EMBEDDING_PATH)
+  return opening.open_base(checkpoint_path, 't5x_network.Transformer.embedding_checkpoint').read(
+    network.EMBEDDING_PATH
+  )
 
 
 def _needs_embedding(initializer) -> bool:
@@ -262,7 +263,7 @@ def base_checkpoint(
 
 def _is_t5x_checkpoint(path: str) -> bool:
   try:
-    opened = base_readers.open_checkpoint(path)
+    opened = opening.open_base(path)
   except UserError:
     return False  # Missing (e.g. the HF download not made) or not a checkpoint.
   return not isinstance(opened, base_readers.HFCheckpoint)
@@ -278,8 +279,8 @@ def steps_to_train(
   the steps to train from the base (t5x's own TRAIN_STEPS is absolute and includes the
   base's pretraining steps). Counted against MODEL_DIR's newest checkpoint, so a resumed
   run stops at the same step as an uninterrupted one."""
-  base_step = base_readers.step_of(initial_checkpoint_path) if initial_checkpoint_path else 0
-  done = max([base_readers.step_of(p) for p in _step_dirs(model_dir)] or [base_step])
+  base_step = opening.step_of(initial_checkpoint_path) if initial_checkpoint_path else 0
+  done = max([opening.step_of(p) for p in _step_dirs(model_dir)] or [base_step])
   left = base_step + train_steps - done
   if left <= 0:
     raise UserError(
@@ -292,9 +293,7 @@ def steps_to_train(
 def _step_dirs(model_dir: Optional[str]) -> list[str]:
   if not model_dir or not fs.isdir(model_dir):
     return []
-  return [
-    p for p in fs.glob(model_dir, 'checkpoint_*') if base_readers.STEP_DIR.match(fs.path(p).name)
-  ]
+  return [p for p in fs.glob(model_dir, 'checkpoint_*') if opening.STEP_DIR.match(fs.path(p).name)]
 
 
 @gin.configurable(module='t5x_network')

@@ -21,7 +21,7 @@ import seqio
 import tensorflow as tf
 from absl import logging
 
-from t5pt.checkpoints import base_readers
+from t5pt.checkpoints import opening
 from t5pt.checkpoints import run_checkpoints
 from t5pt.model import adapters
 from t5pt.model import models
@@ -183,9 +183,7 @@ def prepare(config: TrainConfig) -> RunSetup:
   prompt_length = config.network_config.prompt_length
   data.converter_lengths(config.task_feature_lengths, prompt_length)
   base = (
-    base_readers.open_checkpoint(config.initial_checkpoint_path)
-    if config.initial_checkpoint_path
-    else None
+    opening.open_base(config.initial_checkpoint_path) if config.initial_checkpoint_path else None
   )
   network_config = base.reconcile(config.network_config) if base else config.network_config
   network_config.require_complete()
