@@ -20,7 +20,7 @@ from t5pt.checkpoints import opening
 from t5pt.model import models
 from t5pt.runtime import fs
 from t5pt.runtime import gin_utils
-from t5pt.serving import batch_inference
+from t5pt.serving import infer_io
 from t5pt.serving import inference
 from t5pt.training import trainer
 
@@ -60,7 +60,7 @@ def _show_predictions(prompt_dir: str, count: int) -> None:
   loaded = opening.load(prompt_dir)
   lengths = loaded.run.meta.task_feature_lengths
   input_length = lengths['inputs'] - loaded.config.prompt_length
-  source = batch_inference.task_source(HELDOUT_TASK, 'validation', input_length)
+  source = infer_io.task_source(HELDOUT_TASK, 'validation', input_length)
   examples = source.examples[:count]
   tokens = np.zeros((count, input_length), np.int32)
   for i, ex in enumerate(examples):

@@ -16,6 +16,7 @@ from t5pt.runtime import data
 from t5pt.runtime import gin_utils
 from t5pt.runtime.errors import UserError
 from t5pt.serving import batch_inference
+from t5pt.serving import infer_io
 from t5pt.serving import inference
 
 TASK = 'synthetic_heldout_max'
@@ -77,14 +78,14 @@ def test_task_split_is_decoded_in_order(reference_output, prompt_run):
 def test_interrupted_run_resumes_without_duplicate_or_missing_lines(
   prompt_run, reference_output, tmp_path, monkeypatch
 ):
-  real_write = batch_inference.ChunkedOutput.write_chunk
+  real_write = infer_io.ChunkedOutput.write_chunk
 
   def write_two_then_die(self, index, lines):
     if index == 2:
       raise KeyboardInterrupt('simulated interruption')
     real_write(self, index, lines)
 
-  monkeypatch.setattr(batch_inference.ChunkedOutput, 'write_chunk', write_two_then_die)
+  monkeypatch.setattr(infer_io.ChunkedOutput, 'write_chunk', write_two_then_die)
   bindings = ['batch_inference.infer.chunk_batches = 2']
   with pytest.raises(KeyboardInterrupt):
     infer_in_process(tmp_path, bindings, CHECKPOINT_PATH=prompt_run, BATCH_SIZE=16)
@@ -92,7 +93,7 @@ def test_interrupted_run_resumes_without_duplicate_or_missing_lines(
   parts = sorted(os.listdir(tmp_path / f'{OUTPUT_NAME}.parts'))
   assert parts == ['chunk-00000.jsonl', 'chunk-00001.jsonl', 'settings.json']
 
-  monkeypatch.setattr(batch_inference.ChunkedOutput, 'write_chunk', real_write)
+  monkeypatch.setattr(infer_io.ChunkedOutput, 'write_chunk', real_write)
   resumed = infer_in_process(tmp_path, bindings, CHECKPOINT_PATH=prompt_run, BATCH_SIZE=16)
   with open(resumed) as a, open(reference_output) as b:
     assert a.read() == b.read()
@@ -101,7 +102,7 @@ def test_interrupted_run_resumes_without_duplicate_or_missing_lines(
 
 def test_resume_with_other_settings_is_refused(prompt_run, tmp_path, monkeypatch):
   monkeypatch.setattr(
-    batch_inference.ChunkedOutput,
+    infer_io.ChunkedOutput,
     'write_chunk',
     lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()),
   )
@@ -246,7 +247,7 @@ def test_a_task_is_fed_as_training_and_t5x_feed_it():
   """One EOS, the task's own, trimmed as the task trims: the encoder tokens the trainer
   and the evaluator see (infer used to append a second EOS)."""
   data.import_task_modules('tasks.synthetic')
-  source = batch_inference.task_source(TASK, 'validation', input_length=6)
+  source = infer_io.task_source(TASK, 'validation', input_length=6)
   ds = data.get_dataset(
     TASK, {'inputs': 6, 'targets': 4}, 'validation', shuffle=False, repeat=False
   )

@@ -18,6 +18,7 @@ from t5pt.serving import batch_inference
 from t5pt.serving import ensemble
 from t5pt.serving import ensemble_evaluation
 from t5pt.serving import evaluation
+from t5pt.serving import infer_io
 from t5pt.serving import inference
 from t5pt.serving import prompt_bank
 from tasks import synthetic
@@ -140,7 +141,7 @@ def test_an_interrupted_mixed_run_resumes_to_the_same_file(
   mixed, prompt_run, min_run, npy_prompt, tmp_path, monkeypatch
 ):
   records, reference = mixed
-  real_write = batch_inference.ChunkedOutput.write_chunk
+  real_write = infer_io.ChunkedOutput.write_chunk
   calls = []
 
   def write_one_then_die(self, index, lines):
@@ -156,10 +157,10 @@ def test_an_interrupted_mixed_run_resumes_to_the_same_file(
     'INPUT_FILE': source,
     'bindings': ['batch_inference.infer.chunk_batches = 1'],
   }
-  monkeypatch.setattr(batch_inference.ChunkedOutput, 'write_chunk', write_one_then_die)
+  monkeypatch.setattr(infer_io.ChunkedOutput, 'write_chunk', write_one_then_die)
   with pytest.raises(KeyboardInterrupt):
     infer(tmp_path / 'out', **chunked)
-  monkeypatch.setattr(batch_inference.ChunkedOutput, 'write_chunk', real_write)
+  monkeypatch.setattr(infer_io.ChunkedOutput, 'write_chunk', real_write)
   assert calls == [0]
   assert not os.path.exists(tmp_path / 'out' / 'in-jsonl.jsonl')
   assert _read(infer(tmp_path / 'out', **chunked)) == reference

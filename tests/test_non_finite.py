@@ -19,7 +19,7 @@ from t5pt.model import prompts
 from t5pt.runtime import errors
 from t5pt.runtime import fs
 from t5pt.runtime.errors import UserError
-from t5pt.serving import batch_inference
+from t5pt.serving import infer_io
 from t5pt.serving import prompt_bank
 from t5pt.serving import seqio_outputs
 from tests.test_infer import infer_in_process
@@ -216,16 +216,16 @@ def test_infer_writes_null_for_a_minus_inf_score_and_stops_at_nan(tmp_path):
   examples = [{'inputs': 'cab'}, {'inputs': 'hgf', 'targets': 'h'}]
   tokens = np.array([[[102, 1], [103, 1]], [[107, 1], [0, 0]]])
   scores = np.array([[-0.5, -np.inf], [-np.inf, -1.0]])
-  lines = batch_inference._lines(examples, tokens, scores, vocabulary)
+  lines = infer_io.output_lines(examples, tokens, scores, vocabulary)
   assert [(l['score'], l['scores']) for l in lines] == [(-0.5, [-0.5, None]), (None, [None, -1.0])]
-  output = batch_inference.ChunkedOutput(str(tmp_path), 'x', {'batch_size': 2})
+  output = infer_io.ChunkedOutput(str(tmp_path), 'x', {'batch_size': 2})
   output.write_chunk(0, lines)
   written = (tmp_path / 'x.jsonl.parts' / 'chunk-00000.jsonl').read_text().splitlines()
   assert [_strict_json(l)['score'] for l in written] == [-0.5, None]
 
   scores[1, 1] = np.nan
   with pytest.raises(errors.TrainingStopped, match=r"input 'hgf' as nan.*FROZEN_DTYPE='float16'"):
-    batch_inference._lines(examples, tokens, scores, vocabulary)
+    infer_io.output_lines(examples, tokens, scores, vocabulary)
   with pytest.raises(ValueError, match='Out of range float'):
     output.write_chunk(1, [{'score': math.nan}])
   assert not (tmp_path / 'x.jsonl.parts' / 'chunk-00001.jsonl').exists()

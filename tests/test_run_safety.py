@@ -74,7 +74,7 @@ def test_a_resumed_infer_keeps_the_checkpoint_it_began_with(prompt_run, tmp_path
   shutil.copytree(prompt_run, run)
   newest = run_checkpoints.latest_step(str(run))
   interrupted = lambda *a: (_ for _ in ()).throw(KeyboardInterrupt())
-  monkeypatch.setattr('t5pt.serving.batch_inference.ChunkedOutput.write_chunk', interrupted)
+  monkeypatch.setattr('t5pt.serving.infer_io.ChunkedOutput.write_chunk', interrupted)
   with pytest.raises(KeyboardInterrupt):
     infer_in_process(tmp_path / 'out', CHECKPOINT_PATH=str(run), BATCH_SIZE=16)
   monkeypatch.undo()
