@@ -14,12 +14,12 @@ batch * (128 + 32) per step.
 
 Methods (t5pt: T5Config fields and optimizer as in gin/*.gin; what trains follows):
   prompt       prompt_length=100, 'encoder/prompt/prompt', Adafactor (lr 0.3)
-  lora         adapters.DEFAULT_LORA_RULES (r 8, alpha 16, attention query and value),
+  lora         DEFAULT_LORA_RULES (r 8, alpha 16, attention query and value),
                '.*/lora_[ab]', AdamW (clip 1.0)
   prompt+lora  both, optimizers.by_parameter: Adafactor for the prompt, AdamW for LoRA
   deep-prompt  prefix_length=32 (encoder self-attention keys/values), '.*/prefix_(key|value)',
                AdamW (peak lr 5e-3, clip 1.0)
-  ia3          adapters.DEFAULT_IA3_PATTERN (attention key/value, mlp wo), '.*/ia3_scale',
+  ia3          DEFAULT_IA3_PATTERN (attention key/value, mlp wo), '.*/ia3_scale',
                Adafactor (lr 3e-3)
   prompt-bf16  prompt, frozen tree held in bfloat16
   prompt-int8  prompt, T5Config(int8_kernels=True): every dense kernel int8 + float32
@@ -71,12 +71,13 @@ def t5pt_method(method: str):
   """(T5Config overrides, optimizer, frozen dtype) for one method; what trains follows
   from the overrides (T5Config.tuned_parameters), as in a t5pt run."""
   sys.path.insert(0, str(ROOT))
-  from t5pt.model import adapters
+  from t5pt.model.methods import ia3
+  from t5pt.model.methods import lora as lora_method
   from t5pt.model import network
   from t5pt.training import optimizers
 
   prompt = dict(prompt_length=PROMPT)
-  lora = dict(lora_rules=adapters.DEFAULT_LORA_RULES)
+  lora = dict(lora_rules=lora_method.DEFAULT_LORA_RULES)
   adamw = lambda **kw: optimizers.adamw(decay_steps=1000, **kw)
   if method in ('prompt', 'prompt-bf16', 'prompt-int8'):
     extra = dict(int8_kernels=True) if method == 'prompt-int8' else {}
@@ -99,7 +100,7 @@ def t5pt_method(method: str):
     return dict(prefix_length=PREFIX), adamw(peak_learning_rate=5e-3), 'float32'
   if method == 'ia3':
     return (
-      dict(ia3_pattern=adapters.DEFAULT_IA3_PATTERN),
+      dict(ia3_pattern=ia3.DEFAULT_IA3_PATTERN),
       optimizers.adafactor(learning_rate=3e-3),
       'float32',
     )

@@ -69,7 +69,7 @@ import transformers  # noqa: E402
 transformers.logging.set_verbosity_error()  # Its lm_head tying warning: see load_hf.
 transformers.logging.disable_progress_bar()
 
-from t5pt.model import adapters  # noqa: E402
+from t5pt.model.methods import lora  # noqa: E402
 from t5pt.checkpoints import run_checkpoints  # noqa: E402
 from t5pt.checkpoints import exporting  # noqa: E402
 from t5pt.checkpoints import hf_format  # noqa: E402
@@ -161,7 +161,7 @@ def base_config() -> network.T5Config:
 def method_config(method: str) -> network.T5Config:
   """The base config plus one tuning method; what trains is its tuned_parameters()."""
   extra = (
-    dict(lora_rules=((adapters.DEFAULT_LORA_RULES[0][0], RANK, ALPHA),), lora_dropout=0.0)
+    dict(lora_rules=((lora.DEFAULT_LORA_RULES[0][0], RANK, ALPHA),), lora_dropout=0.0)
     if method == 'lora'
     else dict(prompt_length=PROMPT)
   )
@@ -241,7 +241,7 @@ def initial_trainable(method: str, frozen: dict) -> dict:
   trainable = {k: np.asarray(flat[k], np.float32) for k in paths}
   rng = np.random.default_rng(2)
   for k in trainable:
-    if k.endswith(adapters.LORA_B):
+    if k.endswith(lora.LORA_B):
       trainable[k] = rng.normal(0.0, LORA_B_STD, trainable[k].shape).astype(np.float32)
   if method == 'prompt':
     embedding = np.asarray(partitioning.flatten(frozen)[network.EMBEDDING_PATH])
@@ -281,8 +281,8 @@ def peft_views(model, method: str) -> dict[str, Callable]:
     if hasattr(layer, 'lora_A'):
       prefix = kernel[: -len('kernel')]
       a, b = layer.lora_A['default'].weight, layer.lora_B['default'].weight
-      views[prefix + adapters.LORA_A] = lambda a=a: a.T
-      views[prefix + adapters.LORA_B] = lambda b=b: b.T
+      views[prefix + lora.LORA_A] = lambda a=a: a.T
+      views[prefix + lora.LORA_B] = lambda b=b: b.T
   return views
 
 

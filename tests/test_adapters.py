@@ -9,7 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t5pt.model import adapters
+from t5pt.model import methods
+from t5pt.model.methods import ia3
+from t5pt.model.methods import lora
 from t5pt.model import models
 from t5pt.model import network
 from t5pt.runtime import partitioning
@@ -22,8 +24,8 @@ from tests.test_training import _batch, _train_steps
 MLP_RULE = (r'.*/mlp/(wi_0|wo)/kernel', 4, 8.0)
 ADAPTED = dict(
   TINY,
-  lora_rules=adapters.DEFAULT_LORA_RULES + (MLP_RULE,),
-  ia3_pattern=adapters.DEFAULT_IA3_PATTERN,
+  lora_rules=lora.DEFAULT_LORA_RULES + (MLP_RULE,),
+  ia3_pattern=ia3.DEFAULT_IA3_PATTERN,
 )
 
 
@@ -40,7 +42,7 @@ def _perturbed(flat, seed=1):
   """Adapter leaves moved away from their identity initialisation."""
   rng = np.random.default_rng(seed)
   return {
-    k: (v + rng.normal(0, 0.3, v.shape).astype(np.float32) if adapters.is_adapter(k) else v)
+    k: (v + rng.normal(0, 0.3, v.shape).astype(np.float32) if methods.is_added(k) else v)
     for k, v in flat.items()
   }
 
@@ -84,8 +86,8 @@ def test_merged_adapters_give_the_adapted_outputs_and_decodes():
   config = network.T5Config(**ADAPTED)
   model, flat = _params(config)
   flat = _perturbed(flat)
-  merged = adapters.merge(flat, config.adapters)
-  assert not any(adapters.is_adapter(k) for k in merged)
+  merged = methods.merge(flat, config)
+  assert not any(methods.is_added(k) for k in merged)
   plain = models.EncoderDecoderModel(network.T5Config(**TINY))
   adapted_logits = _logits(model, flat, batch)
   np.testing.assert_allclose(_logits(plain, merged, batch), adapted_logits, atol=1e-4)
@@ -138,13 +140,13 @@ def test_adapters_shard_with_t5x_rules_and_a_replicated_rank_axis():
 
 
 def test_bad_adapter_rules_are_clear_errors():
-  with pytest.raises(UserError, match=r'lora_rules: .*\(path regex, rank >= 1, alpha\)'):
-    network.T5Config(**TINY, lora_rules=[('.*/query/kernel', 0, 16)]).adapters
+  with pytest.raises(UserError, match=r"LORA_RULES rank of '.\*/query/kernel' = 0"):
+    network.T5Config(**TINY, lora_rules=[('.*/query/kernel', 0, 16)]).check()
   with pytest.raises(UserError, match='not a valid regex'):
-    network.T5Config(**TINY, ia3_pattern='(').adapters
+    methods.check_kernels(network.T5Config(**TINY, ia3_pattern='('), ['a/kernel'])
   with pytest.raises(UserError, match="'.*/qurey/kernel' matches no kernel"):
-    adapters.check_rules_match(
-      network.T5Config(**TINY, lora_rules=[('.*/qurey/kernel', 8, 16)]).adapters,
+    methods.check_kernels(
+      network.T5Config(**TINY, lora_rules=[('.*/qurey/kernel', 8, 16)]),
       ['encoder/layers_0/attention/query/kernel'],
     )
 

@@ -41,7 +41,8 @@ def test_prefixes_are_per_layer_keys_and_values():
 def test_attention_with_a_prefix_matches_the_formula():
   """softmax(q [pk; k]^T + [0; bias], masked) [pv; v], by hand."""
   heads, head_dim, prefix, length = 2, 4, 3, 5
-  attention = layers.MultiHeadAttention(heads, head_dim, 0.0, prefix_length=prefix)
+  config = network.T5Config(prefix_length=prefix)
+  attention = layers.MultiHeadAttention(heads, head_dim, 0.0, config=config)
   rng = np.random.default_rng(0)
   x = rng.normal(size=(2, length, 8)).astype(np.float32)
   mask = np.ones((2, 1, length, length), np.float32)

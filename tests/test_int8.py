@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from t5pt.checkpoints import opening
-from t5pt.model import adapters
+from t5pt.model import methods
 from t5pt.model import models
 from t5pt.model import network
 from t5pt.model import quantization
@@ -59,7 +59,7 @@ def test_int8_base_tracks_the_float_base(base_checkpoint):
   agree = (quantized.argmax(-1) == reference.argmax(-1)).mean()
   assert agree > 0.95, agree
   # Dequantising gives back a float model with the int8 model's outputs.
-  dequantized = adapters.merge({k: np.asarray(v) for k, v in flat.items()}, int8_config.adapters)
+  dequantized = methods.merge({k: np.asarray(v) for k, v in flat.items()}, int8_config)
   np.testing.assert_allclose(
     _logits(float_config, partitioning.unflatten(dequantized), batch), quantized, atol=0.05
   )

@@ -20,7 +20,7 @@ from t5pt.checkpoints import base_readers
 from t5pt.checkpoints import opening
 from t5pt.checkpoints import t5x_legacy
 from t5pt.checkpoints import trained_model
-from t5pt.model import adapters
+from t5pt.model.methods import lora
 from t5pt.model import network
 from t5pt.runtime import partitioning
 from t5pt.runtime import vocabularies
@@ -323,7 +323,7 @@ def test_unrecognised_checkpoint_path_errors_name_the_setting(tmp_path):
 def test_a_t5x_checkpoint_with_tuned_leaves_is_a_run(tmp_path):
   """What real t5x writes with gin/t5x: base and tuned leaves in one tree. The prompt
   length comes from the shapes; LoRA needs its rules from gin (alpha is not stored)."""
-  config = network.T5Config(**TINY, prompt_length=3, lora_rules=adapters.DEFAULT_LORA_RULES)
+  config = network.T5Config(**TINY, prompt_length=3, lora_rules=lora.DEFAULT_LORA_RULES)
   ones = jnp.ones((1, 4), jnp.int32)
   variables = t5x_network.Transformer(config).init(jax.random.PRNGKey(0), ones, ones, ones)
   saved = {k: np.asarray(v) for k, v in partitioning.flatten(variables['params']).items()}

@@ -15,7 +15,8 @@ import pytest
 from flax import traverse_util
 
 from t5pt.checkpoints import opening
-from t5pt.model import adapters
+from t5pt.model.methods import ia3
+from t5pt.model.methods import lora
 from t5pt.model import network
 from t5pt.model import prompts
 from t5pt.runtime import partitioning
@@ -25,9 +26,9 @@ from tests.conftest import TINY
 
 METHODS = {
   'prompt': dict(prompt_length=3),
-  'lora': dict(lora_rules=adapters.DEFAULT_LORA_RULES),
-  'prompt_lora': dict(prompt_length=2, lora_rules=adapters.DEFAULT_LORA_RULES),
-  'ia3': dict(ia3_pattern=adapters.DEFAULT_IA3_PATTERN),
+  'lora': dict(lora_rules=lora.DEFAULT_LORA_RULES),
+  'prompt_lora': dict(prompt_length=2, lora_rules=lora.DEFAULT_LORA_RULES),
+  'ia3': dict(ia3_pattern=ia3.DEFAULT_IA3_PATTERN),
   'deep_prompt': dict(prefix_length=2, decoder_prefix_length=2),
 }
 BATCH, IN_LEN, TGT_LEN = 2, 7, 5

@@ -9,7 +9,7 @@ r"""Exports a trained run for use outside t5pt.
   --hf_dir      a transformers T5 folder: the base model with every trained base parameter,
                 LoRA and IA3 merged in (config.json, safetensors shards, tokenizer files
                 copied from an HF base), plus prompt.npy when the run trained a prompt. HF
-                T5 has no soft prompt, so feed it as `inputs_embeds` (see README) or use
+                T5 has no soft prompt, so feed it as `inputs_embeds` (docs/checkpoints.md) or use
                 --peft_dir.
   --peft_dir    an HF PEFT adapter (adapter_config.json + adapter_model.safetensors) that
                 peft.PeftModel.from_pretrained loads onto the base T5:
@@ -48,7 +48,8 @@ from t5pt.checkpoints import hf_format
 from t5pt.checkpoints import opening
 from t5pt.checkpoints import safetensors_io
 from t5pt.checkpoints import trained_model
-from t5pt.model import adapters
+from t5pt.model import methods
+from t5pt.model.methods import lora
 from t5pt.model import network
 from t5pt.runtime import fs
 from t5pt.runtime.errors import UserError
@@ -230,29 +231,24 @@ def _hf_tensors(
   for path, key in hf_format.parameter_names(config).items():
     value = trained[path] if path in trained else base.read(path)
     value = np.asarray(
-      _merge_adapters(path, np.asarray(value, np.float32), trained, config.adapters), np.float32
+      _merge_adapters(path, np.asarray(value, np.float32), trained, config), np.float32
     )
     yield key, value.T if hf_format.needs_transpose(path) else value
 
 
 def _merge_adapters(
-  path: str,
-  value: np.ndarray,
-  trained: Mapping[str, np.ndarray],
-  adapter_config: adapters.AdapterConfig,
+  path: str, value: np.ndarray, trained: Mapping[str, np.ndarray], config: network.T5Config
 ) -> np.ndarray:
-  """`value` of the parameter at `path` with the run's LoRA / IA3 for it folded in."""
+  """`value` of the parameter at `path` with the run's mergeable methods folded in."""
   if not path.endswith('/kernel'):
     return value
   module = path[: -len('kernel')]
   leaves = {
-    module + leaf: trained[module + leaf]
-    for leaf in adapters.ADAPTER_LEAVES
-    if module + leaf in trained
+    k: v for k, v in trained.items() if k.startswith(module) and '/' not in k[len(module) :]
   }
   if not leaves:
     return value
-  return adapters.merge({path: value, **leaves}, adapter_config)[path]
+  return methods.merge({path: value, **leaves}, config)[path]
 
 
 def export_hf(
@@ -272,7 +268,7 @@ def export_hf(
     for k in run.params
     if k not in names
     and k != network.PROMPT_PATH
-    and k.rsplit('/', 1)[-1] not in adapters.MERGEABLE_LEAVES
+    and getattr(methods.owner(k), 'hf_export', None) != 'merge'
   )
   if unmergeable:
     raise UserError(
@@ -302,7 +298,7 @@ def export_hf(
         'model_dir': fs.absolute(run.model_dir),
         'step': run.step,
         'base': base_path,
-        'merged': sorted(k for k in run.params if k in names or adapters.is_adapter(k)),
+        'merged': sorted(k for k in run.params if k in names or methods.is_added(k)),
         'prompt_length': 0 if run.prompt is None else int(run.prompt.shape[0]),
       },
     )
@@ -314,32 +310,16 @@ def peft_type(run: trained_model.TrainedRun) -> str:
 
   Raises a UserError, before anything is written, for runs no PEFT adapter reproduces.
   """
-  prefixes = sorted(
-    k for k in run.params if k.rsplit('/', 1)[-1] in (adapters.PREFIX_KEY, adapters.PREFIX_VALUE)
-  )
-  if prefixes:
-    raise UserError(
-      f'{run.model_dir} trained deep-prompt prefixes (e.g. {prefixes[0]}), '
-      'which neither a PEFT adapter t5pt writes nor a transformers T5 can '
-      'hold; use the run with t5pt (infer.sh, t5pt.eval).'
-    )
-  if _trained_kernels(run.params, adapters.IA3_SCALE):
-    raise UserError(
-      f'{run.model_dir} trained IA3 scales ({adapters.IA3_SCALE}), which '
-      '--peft_dir does not export. Use --hf_dir: it merges them into the '
-      'kernels of a transformers T5.'
-    )
-  if not _trained_kernels(run.params, adapters.LORA_A):
-    if run.prompt is None:
+  types = methods.peft_types(run.model_dir, run.params)
+  if 'LORA' not in types:
+    if 'PROMPT_TUNING' not in types:
       raise UserError(
         f'{run.model_dir} trained neither a soft prompt '
         f'({network.PROMPT_PATH}) nor LoRA, so there is no adapter to export; '
         'use --hf_dir.'
       )
     return 'PROMPT_TUNING'
-  base_trained = sorted(
-    k for k in run.params if k != network.PROMPT_PATH and not adapters.is_adapter(k)
-  )
+  base_trained = sorted(k for k in run.params if not methods.is_added(k))
   if base_trained:
     raise UserError(
       f'{run.model_dir} trained base parameters {base_trained[:3]} next to '
@@ -370,10 +350,10 @@ def export_peft_lora(
   config = run.network_config().require_complete()
   modules = hf_format.kernel_modules(config)
   tensors, rules = {}, {}
-  for kernel in _trained_kernels(run.params, adapters.LORA_A):
+  for kernel in _trained_kernels(run.params, lora.LORA_A):
     prefix, name = kernel[: -len('kernel')], modules[kernel]
-    rule = config.adapters.lora(kernel)
-    for leaf, peft_leaf in ((adapters.LORA_A, 'lora_A'), (adapters.LORA_B, 'lora_B')):
+    rule = lora.rule_for(config, kernel)
+    for leaf, peft_leaf in ((lora.LORA_A, 'lora_A'), (lora.LORA_B, 'lora_B')):
       tensors[f'base_model.model.{name}.{peft_leaf}.weight'] = np.ascontiguousarray(
         np.asarray(run.params[prefix + leaf], np.float32).T
       )

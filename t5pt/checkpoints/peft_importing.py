@@ -36,7 +36,7 @@ from t5pt.checkpoints import hf_format
 from t5pt.checkpoints import opening
 from t5pt.checkpoints import run_checkpoints
 from t5pt.checkpoints import safetensors_io
-from t5pt.model import adapters
+from t5pt.model.methods import lora
 from t5pt.model import network
 from t5pt.model import prompts
 from t5pt.runtime import fs
@@ -245,8 +245,8 @@ def lora_parameters(
     if config.get('use_rslora'):
       alpha *= math.sqrt(rank)  # PEFT scales by alpha / sqrt(r), t5pt by alpha / r.
     prefix = path[: -len('kernel')]
-    params[prefix + adapters.LORA_A] = np.asarray(a, np.float32).T
-    params[prefix + adapters.LORA_B] = np.asarray(b, np.float32).T
+    params[prefix + lora.LORA_A] = np.asarray(a, np.float32).T
+    params[prefix + lora.LORA_B] = np.asarray(b, np.float32).T
     rules.append((re.escape(path), int(rank), alpha))
   return params, tuple(rules)
 

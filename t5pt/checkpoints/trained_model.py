@@ -15,6 +15,7 @@ import numpy as np
 
 from t5pt.checkpoints import base_readers
 from t5pt.checkpoints import run_checkpoints
+from t5pt.model import methods
 from t5pt.model import network
 from t5pt.runtime import data
 from t5pt.runtime import fs
@@ -86,7 +87,7 @@ class T5XRun(TrainedRun):
     self.model_dir = model_dir
     self.step = step
     self.params = {k: checkpoint.read(k) for k in tuned}
-    config = checkpoint.reconcile(_tuning_from_shapes(network.T5Config(), shapes, setting, path))
+    config = checkpoint.reconcile(methods.recognise(network.T5Config(), shapes, setting, path))
     self.meta = run_checkpoints.RunMeta(
       step=self.step,
       trainable=config.tuned_parameters(),
@@ -100,38 +101,6 @@ class T5XRun(TrainedRun):
         f'{setting}={path!r} holds tuned parameters the gin network.T5Config does not make, '
         f'e.g. {sorted(missing)[:2]}: bind the lora_rules / ia3_pattern the t5x run used.'
       )
-
-
-def _tuning_from_shapes(config: network.T5Config, shapes, setting: str, path: str):
-  """`config` with the prompt and deep-prompt lengths the shapes imply (a length gin sets
-  must agree); a UserError if the shapes hold LoRA or IA3 leaves gin has no rule for."""
-  lengths = {}
-  prompt = shapes.get(network.PROMPT_PATH)
-  if prompt:
-    lengths['prompt_length'] = prompt[0]
-  for side, field in (('encoder', 'prefix_length'), ('decoder', 'decoder_prefix_length')):
-    prefixes = [v[0] for k, v in shapes.items() if k.startswith(side) and k.endswith('/prefix_key')]
-    if prefixes:
-      lengths[field] = prefixes[0]
-  for field, value in lengths.items():
-    if getattr(config, field) not in (0, value):
-      raise UserError(
-        f'network.T5Config.{field} = {getattr(config, field)} in gin, but {path} was trained '
-        f'with {value}; drop the binding.'
-      )
-  lora = sorted(k for k in shapes if k.endswith('/lora_a'))
-  if lora and not config.lora_rules:
-    raise UserError(
-      f'{setting}={path!r} holds LoRA factors on {len(lora)} kernels (rank {shapes[lora[0]][1]}), '
-      f'e.g. {lora[0]}. Its alpha is not in the checkpoint: pass the rules the t5x run used, '
-      "e.g. gin/t5x/lora.gin's: --gin.network.T5Config.lora_rules=%adapters.DEFAULT_LORA_RULES"
-    )
-  if any(k.endswith('/ia3_scale') for k in shapes) and not config.ia3_pattern:
-    raise UserError(
-      f'{setting}={path!r} holds IA3 scales: pass the ia3_pattern the t5x run used, e.g. '
-      '--gin.network.T5Config.ia3_pattern="%adapters.DEFAULT_IA3_PATTERN".'
-    )
-  return dataclasses.replace(config, **lengths)
 
 
 @dataclasses.dataclass

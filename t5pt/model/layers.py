@@ -1,96 +1,68 @@
-"""The layers of the T5 network (t5x's examples/t5/layers.py, with t5pt's adapters):
-dense, embedding, RMS norm, relative position biases, attention with a KV cache and deep
-prompts, and the gated MLP. Every parameter is float32 and carries logical axis names;
-activations run in each layer's `dtype`, layer norms and softmax in float32.
+"""The layers of the T5 network (t5x's examples/t5/layers.py): dense, embedding, RMS
+norm, relative position biases, attention with a KV cache, and the gated MLP. Every
+parameter is float32 and carries logical axis names; activations run in each layer's
+`dtype`, layer norms and softmax in float32. Dense layers and attention call the tuning
+methods a `config` (network.T5Config) enables at their insertion points (methods/base.py).
 """
 
 import functools
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5pt.model import adapters as adapters_lib
 from t5pt.model import decoding
-from t5pt.model import quantization
+from t5pt.model import methods
+from t5pt.model.methods import base
 
 Array = jax.Array
 
 
-def _param(module, name, init, shape, axes):
-  """Declares a float32 parameter annotated with its logical axis names."""
-  return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
+_param = base.param
+
+
+def _enabled(config) -> tuple:
+  return () if config is None else methods.enabled(config)
 
 
 class Dense(nn.Module):
-  """A bias-free dense layer over the last axis, [..., in] -> [..., features], with the
-  LoRA / IA3 adapters that `adapters` assigns to its kernel's path. With `int8` the
-  kernel is int8 with a float32 `kernel_scale` [features] (see quantization.py)."""
+  """A bias-free dense layer over the last axis, [..., in] -> [..., features]. The methods
+  `config` enables may store the kernel differently (int8), change the input (IA3 on
+  mlp/wo) and add to or scale the output (LoRA, IA3), by the kernel's path."""
 
   features: int
   kernel_axes: tuple[str, str]
   kernel_init: nn.initializers.Initializer
   dtype: jnp.dtype = jnp.float32
-  adapters: adapters_lib.AdapterConfig = adapters_lib.AdapterConfig()
-  int8: bool = False
+  config: Any = None  # the network.T5Config whose methods apply; None: a plain dense layer
 
   @nn.compact
   def __call__(self, x: Array, deterministic: bool = True) -> Array:
-    in_axis, out_axis = self.kernel_axes
     shape = (x.shape[-1], self.features)
-    if self.int8:
-      kernel = self.param(
-        'kernel',
-        nn.with_logical_partitioning(nn.initializers.zeros, self.kernel_axes),
-        shape,
-        jnp.int8,
-      )
-      kernel_scale = _param(
-        self, quantization.KERNEL_SCALE, nn.initializers.ones, (shape[1],), (out_axis,)
-      )
+    enabled = _enabled(self.config)
+    stored = next(
+      (
+        found
+        for m in enabled
+        if (found := m.dense_kernel(self, self.config, shape, self.kernel_axes, self.kernel_init))
+      ),
+      None,
+    )
+    if stored:
+      kernel, rescale = stored
     else:
-      kernel = _param(self, 'kernel', self.kernel_init, shape, self.kernel_axes)
+      kernel, rescale = _param(self, 'kernel', self.kernel_init, shape, self.kernel_axes), None
     path = '/'.join(self.path + ('kernel',))
     x = x.astype(self.dtype)
-    ia3_side = self.adapters.ia3_side(path)
-    if ia3_side:
-      scale = _param(
-        self,
-        adapters_lib.IA3_SCALE,
-        nn.initializers.ones,
-        (shape[0] if ia3_side == 'input' else shape[1],),
-        (in_axis if ia3_side == 'input' else out_axis,),
-      )
-      scale = jnp.asarray(scale, self.dtype)
-    if ia3_side == 'input':
-      x = x * scale
+    for method in enabled:
+      x = method.dense_input(self, self.config, path, x)
     y = jnp.dot(x, jnp.asarray(kernel, self.dtype))
-    if self.int8:
-      y = y * jnp.asarray(kernel_scale, self.dtype)
-    lora = self.adapters.lora(path)
-    if lora:
-      # A as torch's kaiming_uniform(a=sqrt(5)) (HF PEFT's choice); B zero.
-      a = _param(
-        self,
-        adapters_lib.LORA_A,
-        nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform'),
-        (shape[0], lora.rank),
-        (in_axis, adapters_lib.LORA_RANK_AXIS),
-      )
-      b = _param(
-        self,
-        adapters_lib.LORA_B,
-        nn.initializers.zeros,
-        (lora.rank, shape[1]),
-        (adapters_lib.LORA_RANK_AXIS, out_axis),
-      )
-      h = nn.Dropout(self.adapters.lora_dropout)(x, deterministic=deterministic)
-      h = jnp.dot(jnp.dot(h, jnp.asarray(a, self.dtype)), jnp.asarray(b, self.dtype))
-      y = y + (lora.scale * h).astype(y.dtype)
-    if ia3_side == 'output':
-      y = y * scale
+    if rescale:
+      y = rescale(y)
+    for method in enabled:
+      y = method.dense_output(self, self.config, path, x, y, deterministic)
     return y
 
 
@@ -192,9 +164,7 @@ class MultiHeadAttention(nn.Module):
   head_dim: int
   dropout_rate: float
   dtype: jnp.dtype = jnp.float32
-  adapters: adapters_lib.AdapterConfig = adapters_lib.AdapterConfig()
-  prefix_length: int = 0
-  int8: bool = False
+  config: Any = None  # the network.T5Config whose methods apply
 
   @nn.compact
   def __call__(
@@ -215,9 +185,8 @@ class MultiHeadAttention(nn.Module):
     one new position. decode='cross' projects the encoder states once, on the first call,
     and reuses them.
 
-    With prefix_length P, trained keys and values [P, joined_kv] (deep prompts: prefix
-    tuning / P-tuning v2) come before the others; every query may attend to them and they
-    get no position bias.
+    The enabled methods may then extend the keys and values (deep prompts' trained
+    prefixes, which every query may attend to).
     """
     joined = self.num_heads * self.head_dim
     init = nn.initializers.variance_scaling(1.0, 'fan_in', 'normal')
@@ -228,8 +197,7 @@ class MultiHeadAttention(nn.Module):
       features=joined,
       kernel_axes=('embed', 'joined_kv'),
       dtype=self.dtype,
-      adapters=self.adapters,
-      int8=self.int8,
+      config=self.config,
     )
     split = lambda x: x.reshape(x.shape[:2] + (self.num_heads, self.head_dim))
     query = split(dense(kernel_init=query_init, name='query')(inputs_q, deterministic))
@@ -240,8 +208,8 @@ class MultiHeadAttention(nn.Module):
       key, value = project('key'), project('value')
     if decode == 'self':
       key, value = self._extend_cache(key, value)
-    if self.prefix_length:
-      key, value, mask, bias = self._prepend_prefix(key, value, mask, bias)
+    for method in _enabled(self.config):
+      key, value, mask, bias = method.attention_kv(self, self.config, key, value, mask, bias)
 
     logits = jnp.einsum('bqhd,bkhd->bhqk', query, key).astype(jnp.float32)
     if bias is not None:
@@ -260,37 +228,8 @@ class MultiHeadAttention(nn.Module):
     out = jnp.einsum('bhqk,bkhd->bqhd', weights, value)
     out = out.reshape(out.shape[:2] + (joined,))
     return Dense(
-      inputs_q.shape[-1],
-      ('joined_kv', 'embed'),
-      init,
-      self.dtype,
-      self.adapters,
-      self.int8,
-      name='out',
+      inputs_q.shape[-1], ('joined_kv', 'embed'), init, self.dtype, self.config, name='out'
     )(out, deterministic)
-
-  def _prepend_prefix(self, key, value, mask, bias):
-    """Trained [P, heads, head_dim] keys/values before key/value [batch, kv_len, ...]."""
-    shape = (self.prefix_length, self.num_heads * self.head_dim)
-    init = nn.initializers.normal(1.0)
-    batch = key.shape[0]
-
-    def prefix(name, x):
-      p = _param(self, name, init, shape, ('prompt', 'joined_kv'))
-      p = jnp.asarray(p, x.dtype).reshape((1, self.prefix_length) + x.shape[2:])
-      return jnp.concatenate([jnp.broadcast_to(p, (batch,) + p.shape[1:]), x], axis=1)
-
-    key = prefix(adapters_lib.PREFIX_KEY, key)
-    value = prefix(adapters_lib.PREFIX_VALUE, value)
-    if mask is not None:
-      mask = jnp.concatenate(
-        [jnp.ones(mask.shape[:-1] + (self.prefix_length,), mask.dtype), mask], axis=-1
-      )
-    if bias is not None:
-      bias = jnp.concatenate(
-        [jnp.zeros(bias.shape[:-1] + (self.prefix_length,), bias.dtype), bias], axis=-1
-      )
-    return key, value, mask, bias
 
   def _extend_cache(self, key: Array, value: Array) -> tuple[Array, Array]:
     initialised = self.has_variable('cache', 'cached_key')
@@ -324,8 +263,7 @@ class MlpBlock(nn.Module):
   activations: Sequence[str]
   dropout_rate: float
   dtype: jnp.dtype = jnp.float32
-  adapters: adapters_lib.AdapterConfig = adapters_lib.AdapterConfig()
-  int8: bool = False
+  config: Any = None  # the network.T5Config whose methods apply
 
   @nn.compact
   def __call__(self, x: Array, deterministic: bool) -> Array:
@@ -334,14 +272,14 @@ class MlpBlock(nn.Module):
     hidden = None
     for i, act in enumerate(self.activations):
       name = f'wi_{i}' if len(self.activations) > 1 else 'wi'
-      h = Dense(
-        self.mlp_dim, ('embed', 'mlp'), init, self.dtype, self.adapters, self.int8, name=name
-      )(x, deterministic)
+      h = Dense(self.mlp_dim, ('embed', 'mlp'), init, self.dtype, self.config, name=name)(
+        x, deterministic
+      )
       h = h if act == 'linear' else getattr(nn, act)(h)
       hidden = h if hidden is None else hidden * h
     hidden = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
       hidden, deterministic=deterministic
     )
-    return Dense(
-      x.shape[-1], ('mlp', 'embed'), init, self.dtype, self.adapters, self.int8, name='wo'
-    )(hidden, deterministic)
+    return Dense(x.shape[-1], ('mlp', 'embed'), init, self.dtype, self.config, name='wo')(
+      hidden, deterministic
+    )

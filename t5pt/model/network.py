@@ -4,7 +4,6 @@ Parameter names, shapes and logical axis names follow t5x's `examples/t5`, so T5
 checkpoints map onto this tree one to one:
 
     token_embedder/embedding                                  [vocab, embed]
-    encoder/prompt/prompt                                     [prompt, embed]   (prompt_length > 0)
     encoder/relpos_bias/rel_embedding                         [heads, relpos_buckets]
     encoder/layers_N/pre_attention_layer_norm/scale           [embed]
     encoder/layers_N/attention/{query,key,value}/kernel       [embed, joined_kv]
@@ -19,14 +18,18 @@ checkpoints map onto this tree one to one:
                       pre_mlp_layer_norm, mlp}/...
     decoder/logits_dense/kernel                               [embed, vocab]   (untied only)
 
-Added by a tuning method (see adapters.py, quantization.py), next to the kernel they adapt:
+Added by a tuning method (t5pt/model/methods/, one module each), e.g.:
 
-    .../<dense>/lora_a                                        [in, lora_rank]  (lora_rules)
-    .../<dense>/lora_b                                        [lora_rank, out]
+    encoder/prompt/prompt                                     [prompt, embed]  (prompt_length)
+    .../<dense>/lora_a, lora_b                                [in, lora_rank], [lora_rank, out]
     .../<dense>/ia3_scale                                     [in] or [out]    (ia3_pattern)
     .../<attention>/prefix_key, prefix_value                  [prompt, joined_kv]
-                                          (prefix_length, decoder_prefix_length: deep prompts)
+    .../<sublayer>_parallel_adapter/down, up                  [embed, adapter], [adapter, embed]
     .../<dense>/kernel_scale                                  [out]   (int8_kernels: kernel int8)
+
+The network calls the methods the config enables at fixed insertion points (the embedded
+input, every dense layer, every attention's keys and values, every sublayer's output);
+it never names a method.
 
 Parameters are stored in float32 (or whatever dtype the caller casts them to); activations
 run in `T5Config.dtype`, with layer norms and softmax computed in float32. The layers
@@ -43,21 +46,23 @@ import jax.numpy as jnp
 import numpy as np
 
 import gin
-from t5pt.model import adapters as adapters_lib
 from t5pt.model import layers
-from t5pt.model import prompts
+from t5pt.model import masks
+from t5pt.model import methods
+from t5pt.model.methods import prompt as prompt_method
+from t5pt.runtime import checks
 from t5pt.runtime.errors import UserError
 
 Array = jax.Array
 
-PROMPT_PATH = 'encoder/prompt/prompt'
+PROMPT_PATH = prompt_method.PROMPT_PATH
 EMBEDDING_PATH = 'token_embedder/embedding'
 LOGITS_PATH = 'decoder/logits_dense/kernel'
 
 
 def is_added_by_tuning(path: str) -> bool:
   """Whether a parameter exists only for tuning (prompt, adapters), not in a base model."""
-  return path == PROMPT_PATH or adapters_lib.is_adapter(path)
+  return methods.is_added(path)
 
 
 ARCHITECTURE_FIELDS = (
@@ -98,42 +103,43 @@ class T5Config:
   relative_attention_num_buckets: Optional[int] = None
   relative_attention_max_distance: Optional[int] = None
   prompt_length: int = 0
-  lora_rules: Sequence = ()  # (kernel path regex, rank, alpha); see adapters.py
+  lora_rules: Sequence = ()  # (kernel path regex, rank, alpha); see methods/lora.py
   lora_dropout: float = 0.0
   ia3_pattern: Optional[str] = None  # kernel path regex for IA3 scales
   prefix_length: int = 0  # deep prompts: per-layer key/value prefixes, encoder
   decoder_prefix_length: int = 0  # ... and decoder self- and cross-attention
-  int8_kernels: bool = False  # dense kernels int8 + kernel_scale; see quantization.py
+  int8_kernels: bool = False  # dense kernels int8 + kernel_scale; see methods/int8.py
   remat_policy: str = 'none'  # what a layer keeps for the backward pass: REMAT_POLICIES
+  # Methods without a field above: {method name: {setting: value}} (t5pt/model/methods/).
+  methods: Mapping[str, Mapping[str, object]] = ()
 
   def __post_init__(self):
-    # gin and JSON give lists; the config must stay hashable.
+    # gin and JSON give lists and dicts; the config must stay hashable.
     rules = tuple(tuple(rule) for rule in self.lora_rules)
     object.__setattr__(self, 'lora_rules', rules)
     if self.mlp_activations is not None:
       object.__setattr__(self, 'mlp_activations', tuple(self.mlp_activations))
-
-  @property
-  def adapters(self) -> adapters_lib.AdapterConfig:
-    return adapters_lib.AdapterConfig(self.lora_rules, self.lora_dropout, self.ia3_pattern)
+    object.__setattr__(self, 'methods', _frozen_settings(self.methods))
 
   @property
   def activation_dtype(self):
     return jnp.dtype(self.dtype)
 
   def tuned_parameters(self) -> tuple[str, ...]:
-    """Regexes of the parameters the tuning method adds (prompt, LoRA factors, IA3 scales,
-    deep-prompt prefixes): what trains when TRAINABLE is not set."""
-    patterns = []
-    if self.prompt_length:
-      patterns.append(PROMPT_PATH)
-    if self.lora_rules:
-      patterns.append(f'.*/({adapters_lib.LORA_A}|{adapters_lib.LORA_B})')
-    if self.ia3_pattern:
-      patterns.append(f'.*/{adapters_lib.IA3_SCALE}')
-    if self.prefix_length or self.decoder_prefix_length:
-      patterns.append(f'.*/({adapters_lib.PREFIX_KEY}|{adapters_lib.PREFIX_VALUE})')
-    return tuple(patterns)
+    """Regexes of the parameters the tuning methods add (prompt, LoRA factors, IA3 scales,
+    deep-prompt prefixes, ...): what trains when TRAINABLE is not set."""
+    return methods.trainable(self)
+
+  def method_settings(self, name: str) -> Optional[dict]:
+    """{setting: value} of the method `name` in `methods`; None when it is not there."""
+    found = dict(self.methods).get(name)
+    return None if found is None else dict(found)
+
+  def check(self) -> 'T5Config':
+    """Checks every value a user sets (sizes, options and each method's settings)."""
+    checks.network_config(self)
+    methods.check(self)
+    return self
 
   def architecture(self) -> dict:
     return {f: getattr(self, f) for f in ARCHITECTURE_FIELDS}
@@ -206,17 +212,27 @@ def _normalise(value):
   return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
+def _frozen_settings(value) -> tuple:
+  """{name: {setting: value}} (or its JSON form, nested pairs) as sorted nested tuples."""
+  items = value.items() if isinstance(value, Mapping) else value
+  frozen = []
+  for name, settings in items:
+    pairs = settings.items() if isinstance(settings, Mapping) else settings
+    frozen.append((name, tuple(sorted((k, _normalise(v)) for k, v in pairs))))
+  return tuple(sorted(frozen))
+
+
 def _mlp(cfg: T5Config, dtype) -> layers.MlpBlock:
   """The MLP block of an encoder or decoder layer."""
-  return layers.MlpBlock(
-    cfg.mlp_dim,
-    cfg.mlp_activations,
-    cfg.dropout_rate,
-    dtype,
-    cfg.adapters,
-    cfg.int8_kernels,
-    name='mlp',
-  )
+  return layers.MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype, cfg, name='mlp')
+
+
+def _sublayer_output(layer: nn.Module, name: str, x: Array, y: Array, deterministic: bool):
+  """A sublayer's output [batch, length, embed] as the enabled methods change it, given its
+  (normed) input x."""
+  for method in methods.enabled(layer.config):
+    y = method.sublayer_output(layer, layer.config, name, x, y, deterministic)
+  return y
 
 
 class EncoderLayer(nn.Module):
@@ -227,20 +243,14 @@ class EncoderLayer(nn.Module):
     cfg = self.config
     dtype = cfg.activation_dtype
     dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
-    y = layers.RMSNorm(dtype, name='pre_attention_layer_norm')(x)
+    h = layers.RMSNorm(dtype, name='pre_attention_layer_norm')(x)
     y = layers.MultiHeadAttention(
-      cfg.num_heads,
-      cfg.head_dim,
-      cfg.dropout_rate,
-      dtype,
-      cfg.adapters,
-      cfg.prefix_length,
-      cfg.int8_kernels,
-      name='attention',
-    )(y, y, mask, bias, deterministic)
+      cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype, cfg, name='attention'
+    )(h, h, mask, bias, deterministic)
+    y = _sublayer_output(self, 'attention', h, y, deterministic)
     x = x + dropout(y, deterministic=deterministic)
-    y = layers.RMSNorm(dtype, name='pre_mlp_layer_norm')(x)
-    y = _mlp(cfg, dtype)(y, deterministic)
+    h = layers.RMSNorm(dtype, name='pre_mlp_layer_norm')(x)
+    y = _sublayer_output(self, 'mlp', h, _mlp(cfg, dtype)(h, deterministic), deterministic)
     return x + dropout(y, deterministic=deterministic)
 
 
@@ -263,27 +273,22 @@ class DecoderLayer(nn.Module):
     dtype = cfg.activation_dtype
     dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     attention = functools.partial(
-      layers.MultiHeadAttention,
-      cfg.num_heads,
-      cfg.head_dim,
-      cfg.dropout_rate,
-      dtype,
-      cfg.adapters,
-      cfg.decoder_prefix_length,
-      cfg.int8_kernels,
+      layers.MultiHeadAttention, cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype, cfg
     )
-    y = layers.RMSNorm(dtype, name='pre_self_attention_layer_norm')(x)
+    h = layers.RMSNorm(dtype, name='pre_self_attention_layer_norm')(x)
     y = attention(name='self_attention')(
-      y, y, self_mask, bias, deterministic, 'self' if decode else None
+      h, h, self_mask, bias, deterministic, 'self' if decode else None
     )
+    y = _sublayer_output(self, 'self_attention', h, y, deterministic)
     x = x + dropout(y, deterministic=deterministic)
-    y = layers.RMSNorm(dtype, name='pre_cross_attention_layer_norm')(x)
+    h = layers.RMSNorm(dtype, name='pre_cross_attention_layer_norm')(x)
     y = attention(name='encoder_decoder_attention')(
-      y, encoded, cross_mask, None, deterministic, self._cross_decode(decode)
+      h, encoded, cross_mask, None, deterministic, self._cross_decode(decode)
     )
+    y = _sublayer_output(self, 'encoder_decoder_attention', h, y, deterministic)
     x = x + dropout(y, deterministic=deterministic)
-    y = layers.RMSNorm(dtype, name='pre_mlp_layer_norm')(x)
-    y = _mlp(cfg, dtype)(y, deterministic)
+    h = layers.RMSNorm(dtype, name='pre_mlp_layer_norm')(x)
+    y = _sublayer_output(self, 'mlp', h, _mlp(cfg, dtype)(h, deterministic), deterministic)
     return x + dropout(y, deterministic=deterministic)
 
   def _cross_decode(self, decode: bool) -> Optional[str]:
@@ -300,53 +305,6 @@ def _relpos(cfg: T5Config, name: str) -> layers.RelativePositionBiases:
     cfg.activation_dtype,
     name=name,
   )
-
-
-def encoder_key_mask(
-  encoder_input_tokens: Array, prompt_length: int, prompt_mask: Optional[Array] = None
-) -> Array:
-  """Which encoder positions are real (prompt or non-padding token): [batch, P + length].
-
-  `prompt_mask` [batch, P] marks the real positions of per-example prompts that are
-  left-padded to a common length P; by default every prompt position is real.
-  """
-  batch = encoder_input_tokens.shape[0]
-  if prompt_mask is None:
-    prompt_mask = jnp.ones((batch, prompt_length), bool)
-  return jnp.concatenate([prompt_mask.astype(bool), encoder_input_tokens > 0], axis=1)
-
-
-def _segments_with_prompt(segment_ids: Array, prompt_length: int) -> Array:
-  """Prompt positions get segment 0 (shared by every packed example): [batch, P + length]."""
-  batch = segment_ids.shape[0]
-  return jnp.concatenate(
-    [jnp.zeros((batch, prompt_length), segment_ids.dtype), segment_ids], axis=1
-  )
-
-
-def attention_mask(
-  query_valid: Array,
-  key_valid: Array,
-  query_segments: Optional[Array] = None,
-  key_segments: Optional[Array] = None,
-  key_is_prompt: Optional[Array] = None,
-  causal: bool = False,
-) -> Array:
-  """Builds a [batch, 1, q_len, kv_len] 0/1 mask.
-
-  Packed batches (segment ids given) attend within their own segment; keys flagged by
-  `key_is_prompt` [kv_len] are visible to every segment.
-  """
-  mask = query_valid[:, :, None] & key_valid[:, None, :]
-  if query_segments is not None:
-    same = query_segments[:, :, None] == key_segments[:, None, :]
-    if key_is_prompt is not None:
-      same = same | key_is_prompt[None, None, :]
-    mask = mask & same
-  if causal:
-    q_len, k_len = mask.shape[1:]
-    mask = mask & jnp.tril(jnp.ones((q_len, k_len), bool))[None]
-  return mask[:, None].astype(jnp.float32)
 
 
 class Encoder(nn.Module):
@@ -369,17 +327,17 @@ class Encoder(nn.Module):
     """
     cfg = self.config
     dtype = cfg.activation_dtype
-    p = cfg.prompt_length
+    p = methods.input_positions(cfg)
     x = self.shared_embedding(encoder_input_tokens.astype(jnp.int32))
-    if p:
-      x = prompts.Prompt(p, cfg.emb_dim, name='prompt')(x, prompt)
+    for method in methods.enabled(cfg):
+      x = method.embedded_input(self, cfg, x, prompt)
     x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
-    valid = encoder_key_mask(encoder_input_tokens, p, prompt_mask)
+    valid = masks.encoder_key_mask(encoder_input_tokens, p, prompt_mask)
     segments = (
-      None if encoder_segment_ids is None else _segments_with_prompt(encoder_segment_ids, p)
+      None if encoder_segment_ids is None else masks.segments_with_prompt(encoder_segment_ids, p)
     )
     is_prompt = jnp.arange(x.shape[1]) < p
-    mask = attention_mask(valid, valid, segments, segments, is_prompt)
+    mask = masks.attention_mask(valid, valid, segments, segments, is_prompt)
     bias = _relpos(cfg, 'relpos_bias')(x.shape[1], x.shape[1], bidirectional=True)
     x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
     layer = _rematerialised(EncoderLayer, cfg.remat_policy, static_argnums=(4,))
@@ -416,8 +374,8 @@ class Decoder(nn.Module):
     """
     cfg = self.config
     dtype = cfg.activation_dtype
-    p = cfg.prompt_length
-    enc_valid = encoder_key_mask(encoder_input_tokens, p, encoder_prompt_mask)
+    p = methods.input_positions(cfg)
+    enc_valid = masks.encoder_key_mask(encoder_input_tokens, p, encoder_prompt_mask)
     relpos = _relpos(cfg, 'relpos_bias')
     # 'cache_index': t5x's name for a cache's scalar position, which beam search keeps.
     stepping = decode and self.has_variable('cache', 'cache_index')
@@ -435,13 +393,13 @@ class Decoder(nn.Module):
       if decode:
         self.variable('cache', 'cache_index', lambda: jnp.zeros((), jnp.int32))
       dec_valid = decoder_target_tokens > 0
-      self_mask = attention_mask(
+      self_mask = masks.attention_mask(
         dec_valid, dec_valid, decoder_segment_ids, decoder_segment_ids, causal=True
       )
       enc_segments = (
-        None if encoder_segment_ids is None else _segments_with_prompt(encoder_segment_ids, p)
+        None if encoder_segment_ids is None else masks.segments_with_prompt(encoder_segment_ids, p)
       )
-      cross_mask = attention_mask(
+      cross_mask = masks.attention_mask(
         dec_valid, enc_valid, decoder_segment_ids, enc_segments, jnp.arange(encoded.shape[1]) < p
       )
       length = decoder_input_tokens.shape[1]
@@ -464,8 +422,7 @@ class Decoder(nn.Module):
         ('embed', 'vocab'),
         nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal'),
         dtype,
-        cfg.adapters,
-        cfg.int8_kernels,
+        cfg,
         name='logits_dense',
       )(y, deterministic)
     return logits.astype(jnp.float32)

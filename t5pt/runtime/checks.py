@@ -143,23 +143,12 @@ REMAT_POLICIES = ('none', 'minimal', 'dots', 'full')  # network.REMAT_POLICIES' 
 
 
 def network_config(config) -> None:
-  """The tuning-method values of a network.T5Config (architecture sizes come from the
-  model file or the checkpoint and are reconciled with it)."""
-  integer(config.prompt_length, 'PROMPT_LENGTH (network.T5Config.prompt_length)', 0)
+  """The options of a network.T5Config besides its tuning methods (each method checks its
+  own settings) and its architecture sizes (from the model file or the checkpoint, and
+  reconciled with it)."""
   number(config.dropout_rate, 'DROPOUT_RATE (network.T5Config.dropout_rate)', 0.0, 1.0)
-  number(config.lora_dropout, 'LORA_DROPOUT (network.T5Config.lora_dropout)', 0.0, 1.0)
-  boolean(config.int8_kernels, 'INT8_BASE (network.T5Config.int8_kernels)')
-  integer(config.prefix_length, 'PREFIX_LENGTH (network.T5Config.prefix_length)', 0)
-  integer(config.decoder_prefix_length, 'network.T5Config.decoder_prefix_length', 0)
   float_dtype(config.dtype, 'network.T5Config.dtype')
   choice(config.remat_policy, 'REMAT_POLICY (network.T5Config.remat_policy)', REMAT_POLICIES)
-  string(config.ia3_pattern, 'network.T5Config.ia3_pattern', optional=True)
-  for rule in config.lora_rules:
-    if len(rule) != 3:
-      raise _fail('LORA_RULES', list(config.lora_rules), 'each rule is (regex, rank, alpha)')
-    regexes([rule[0]], 'LORA_RULES')
-    integer(rule[1], f'LORA_RULES rank of {rule[0]!r}', 1)
-    positive_number(rule[2], f'LORA_RULES alpha of {rule[0]!r}')
   for name in ('emb_dim', 'num_heads', 'head_dim', 'mlp_dim', 'vocab_size'):
     optional_integer(getattr(config, name), f'network.T5Config.{name}', 1)
   for name in ('num_encoder_layers', 'num_decoder_layers'):

@@ -13,7 +13,7 @@ import sys
 
 # Old name under t5pt -> where the module lives now.
 MOVED = {
-  'adapters': 't5pt.model.adapters',
+  'adapters': 't5pt.model.methods',
   'backend_check': 't5pt.runtime.backend_check',
   'batch_inference': 't5pt.serving.batch_inference',
   'checkpoint_import': 't5pt.checkpoints.base_readers',

@@ -31,9 +31,7 @@ STANDARD_LOGICAL_AXIS_RULES: LogicalRules = (
   ('joined_kv', 'model'),
   ('relpos_buckets', None),
   ('length', None),
-  ('prompt', None),
-  ('lora_rank', None),
-)
+)  # Axes not named here, such as those the tuning methods add, are replicated.
 
 
 @gin.configurable(module='partitioning')

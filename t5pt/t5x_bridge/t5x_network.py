@@ -37,31 +37,28 @@ from flax.linen import partitioning as flax_partitioning
 import gin
 from t5pt.checkpoints import base_readers
 from t5pt.checkpoints import opening
-from t5pt.model import adapters
+from t5pt.model import methods
 from t5pt.model import network
 from t5pt.model import prompts
 from t5pt.runtime import data
 from t5pt.runtime import fs
-from t5pt.runtime import partitioning
 from t5pt.runtime.errors import UserError
 
 Array = jax.Array
 
-# t5x's `standard_logical_axis_rules(additional_rules=...)` for the axes t5pt adds.
-ADDITIONAL_AXIS_RULES = tuple(
-  rule for rule in partitioning.STANDARD_LOGICAL_AXIS_RULES if rule[0] in ('prompt', 'lora_rank')
-)
+# t5x's `standard_logical_axis_rules(additional_rules=...)` for the axes the tuning methods
+# add: replicated, as t5pt's runner has them.
+ADDITIONAL_AXIS_RULES = tuple((axis, None) for axis in methods.axes())
 gin.constant('t5x_network.ADDITIONAL_AXIS_RULES', ADDITIONAL_AXIS_RULES)
-# t5x Adafactor's factoring of the axes t5pt adds: none (a prompt [prompt, embed] or a
-# LoRA factor keeps a full second moment, as google-research/prompt-tuning does).
-ADDITIONAL_FACTOR_RULES = {'prompt': 'none', 'lora_rank': 'none'}
+# t5x Adafactor's factoring of those axes: none (a prompt [prompt, embed] or a LoRA
+# factor keeps a full second moment, as google-research/prompt-tuning does).
+ADDITIONAL_FACTOR_RULES = {axis: 'none' for axis in methods.axes()}
 
 
 # t5x's RestoreCheckpointConfig.assignment_map for restoring a base checkpoint: the tuned
 # leaves (and their optimizer state) are not read from it but start from their
 # initialisers (with fallback_to_scratch).
-_TUNED_LEAVES = (network.PROMPT_PATH.rsplit('/', 1)[1],) + adapters.ADAPTER_LEAVES
-FRESH_TUNED_LEAVES = ((rf'.*/({"|".join(_TUNED_LEAVES)})(/.*)?', None),)
+FRESH_TUNED_LEAVES = ((methods.fresh_leaves_pattern(), None),)
 gin.constant('t5x_network.FRESH_TUNED_LEAVES', FRESH_TUNED_LEAVES)
 
 

@@ -121,7 +121,7 @@ class Planner:
     self.bindings = bindings
     self.mesh = mesh
     config = bindings['network_config']
-    checks.network_config(config)
+    config.check()
     self.network_config = config.require_complete()
     self.lengths = data.converter_lengths(
       bindings['task_feature_lengths'], self.network_config.prompt_length

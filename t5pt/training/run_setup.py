@@ -23,7 +23,7 @@ from absl import logging
 
 from t5pt.checkpoints import opening
 from t5pt.checkpoints import run_checkpoints
-from t5pt.model import adapters
+from t5pt.model import methods
 from t5pt.model import models
 from t5pt.model import network
 from t5pt.model import quantization
@@ -159,7 +159,7 @@ def check_values(config: TrainConfig) -> None:
   ):
     checks.integer(getattr(c, name), f'{macro} ({b}{name})', 1)
   checks.optional_integer(c.keep_checkpoints, f'{b}keep_checkpoints', 1)
-  checks.network_config(c.network_config)
+  c.network_config.check()
   checks.partition_config(c.partition)
   checks.number(c.loss.z_loss, 'models.LossConfig.z_loss', 0.0, float('inf'))
   checks.number(c.loss.label_smoothing, 'models.LossConfig.label_smoothing', 0.0, 1.0)
@@ -213,8 +213,7 @@ def prepare(config: TrainConfig) -> RunSetup:
   trainable_paths, frozen_paths = partitioning.split_trainable(
     list(shapes), trainable_patterns(config.trainable, network_config)
   )
-  _check_adapters(network_config, list(shapes), frozen_paths)
-  _check_int8(network_config, shapes, trainable_paths, base)
+  methods.check_run(network_config, shapes, trainable_paths, frozen_paths, base)
   resume_from = _resume_record(config, network_config, trainable_paths)
 
   frozen_targets = {
@@ -494,37 +493,3 @@ def initialise(init_fn, rng, paths: Sequence[str], shardings, dtype) -> dict:
     return {k: flat[k].astype(dtype) for k in paths}
 
   return jax.jit(select, out_shardings={k: shardings[k] for k in paths})(rng)
-
-
-def _check_adapters(
-  config: network.T5Config, paths: Sequence[str], frozen_paths: Sequence[str]
-) -> None:
-  """Adapter rules must select kernels, and adapters must be trained (a frozen one would
-  be loaded from a base that has none)."""
-  adapters.check_rules_match(config.adapters, [p for p in paths if p.endswith('/kernel')])
-  frozen_adapters = [p for p in frozen_paths if adapters.is_adapter(p)]
-  if frozen_adapters:
-    raise UserError(
-      f'{len(frozen_adapters)} adapter parameter(s), e.g. '
-      f'{frozen_adapters[0]!r}, are not in TRAINABLE. Add their pattern '
-      "(e.g. '.*/lora_[ab]' or '.*/ia3_scale') to TRAINABLE, leave TRAINABLE "
-      'unset (the method decides), or drop the adapter rules.'
-    )
-
-
-def _check_int8(config: network.T5Config, shapes, trainable_paths, base) -> None:
-  if not config.int8_kernels:
-    return
-  if not base:
-    raise UserError(
-      'network.T5Config.int8_kernels quantises a loaded base; set '
-      'INITIAL_CHECKPOINT_PATH (a random base has nothing to quantise).'
-    )
-  trained = [
-    p for p in trainable_paths if jnp.dtype(shapes[p].dtype) == jnp.int8 or quantization.is_scale(p)
-  ]
-  if trained:
-    raise UserError(
-      f'TRAINABLE selects {trained[0]!r}, but with int8_kernels the kernels '
-      'are frozen int8; train a prompt or adapters instead.'
-    )
