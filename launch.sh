@@ -6,7 +6,7 @@
 #   ./launch.sh train ARGS      python -m t5pt.train ARGS  (likewise infer / eval / export /
 #                               peft_import / demo)
 #
-# Several hosts (README "Several hosts"): the same command on every host, plus
+# Several hosts (docs/training.md "Several hosts"): the same command on every host, plus
 #   multi-host GPU   --multiprocess_gpu --coordinator_address=HOST0:1234 --process_count=N
 #                    --process_index=I   (or --multiprocess_gpu alone under SLURM / MPI / GKE)
 #   Cloud TPU pod    nothing (JAX distributed starts by itself): gcloud compute tpus tpu-vm

@@ -116,7 +116,7 @@ def lines(
     hint = ''
     if per_row < 1.5:
       hint = (
-        '; packing gains little unless a row holds several examples: see README '
+        '; packing gains little unless a row holds several examples: see docs/training.md '
         '"Choosing lengths and packing"'
       )
     yield f'data: packing holds {per_row:.1f} examples per row (sample of {SAMPLE_ROWS} rows){hint}'
