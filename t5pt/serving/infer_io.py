@@ -75,21 +75,11 @@ _NOT_LINES = {
 }
 
 
-def file_source(
-  path: str,
-  vocabulary: seqio.Vocabulary,
-  input_length: int,
-  prompt_names: Optional[Sequence[str]] = None,
-) -> Source:
-  """A .txt (one input per line) or .jsonl ({"inputs": ..., "targets": ..., "prompt": ...})
-  file. `prompt_names`: the PROMPTS a line may name in "prompt" (None: lines name none);
-  with a single prompt, lines that name none use it."""
-  return tokenized(path, read_input_file(path, prompt_names), vocabulary, input_length)
-
-
 def read_input_file(path: str, prompt_names: Optional[Sequence[str]] = None) -> list[dict]:
-  """The examples of INPUT_FILE `path` as file_source reads them, not yet tokenized (no
-  model is needed to read and check them): {'inputs', optional 'targets' and 'prompt'}.
+  """The examples of INPUT_FILE `path`, a .txt (one input per line) or .jsonl file
+  ({"inputs": ..., "targets": ..., "prompt": ...}), not yet tokenized (no model is needed
+  to read and check them): {'inputs', optional 'targets' and 'prompt'}. `prompt_names`:
+  the PROMPTS a line may name in "prompt" (None: lines name none).
   A UTF-8 byte-order mark at the start is ignored; lines end at LF (or CRLF)."""
   fs.check_gcs_reachable(path, 'INPUT_FILE')
   if not fs.exists(path):
