@@ -9,6 +9,7 @@ each of which imports only the ones listed after it (docs/ARCHITECTURE.md):
   t5x_bridge/   the network and t5pt's macros as real t5x's runner sees them
   checkpoints/  opening what the user pointed at, run checkpoints, formats, exporters
   model/        the T5 network, its tuning methods, losses, decoding, jitted steps
+  tools/        tools a model calls while it decodes, and the sandbox model-written code runs in
   runtime/      files (local and gs://), errors, checks, logs, gin, devices and hosts, data
 """
 

@@ -18,6 +18,7 @@ COMMANDS = {'train', 'infer', 'eval', 'export', 'peft_import', 'plan', 'demo'}
 # package -> the t5pt packages it may import (docs/ARCHITECTURE.md, "Allowed imports").
 ALLOWED = {
   'runtime': set(),
+  'tools': {'runtime'},
   'model': {'runtime'},
   'checkpoints': {'model', 'runtime'},
   'serving': {'checkpoints', 'model', 'runtime'},
