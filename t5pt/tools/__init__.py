@@ -9,6 +9,8 @@ evaluator, and model-written code runs only in the sandbox's separate, walled pr
   sandbox     a separate process behind OS walls; the `python` tool runs code in it
   retrieval   BM25 over a local corpus (bm25s)
   calendar    today's date in Toolformer's wording
+  registry    the tools as gin names them (TOOLS = {'Calculator': @tools.calculator(), ...})
+              and the start-up check of a TOOLS binding
 
 Imports only t5pt.runtime.
 """
