@@ -21,9 +21,9 @@ ALLOWED = {
   'tools': {'runtime'},
   'model': {'runtime'},
   'checkpoints': {'model', 'runtime'},
-  'serving': {'checkpoints', 'model', 'runtime'},
+  'serving': {'tools', 'checkpoints', 'model', 'runtime'},
   't5x_bridge': {'checkpoints', 'model', 'runtime'},
-  'training': {'serving', 'checkpoints', 'model', 'runtime'},
+  'training': {'serving', 'tools', 'checkpoints', 'model', 'runtime'},
 }
 MAX_MODULE_LINES = 550
 

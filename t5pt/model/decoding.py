@@ -15,7 +15,8 @@ tokens including EOS; beam search divides them by t5x's brevity penalty
 ((5 + length) / 6) ** alpha.
 """
 
-from typing import Any, Callable
+import dataclasses
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +43,26 @@ def filter_logits(logits: jax.Array, top_k: int = 0, top_p: float = 1.0) -> jax.
   return logits
 
 
+@dataclasses.dataclass(frozen=True)
+class Steering:
+  """What a caller can impose on sampling, row by row (decoding with tools uses all three).
+
+  prefix [rows, max_length], prefix_lengths [rows]: tokens forced at the start of each row
+    (what was decoded before, and a tool's result written in); their scores are not counted.
+  stops [rows, vocab] bool: a row stops once it chooses such a token (a call's arrow),
+    reported in `stopped`; forced tokens never stop a row.
+  trigger, trigger_k, may_trigger [rows]: where token `trigger` is among the `trigger_k`
+    most likely, a row that may is given it (Toolformer's call start).
+  """
+
+  prefix: jax.Array
+  prefix_lengths: jax.Array
+  stops: Optional[jax.Array] = None
+  trigger: int = -1
+  trigger_k: int = 1
+  may_trigger: Optional[jax.Array] = None
+
+
 def sample(
   step_fn: StepFn,
   state: State,
@@ -58,13 +79,35 @@ def sample(
   Returns tokens [rows, max_length] and scores [rows]. Stops early once every row has
   produced EOS.
   """
+  tokens, scores, _ = sample_steered(
+    step_fn, state, rows, max_length, rng, eos_id, temperature, top_k, top_p
+  )
+  return tokens, scores
+
+
+def sample_steered(
+  step_fn: StepFn,
+  state: State,
+  rows: int,
+  max_length: int,
+  rng: jax.Array,
+  eos_id: int = 1,
+  temperature: float = 0.0,
+  top_k: int = 0,
+  top_p: float = 1.0,
+  steering: Optional[Steering] = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """`sample` under `steering` (see Steering): tokens [rows, max_length], scores [rows] and
+  stopped [rows] (the rows that stopped on a stop token, which ends their tokens)."""
+  if steering is None:
+    steering = Steering(jnp.zeros((rows, max_length), jnp.int32), jnp.zeros((rows,), jnp.int32))
 
   def cond(carry):
-    index, _, _, ended, _, _, _ = carry
+    index, _, _, ended, _, _, _, _ = carry
     return (index < max_length) & ~ended.all()
 
   def body(carry):
-    index, tokens, current, ended, scores, state, rng = carry
+    index, tokens, current, ended, stopped, scores, state, rng = carry
     logits, state = step_fn(current, index, state)
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
     rng, key = jax.random.split(rng)
@@ -74,24 +117,35 @@ def sample(
       chosen = jax.random.categorical(
         key, filter_logits(logits.astype(jnp.float32) / temperature, top_k, top_p)
       )
+    if steering.trigger >= 0 and steering.trigger_k > 1:
+      kth = jax.lax.top_k(logits, steering.trigger_k)[0][:, -1]
+      fire = (logits[:, steering.trigger] >= kth) & steering.may_trigger
+      chosen = jnp.where(fire, steering.trigger, chosen)
+    forced = index < steering.prefix_lengths
+    chosen = jnp.where(forced, steering.prefix[:, index], chosen)
     chosen = jnp.where(ended, PAD_ID, chosen).astype(jnp.int32)
     scores = scores + jnp.where(
-      ended, 0.0, jnp.take_along_axis(log_probs, chosen[:, None], axis=-1)[:, 0]
+      ended | forced, 0.0, jnp.take_along_axis(log_probs, chosen[:, None], axis=-1)[:, 0]
     )
     tokens = jax.lax.dynamic_update_slice_in_dim(tokens, chosen[:, None], index, axis=1)
-    return index + 1, tokens, chosen, ended | (chosen == eos_id), scores, state, rng
+    if steering.stops is not None:
+      stop = ~ended & ~forced & jnp.take_along_axis(steering.stops, chosen[:, None], 1)[:, 0]
+      stopped = stopped | stop
+    ended = ended | (chosen == eos_id) | stopped
+    return index + 1, tokens, chosen, ended, stopped, scores, state, rng
 
   carry = (
     jnp.zeros((), jnp.int32),
     jnp.zeros((rows, max_length), jnp.int32),
     jnp.full((rows,), PAD_ID, jnp.int32),
     jnp.zeros((rows,), bool),
+    jnp.zeros((rows,), bool),
     jnp.zeros((rows,), jnp.float32),
     state,
     rng,
   )
-  _, tokens, _, _, scores, _, _ = jax.lax.while_loop(cond, body, carry)
-  return tokens, scores
+  _, tokens, _, _, stopped, scores, _, _ = jax.lax.while_loop(cond, body, carry)
+  return tokens, scores, stopped
 
 
 def brevity_penalty(alpha: float, length) -> jax.Array:

@@ -56,7 +56,7 @@ class DecodeConfig:
       )
 
 
-def _step_functions(
+def step_functions(
   model: models.EncoderDecoderModel,
   params,
   encoded: Array,
@@ -135,7 +135,7 @@ def predict_batch(
   n = config.num_decodes
   repeat = lambda x: None if x is None else jnp.repeat(x, n, axis=0)
   encoded, tokens_in, mask = repeat(encoded), repeat(encoder_tokens), repeat(prompt_mask)
-  state, step_fn = _step_functions(
+  state, step_fn = step_functions(
     model, params, encoded, tokens_in, mask, max_length, config.use_cache
   )
   if config.method == 'beam':

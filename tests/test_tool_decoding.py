@@ -1,0 +1,106 @@
+"""Decoding that runs the calls a model writes: a row stops when its call closes, the tool
+runs on the host, its result is written in, and decoding goes on."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import seqio
+
+from t5pt.model import decoding
+from t5pt.model import models
+from t5pt.model import network
+from t5pt.runtime.errors import UserError
+from t5pt.serving import inference
+from t5pt.serving import tool_decoding
+from t5pt.tools import calculator
+from tests.conftest import TINY
+
+VOCAB = seqio.ByteVocabulary()
+# What the scripted model writes, position by position; the result it writes (9) is wrong.
+SCRIPT = ['Sum: [Calculator(2+3) -> 9] done', 'No call here.']
+
+
+def _scripted(monkeypatch, scripts):
+  """The decoder replaced by one that writes `scripts[row]` (then EOS), whatever it is fed."""
+  ids = np.zeros((len(scripts), 64), np.int32)
+  for row, text in enumerate(scripts):
+    encoded = VOCAB.encode(text) + [1]
+    ids[row, : len(encoded)] = encoded
+
+  def step_functions(model, params, encoded, encoder_tokens, prompt_mask, max_length, cache):
+    def step(tokens, index, state):
+      return jax.nn.one_hot(jnp.asarray(ids)[:, index], VOCAB.vocab_size) * 10.0, state
+
+    return jnp.zeros(()), step
+
+  monkeypatch.setattr(inference, 'step_functions', step_functions)
+  tool_decoding._segment_fn.cache_clear()
+
+
+@pytest.fixture
+def model_and_params():
+  model = models.EncoderDecoderModel(network.T5Config(**{**TINY, 'vocab_size': VOCAB.vocab_size}))
+  return model, nn.unbox(model.init(jax.random.PRNGKey(0), 8, 8))
+
+
+def test_a_closed_call_runs_and_its_result_is_written_in(monkeypatch, model_and_params):
+  _scripted(monkeypatch, SCRIPT)
+  use = tool_decoding.ToolUse({'Calculator': calculator.Calculator()})
+  inputs = np.full((2, 8), 5, np.int32)
+  first, second = tool_decoding.decode_with_tools(*model_and_params, inputs, VOCAB, 48, use)
+  assert first.text == 'Sum: [Calculator(2+3) -> 5] done'
+  assert first.text_without_calls == 'Sum: done'
+  (call,) = first.calls
+  assert (call.tool, call.argument, call.text, call.error) == ('Calculator', '2+3', '5', None)
+  assert (second.text, second.calls) == ('No call here.', [])
+
+
+def test_an_unknown_tool_or_an_arrow_outside_a_call_never_stops_decoding(
+  monkeypatch, model_and_params
+):
+  # The scripted model writes by position: room for the error text the runtime writes in.
+  error = "error: unknown tool 'Wiki'"
+  _scripted(monkeypatch, ['[Wiki(x) -> ' + '?' * len(error) + '] and a -> b', 'x'])
+  use = tool_decoding.ToolUse({'Calculator': calculator.Calculator()}, max_calls=2)
+  inputs = np.full((2, 8), 5, np.int32)
+  row, _ = tool_decoding.decode_with_tools(*model_and_params, inputs, VOCAB, 64, use)
+  assert row.text == f'[Wiki(x) -> {error}] and a -> b'
+  assert row.text_without_calls == 'and a -> b'
+  assert [c.error for c in row.calls] == ['unknown tool']
+
+
+def test_beam_search_is_refused(model_and_params):
+  use = tool_decoding.ToolUse({})
+  with pytest.raises(UserError, match='greedy or sampled'):
+    tool_decoding.decode_with_tools(
+      *model_and_params,
+      np.ones((1, 4), np.int32),
+      VOCAB,
+      8,
+      use,
+      inference.DecodeConfig(method='beam', num_decodes=2),
+    )
+
+
+def test_steering_forces_prefixes_stops_rows_and_triggers_the_call_start():
+  """decoding.sample_steered on a step function whose favourite is token 5, then 7."""
+  logits = jnp.zeros((2, 10)).at[:, 5].set(3.0).at[:, 7].set(2.0)
+  step = lambda tokens, index, state: (logits, state)
+  prefix = jnp.zeros((2, 6), jnp.int32).at[0, :2].set(jnp.array([9, 8]))
+  stops = jnp.zeros((2, 10), bool).at[1, 5].set(True)
+  steering = decoding.Steering(prefix, jnp.array([2, 0]), stops, -1, 1, jnp.ones(2, bool))
+  tokens, scores, stopped = decoding.sample_steered(
+    step, None, 2, 6, jax.random.PRNGKey(0), eos_id=1, steering=steering
+  )
+  assert tokens.tolist() == [[9, 8, 5, 5, 5, 5], [5, 0, 0, 0, 0, 0]]
+  assert stopped.tolist() == [False, True]
+  assert scores[0] == pytest.approx(4 * float(jax.nn.log_softmax(logits[0])[5]))
+  trigger = decoding.Steering(
+    jnp.zeros((2, 3), jnp.int32), jnp.zeros(2, jnp.int32), None, 7, 2, jnp.array([True, False])
+  )
+  tokens, _, _ = decoding.sample_steered(
+    step, None, 2, 3, jax.random.PRNGKey(0), eos_id=1, steering=trigger
+  )
+  assert tokens.tolist() == [[7, 7, 7], [5, 5, 5]]
