@@ -23,7 +23,8 @@ SCRIPT = ['Sum: [Calculator(2+3) -> 9] done', 'No call here.']
 
 
 def _scripted(monkeypatch, scripts):
-  """The decoder replaced by one that writes `scripts[row]` (then EOS), whatever it is fed."""
+  """The decoder replaced by one that writes `scripts[row % len(scripts)]` (then EOS),
+  whatever it is fed."""
   ids = np.zeros((len(scripts), 64), np.int32)
   for row, text in enumerate(scripts):
     encoded = VOCAB.encode(text) + [1]
@@ -31,7 +32,8 @@ def _scripted(monkeypatch, scripts):
 
   def step_functions(model, params, encoded, encoder_tokens, prompt_mask, max_length, cache):
     def step(tokens, index, state):
-      return jax.nn.one_hot(jnp.asarray(ids)[:, index], VOCAB.vocab_size) * 10.0, state
+      script = jnp.asarray(ids)[jnp.arange(tokens.shape[0]) % len(scripts), index]
+      return jax.nn.one_hot(script, VOCAB.vocab_size) * 10.0, state
 
     return jnp.zeros(()), step
 
@@ -104,3 +106,45 @@ def test_steering_forces_prefixes_stops_rows_and_triggers_the_call_start():
     step, None, 2, 3, jax.random.PRNGKey(0), eos_id=1, steering=trigger
   )
   assert tokens.tolist() == [[7, 7, 7], [5, 5, 5]]
+
+
+def test_infer_sh_with_tools_records_each_call(monkeypatch, prompt_run, tmp_path):
+  """infer.sh's TOOLS on a trained run, its decoder scripted to write a call."""
+  from tests.test_infer import _read
+  from tests.test_infer import infer_in_process
+
+  _scripted(monkeypatch, [SCRIPT[0]])
+  (tmp_path / 'inputs.txt').write_text('cab\nhgf\n')
+  tools = [
+    "TOOLS = {'Calculator': @tools.calculator()}",
+    "TASK_FEATURE_LENGTHS = {'inputs': 24, 'targets': 40}",  # room for the call
+  ]
+  lines = _read(
+    infer_in_process(
+      tmp_path / 'out', tools, CHECKPOINT_PATH=prompt_run, INPUT_FILE=str(tmp_path / 'inputs.txt')
+    )
+  )
+  assert [l['prediction'] for l in lines] == ['Sum: [Calculator(2+3) -> 5] done'] * 2
+  assert lines[0]['prediction_without_calls'] == 'Sum: done'
+  assert [c['text'] for c in lines[0]['calls']] == ['5'] and lines[0]['calls'][0]['error'] is None
+
+
+@pytest.mark.parametrize(
+  'bindings, message',
+  [
+    (["TOOLS = {'Calculator': @tools.calculator}"], r"TOOLS\['Calculator'\] = .* is not a tool"),
+    (["TOOLS = {'C': @tools.calculator()}", 'TOOL_CALL_TOP_K = 0'], 'TOOL_CALL_TOP_K'),
+    (
+      ["TOOLS = {'C': @tools.calculator()}", "inference.DecodeConfig.method = 'beam'"],
+      'one greedy or sampled decode',
+    ),
+    (["TOOLS = {'C': @tools.calculator()}", "PROMPTS = {'a': '/x'}"], 'PROMPTS does not take'),
+  ],
+)
+def test_bad_tool_settings_stop_before_anything_loads(tmp_path, bindings, message):
+  from tests.test_infer import infer_in_process
+
+  macros = {} if any('PROMPTS' in b for b in bindings) else {'CHECKPOINT_PATH': '/nonexistent'}
+  with pytest.raises(UserError, match=message):
+    infer_in_process(tmp_path / 'out', bindings, INPUT_FILE=str(tmp_path / 'in.txt'), **macros)
+  assert not (tmp_path / 'out').exists()

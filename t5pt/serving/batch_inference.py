@@ -45,6 +45,8 @@ from t5pt.serving import ensemble
 from t5pt.serving import infer_io
 from t5pt.serving import inference
 from t5pt.serving import prompt_bank
+from t5pt.serving import tool_decoding
+from t5pt.tools import registry
 
 
 @dataclasses.dataclass
@@ -66,8 +68,9 @@ class Served:
   check: Callable[[seqio.Vocabulary], object] = lambda vocabulary: None  # the source's
 
 
-def _one_model(checkpoint_path, output_dir, args, mesh, batch_size, decode) -> Served:
-  """CHECKPOINT_PATH: one run (any tuning method) or a bare base checkpoint."""
+def _one_model(checkpoint_path, output_dir, args, mesh, batch_size, decode, use=None) -> Served:
+  """CHECKPOINT_PATH: one run (any tuning method) or a bare base checkpoint; with `use`
+  (TOOLS), decoded running the calls it writes."""
   identity = {'checkpoint_path': checkpoint_path}
   started = infer_io.started(output_dir, identity)
   pinned = started.get('checkpoint_step') if started else None
@@ -101,6 +104,11 @@ def _one_model(checkpoint_path, output_dir, args, mesh, batch_size, decode) -> S
   def lines(examples, vocab):
     tokens = _pad_rows([ex['tokens'] for ex in examples], batch_size, input_length)
     placed = partitioning.place_batch({'tokens': tokens}, sharding)['tokens']
+    if use:
+      decoded = tool_decoding.decode_with_tools(
+        model, loaded.params, placed, vocab, lengths['targets'], use, decode
+      )
+      return infer_io.tool_lines(examples, decoded)
     out, scores = distributed.fetch(predict(loaded.params, placed))
     return infer_io.output_lines(examples, out, scores, vocab)
 
@@ -253,6 +261,8 @@ def infer(
   ensemble_runs: Union[Mapping[str, str], Sequence[str], None] = None,
   ensemble_method: str = 'vote',
   ensemble_options: Optional[Sequence[str]] = None,
+  tools: Optional[Mapping[str, object]] = None,
+  tool_call_top_k: int = 1,
   progress_bar: bool = True,
 ) -> str:
   """Decodes a task split or an input file with a trained run (or a base checkpoint),
@@ -269,6 +279,7 @@ def infer(
   fs.check_output_dir(output_dir, 'INFER_OUTPUT_DIR')
   mesh = partition.make_mesh()
   partitioning.check_batch_size(batch_size, mesh)
+  use = _tool_use(tools, tool_call_top_k, which, decode)
   entries = {'PROMPTS': prompts, 'ENSEMBLE': ensemble_runs}.get(which)
   named = prompt_bank.named_entries(entries, which) if entries is not None else None
   if which == 'PROMPTS' and not input_file:
@@ -296,7 +307,7 @@ def infer(
   )
   if which == 'CHECKPOINT_PATH':
     read_inputs()
-    served = _one_model(checkpoint_path, output_dir, args, mesh, batch_size, decode)
+    served = _one_model(checkpoint_path, output_dir, args, mesh, batch_size, decode, use)
   else:  # The prompts are read and checked first, then the inputs.
     served = _prompt_bank(
       which,
@@ -320,6 +331,8 @@ def infer(
     )
   vocabularies.check_fits(source.vocabulary, served.vocab_size, source.name)
   served.check(source.vocabulary)
+  if use:
+    registry.check_tools(use.tools, use.syntax, source.vocabulary)
 
   settings = {
     **served.identity,
@@ -332,6 +345,8 @@ def infer(
     'lengths': served.lengths,
     'num_examples': len(source.examples),
   }
+  if use:  # An output begun with other tools does not continue with these.
+    settings.update(tools=sorted(use.tools), tool_call_top_k=use.call_top_k)
   final_path = fs.join(output_dir, f'{source.name}.jsonl')
   if fs.exists(final_path):
     _say(f'{final_path} is already complete; delete it to decode again.')
@@ -363,6 +378,26 @@ def infer(
   output.finish(num_chunks)
   _say(f'{len(source.examples)} predictions -> {output.final_path}')
   return output.final_path
+
+
+def _tool_use(tools, call_top_k, which, decode) -> Optional[tool_decoding.ToolUse]:
+  """TOOLS and TOOL_CALL_TOP_K checked before anything loads (None: decode without)."""
+  if tools is None:
+    return None
+  tools = registry.check_tools(tools)
+  checks.integer(call_top_k, 'TOOL_CALL_TOP_K (batch_inference.infer.tool_call_top_k)', 1)
+  if which != 'CHECKPOINT_PATH':
+    raise UserError(
+      f'TOOLS decodes with one model (CHECKPOINT_PATH); {which} does not take it yet.'
+    )
+  if jax.process_count() > 1:
+    raise UserError('TOOLS decodes on one host for now; run infer.sh with TOOLS on a single host.')
+  if decode.method == 'beam' or decode.num_decodes != 1:
+    raise UserError(
+      "TOOLS runs one greedy or sampled decode per input: set DECODE's method to 'greedy' or "
+      "'sample' and num_decodes = 1 (inference.DecodeConfig)."
+    )
+  return tool_decoding.ToolUse(tools, call_top_k=call_top_k)
 
 
 def _say(message: str) -> None:

@@ -235,6 +235,24 @@ def output_lines(examples, tokens, scores, vocabulary) -> list[dict]:
   return lines
 
 
+def tool_lines(examples, decoded) -> list[dict]:
+  """Output lines of decodes that ran tools (tool_decoding.Decoded): the prediction with its
+  calls and their results, the prediction without the call spans, and each call as run."""
+  lines = []
+  for ex, row in zip(examples, decoded):
+    line = {
+      'inputs': ex['inputs'],
+      'prediction': row.text,
+      'prediction_without_calls': row.text_without_calls,
+      'score': line_score(row.score, ex),
+      'calls': [call.to_json() for call in row.calls],
+    }
+    if 'targets' in ex:
+      line['targets'] = ex['targets']
+    lines.append(line)
+  return lines
+
+
 def line_score(value, example: Example) -> Optional[float]:
   """A log-likelihood as an output line holds it: None (null) for -inf, a decode the model
   gives no probability; NaN (or +inf) stops the run, as it means the model computes NaN."""
