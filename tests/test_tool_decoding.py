@@ -87,13 +87,13 @@ def test_beam_search_is_refused(model_and_params):
 
 
 def test_steering_forces_prefixes_stops_rows_and_triggers_the_call_start():
-  """decoding.sample_steered on a step function whose favourite is token 5, then 7."""
+  """decoding.sample on a step function whose favourite is token 5, then 7."""
   logits = jnp.zeros((2, 10)).at[:, 5].set(3.0).at[:, 7].set(2.0)
   step = lambda tokens, index, state: (logits, state)
   prefix = jnp.zeros((2, 6), jnp.int32).at[0, :2].set(jnp.array([9, 8]))
   stops = jnp.zeros((2, 10), bool).at[1, 5].set(True)
   steering = decoding.Steering(prefix, jnp.array([2, 0]), stops, -1, 1, jnp.ones(2, bool))
-  tokens, scores, stopped = decoding.sample_steered(
+  tokens, scores, stopped = decoding.sample(
     step, None, 2, 6, jax.random.PRNGKey(0), eos_id=1, steering=steering
   )
   assert tokens.tolist() == [[9, 8, 5, 5, 5, 5], [5, 0, 0, 0, 0, 0]]
@@ -102,7 +102,7 @@ def test_steering_forces_prefixes_stops_rows_and_triggers_the_call_start():
   trigger = decoding.Steering(
     jnp.zeros((2, 3), jnp.int32), jnp.zeros(2, jnp.int32), None, 7, 2, jnp.array([True, False])
   )
-  tokens, _, _ = decoding.sample_steered(
+  tokens, _, _ = decoding.sample(
     step, None, 2, 3, jax.random.PRNGKey(0), eos_id=1, steering=trigger
   )
   assert tokens.tolist() == [[7, 7, 7], [5, 5, 5]]

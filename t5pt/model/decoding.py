@@ -73,32 +73,14 @@ def sample(
   temperature: float = 0.0,
   top_k: int = 0,
   top_p: float = 1.0,
-) -> tuple[jax.Array, jax.Array]:
-  """Greedy (temperature 0) or temperature sampling with optional top-k / top-p.
-
-  Returns tokens [rows, max_length] and scores [rows]. Stops early once every row has
-  produced EOS.
-  """
-  tokens, scores, _ = sample_steered(
-    step_fn, state, rows, max_length, rng, eos_id, temperature, top_k, top_p
-  )
-  return tokens, scores
-
-
-def sample_steered(
-  step_fn: StepFn,
-  state: State,
-  rows: int,
-  max_length: int,
-  rng: jax.Array,
-  eos_id: int = 1,
-  temperature: float = 0.0,
-  top_k: int = 0,
-  top_p: float = 1.0,
   steering: Optional[Steering] = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """`sample` under `steering` (see Steering): tokens [rows, max_length], scores [rows] and
-  stopped [rows] (the rows that stopped on a stop token, which ends their tokens)."""
+  """Greedy (temperature 0) or temperature sampling with optional top-k / top-p, under
+  `steering` if given (see Steering).
+
+  Returns tokens [rows, max_length], scores [rows] and stopped [rows] (the rows that
+  stopped on a stop token, which ends their tokens). Stops early once every row has ended.
+  """
   if steering is None:
     steering = Steering(jnp.zeros((rows, max_length), jnp.int32), jnp.zeros((rows,), jnp.int32))
 

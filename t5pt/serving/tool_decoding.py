@@ -160,7 +160,7 @@ def _segment_fn(model, config: inference.DecodeConfig, max_length: int, top_k: i
     )
     steering = decoding.Steering(prefix, lengths, stops, start, top_k, may)
     temperature = 0.0 if config.method == 'greedy' else config.temperature
-    return decoding.sample_steered(
+    return decoding.sample(
       step_fn,
       state,
       encoded.shape[0],
