@@ -17,6 +17,7 @@ from t5pt.checkpoints import exporting
 from t5pt.checkpoints import opening
 from t5pt.checkpoints import peft_importing
 from t5pt.model import methods
+from t5pt.model.methods import lora as lora_method
 from t5pt.model import network
 from t5pt.runtime.errors import UserError
 from tests import hf_models
@@ -197,7 +198,7 @@ def test_per_module_rank_and_alpha_and_the_prompt_round_trip(prompt_lora_run, hf
 
   peft_importing.import_adapter(str(tmp_path / 'peft'), hf_base[0], str(tmp_path / 'back'))
   back = opening.open_run(str(tmp_path / 'back'))
-  lora = {k: v for k, v in run.params.items() if methods.is_added(k)}
+  lora = {k: v for k, v in run.params.items() if methods.owner(k) is lora_method.METHOD}
   assert sorted(back.params) == sorted(lora)
   for name, value in lora.items():
     np.testing.assert_array_equal(back.params[name], value)
@@ -208,9 +209,9 @@ def test_per_module_rank_and_alpha_and_the_prompt_round_trip(prompt_lora_run, hf
     'decoder/layers_1/self_attention/value/kernel': (2, 6),
     network.LOGITS_PATH: (2, 3),
   }.items():
-    rule = lora.rule_for(config, kernel)
+    rule = lora_method.rule_for(config, kernel)
     assert (rule.rank, rule.alpha) == (rank, alpha), kernel
-  assert lora.rule_for(config, 'encoder/layers_0/attention/key/kernel') is None
+  assert lora_method.rule_for(config, 'encoder/layers_0/attention/key/kernel') is None
 
 
 def test_imported_adapter_gives_the_original_runs_logits(lora_run, lora_exports, hf_base, tmp_path):
@@ -227,7 +228,8 @@ def test_imported_adapter_gives_the_original_runs_logits(lora_run, lora_exports,
   assert imported.meta.initial_checkpoint_path == os.path.abspath(hf_base[0])
   assert imported.meta.imported_from == os.path.abspath(f'{lora_exports}/peft')
   assert list(imported.meta.trainable) == sorted(imported.params)
-  assert len(imported.params) == 24 and all(methods.is_added(k) for k in imported.params)
+  assert len(imported.params) == 24
+  assert all(methods.owner(k) is lora_method.METHOD for k in imported.params)
   np.testing.assert_allclose(
     _t5pt_logits(str(tmp_path / 'imported')), _t5pt_logits(lora_run), atol=1e-5
   )

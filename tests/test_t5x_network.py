@@ -210,4 +210,4 @@ def test_int8_base_is_refused_with_the_fix():
 
 def test_factor_rules_add_t5pts_axes():
   rules = t5x_network.factor_rules({'embed': 'row'})
-  assert rules == {'embed': 'row', 'prompt': 'none', 'lora_rank': 'none'}
+  assert rules == {'embed': 'row', 'prompt': 'none', 'lora_rank': 'none', 'adapter': 'none'}
