@@ -4,6 +4,7 @@ too long to read."""
 
 import ast
 import os
+import subprocess
 import sys
 
 import gin
@@ -117,3 +118,19 @@ def test_a_config_gin_saved_before_the_move_still_parses():
   import t5pt.trainer  # noqa: F401 the name the saved file imports
 
   assert sys.modules['t5pt.trainer'] is sys.modules['t5pt.training.trainer']
+
+
+def test_importing_t5pt_starts_no_jax_backend():
+  """A command on several hosts starts jax.distributed after its imports (gin's included),
+  which JAX refuses once a backend runs: no module may start one when imported."""
+  code = (
+    'import importlib, pkgutil, t5pt\n'
+    "for m in pkgutil.walk_packages(t5pt.__path__, 't5pt.'): importlib.import_module(m.name)\n"
+    'from jax._src import xla_bridge\n'
+    'print(sorted(xla_bridge._backends))\n'
+  )
+  result = subprocess.run(
+    [sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, timeout=300
+  )
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.strip().splitlines()[-1] == '[]', result.stdout[-500:]

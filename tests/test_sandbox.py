@@ -12,7 +12,9 @@ import pytest
 from t5pt.tools import base
 from t5pt.tools import sandbox
 
-WALLS = sandbox.Walls(cpu_seconds=1, wall_seconds=3.0, memory_bytes=256 << 20)
+# The memory limit carries this process's id, so that the sandboxes of this test process
+# can be told (on their command lines) from those of other test workers.
+WALLS = sandbox.Walls(cpu_seconds=1, wall_seconds=3.0, memory_bytes=(256 << 20) + os.getpid())
 
 
 @pytest.fixture(scope='module')
@@ -164,14 +166,17 @@ def test_no_sandbox_process_outlives_its_call(python_tool):
 
 
 def _sandbox_processes() -> int:
-  """Processes running the sandbox's runner (its code is on their command line)."""
+  """Processes running this test process's sandboxes (the runner's code and WALLS' memory
+  limit are on their command line)."""
+  mine = f'"memory_bytes": {WALLS.memory_bytes}'.encode()
   count = 0
   for pid in filter(str.isdigit, os.listdir('/proc')):
     try:
       with open(f'/proc/{pid}/cmdline', 'rb') as f:
-        count += b'walls = json.loads' in f.read()
+        line = f.read()
     except OSError:
-      pass
+      continue
+    count += b'walls = json.loads' in line and mine in line
   return count
 
 

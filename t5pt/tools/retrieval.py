@@ -15,7 +15,6 @@ import io
 import json
 import os
 
-import bm25s
 import numpy as np
 
 from t5pt.runtime import fs
@@ -25,8 +24,16 @@ from t5pt.tools import base
 _FORMATS = '.jsonl (one {"text": ..., "title": ...} a line) or .tsv (a header naming "text")'
 
 
+def _bm25s():
+  # Imported when a retrieval tool is made, not with t5pt: importing bm25s starts JAX's
+  # backend, and a command on several hosts must start jax.distributed before that.
+  import bm25s  # pylint: disable=import-outside-toplevel
+
+  return bm25s
+
+
 def _words(texts: list[str]) -> list[list[str]]:
-  return bm25s.tokenize(texts, stopwords='en', return_ids=False, show_progress=False)
+  return _bm25s().tokenize(texts, stopwords='en', return_ids=False, show_progress=False)
 
 
 def _passage(text, title, where: str) -> str:
@@ -115,7 +122,7 @@ class Retrieval(base.Tool):
     self.k = k
     self.separator = separator
     self._passages = read_passages(corpus, setting)
-    self._index = bm25s.BM25()
+    self._index = _bm25s().BM25()
     self._index.index(_words(self._passages), show_progress=False)
 
   def __call__(self, argument: str) -> str:
