@@ -110,6 +110,27 @@ def mixed(prompt_run, min_run, npy_prompt, tmp_path_factory):
   return records, _read(path)
 
 
+def test_with_tools_every_line_still_decodes_with_its_own_prompt(
+  mixed, prompt_run, min_run, npy_prompt, tmp_path
+):
+  """PROMPTS with TOOLS decodes through the tool runtime, each row with its own prompt: the
+  tuned runs write no calls, so every line is what it is without tools."""
+  records, lines = mixed
+  path = infer(
+    tmp_path / 'out',
+    ["TOOLS = {'Calculator': @tools.calculator()}"],
+    PROMPTS={'max': prompt_run, 'min': min_run, 'max_npy': npy_prompt},
+    INPUT_FILE=_write(tmp_path / 'in.jsonl', records),
+  )
+  with_tools = _read(path)
+  assert [(l['prompt'], l['prediction']) for l in with_tools] == [
+    (l['prompt'], l['prediction']) for l in lines
+  ]
+  assert all(
+    not l['calls'] and l['prediction_without_calls'] == l['prediction'] for l in with_tools
+  )
+
+
 def _alone(run, inputs, output_dir):
   path = infer(
     output_dir,

@@ -138,13 +138,61 @@ def test_infer_sh_with_tools_records_each_call(monkeypatch, prompt_run, tmp_path
       ["TOOLS = {'C': @tools.calculator()}", "inference.DecodeConfig.method = 'beam'"],
       'one greedy or sampled decode',
     ),
-    (["TOOLS = {'C': @tools.calculator()}", "PROMPTS = {'a': '/x'}"], 'PROMPTS does not take'),
+    (["TOOLS = {'C': @tools.calculator()}", "ENSEMBLE = ['/x', '/y']"], 'ENSEMBLE does not take'),
+    (["TOOLS = {'C': @tools.calculator()}", 'MAX_TOOL_CALLS = -1'], 'MAX_TOOL_CALLS'),
   ],
 )
 def test_bad_tool_settings_stop_before_anything_loads(tmp_path, bindings, message):
   from tests.test_infer import infer_in_process
 
-  macros = {} if any('PROMPTS' in b for b in bindings) else {'CHECKPOINT_PATH': '/nonexistent'}
+  macros = {} if any('ENSEMBLE' in b for b in bindings) else {'CHECKPOINT_PATH': '/nonexistent'}
   with pytest.raises(UserError, match=message):
     infer_in_process(tmp_path / 'out', bindings, INPUT_FILE=str(tmp_path / 'in.txt'), **macros)
   assert not (tmp_path / 'out').exists()
+
+
+def test_eval_with_tools_scores_the_text_without_calls_and_counts_the_calls(
+  monkeypatch, prompt_run, tmp_path
+):
+  """t5pt.eval's TOOLS: the trained model writes no call, so its metrics are those of eval
+  without tools; scripted to call, each example's call is counted and logged."""
+  import json
+
+  from tests.test_eval import TASK
+  from tests.test_eval import eval_in_process
+
+  tools = {'TOOLS': "{'Calculator': @tools.calculator(), 'Calendar': @tools.calendar()}"}
+  lengths = {'TASK_FEATURE_LENGTHS': {'inputs': 24, 'targets': 40}}  # room for the call
+  plain = eval_in_process(tmp_path / 'plain', CHECKPOINT_PATH=prompt_run, BATCH_SIZE=16, **lengths)
+  with_tools = eval_in_process(
+    tmp_path / 'tools', CHECKPOINT_PATH=prompt_run, BATCH_SIZE=16, **lengths, **_gin(tools)
+  )
+  accuracy = with_tools[TASK]['sequence_accuracy']
+  assert accuracy == pytest.approx(plain[TASK]['sequence_accuracy']) and accuracy > 50
+  assert with_tools[TASK]['tools/calls_per_example'] == 0
+
+  _scripted(monkeypatch, [SCRIPT[0], '[Calendar() -> ' + '?' * 40 + '] x', 'none', 'none'])
+  scripted = eval_in_process(
+    tmp_path / 'scripted', CHECKPOINT_PATH=prompt_run, BATCH_SIZE=16, **lengths, **_gin(tools)
+  )[TASK]
+  assert scripted['tools/calls_per_example'] == 0.5  # a row in four calls each tool
+  assert scripted['tools/Calculator/examples'] == scripted['tools/Calendar/examples'] == 25
+  assert scripted['tools/Calculator/errors'] == scripted['tools/Calendar/errors'] == 0
+  (logged,) = [json.loads(l) for l in open(tmp_path / 'scripted' / f'{TASK}-tool_use.jsonl')]
+  assert logged['calls_per_example'] == pytest.approx(scripted['tools/calls_per_example'])
+  (per_example,) = (tmp_path / 'scripted').glob(f'{TASK}-*-calls.jsonl')
+  first = json.loads(per_example.read_text().splitlines()[0])
+  assert first['prediction'] == 'Sum: [Calculator(2+3) -> 5] done'
+  assert first['calls'][0]['text'] == '5'
+  (predictions,) = (tmp_path / 'scripted').glob(f'{TASK}-*[0-9].jsonl')
+  assert json.loads(predictions.read_text().splitlines()[0])['prediction'] == 'Sum: done'
+
+
+def _gin(macros: dict) -> dict:
+  """Macros whose values are gin text (tool references), for eval_in_process's repr()."""
+  return {name: _GinText(text) for name, text in macros.items()}
+
+
+class _GinText(str):
+  def __repr__(self):
+    return str(self)

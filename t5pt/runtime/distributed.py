@@ -20,12 +20,14 @@ The flags are defined by `define_flags()`, which only t5pt's entry points call: 
 own programs import t5pt's modules (through gin files) and define flags of these names.
 """
 
+import json
 import os
 import re
 import sys
 from typing import Optional
 
 import jax
+import numpy as np
 from absl import flags
 from jax.experimental import multihost_utils
 
@@ -143,6 +145,17 @@ def barrier(name: str) -> None:
 def is_writer() -> bool:
   """Whether this process writes logs, configs and outputs (process 0 does)."""
   return jax.process_index() == 0
+
+
+def from_first_process(value):
+  """`value` (JSON-able) as process 0 has it, on every process: what one process computed
+  outside JAX (a tool's result) made the same everywhere."""
+  if jax.process_count() == 1:
+    return value
+  data = np.frombuffer(json.dumps(value).encode(), np.uint8) if is_writer() else None
+  size = int(multihost_utils.broadcast_one_to_all(np.int32(0 if data is None else data.size)))
+  buffer = np.zeros((size,), np.uint8) if data is None else data
+  return json.loads(bytes(np.asarray(multihost_utils.broadcast_one_to_all(buffer))).decode())
 
 
 def fetch(tree):

@@ -13,7 +13,9 @@ score is a log-likelihood, null when the model gives the decode no probability a
 the run with a message instead. The model is one run or base checkpoint (CHECKPOINT_PATH),
 several prompts on one base (PROMPTS: each .jsonl line names its "prompt", and its output
 line says which it used; see prompt_bank.py), or a prompt ensemble (ENSEMBLE: lines add
-"votes" and each member's "prediction" and "score"; see ensemble.py). Every input is read
+"votes" and each member's "prediction" and "score"; see ensemble.py). With TOOLS (one
+model or PROMPTS), the model's calls run as it decodes (tool_decoding.py) and each line
+adds "prediction_without_calls" and its "calls". Every input is read
 and checked before the base is loaded. Results are written in chunks to
 <name>.jsonl.parts/; an interrupted run continues after the last complete chunk, and the
 final file appears in one rename once everything is decoded, so a finished file is never
@@ -126,10 +128,11 @@ def _one_model(checkpoint_path, output_dir, args, mesh, batch_size, decode, use=
 
 
 def _prompt_bank(
-  macro, entries, output_dir, args, mesh, batch_size, decode, method, options, before_load
+  macro, entries, output_dir, args, mesh, batch_size, decode, method, options, before_load, use
 ):
-  """PROMPTS (each example with the prompt it names) or ENSEMBLE (each with every prompt),
-  on one frozen base; `before_load()` once the prompts are checked, before the base loads."""
+  """PROMPTS (each example with the prompt it names; with `use`, running the calls it
+  writes) or ENSEMBLE (each with every prompt), on one frozen base; `before_load()` once
+  the prompts are checked, before the base loads."""
   named = prompt_bank.named_entries(entries, macro)
   identity = {macro.lower(): named}
   if macro == 'ENSEMBLE':
@@ -172,8 +175,12 @@ def _prompt_bank(
       lengths['inputs'],
       batch_size,
     )
-    out, scores = bank.predict(tokens, ids, max_length, decode)
-    lines = infer_io.output_lines(examples, out, scores, vocab)
+    if use:
+      decoded = bank.decode_with_tools(tokens, ids, max_length, decode, use, vocab)
+      lines = infer_io.tool_lines(examples, decoded)
+    else:
+      out, scores = bank.predict(tokens, ids, max_length, decode)
+      lines = infer_io.output_lines(examples, out, scores, vocab)
     return [{**line, 'prompt': ex['prompt']} for line, ex in zip(lines, examples)]
 
   def option_ids(vocab):
@@ -263,6 +270,7 @@ def infer(
   ensemble_options: Optional[Sequence[str]] = None,
   tools: Optional[Mapping[str, object]] = None,
   tool_call_top_k: int = 1,
+  max_tool_calls: int = 4,
   progress_bar: bool = True,
 ) -> str:
   """Decodes a task split or an input file with a trained run (or a base checkpoint),
@@ -279,7 +287,11 @@ def infer(
   fs.check_output_dir(output_dir, 'INFER_OUTPUT_DIR')
   mesh = partition.make_mesh()
   partitioning.check_batch_size(batch_size, mesh)
-  use = _tool_use(tools, tool_call_top_k, which, decode)
+  use = tool_decoding.ToolUse.from_settings(
+    tools, tool_call_top_k, max_tool_calls, decode, 'batch_inference.infer'
+  )
+  if use and which == 'ENSEMBLE':
+    raise UserError('TOOLS decodes with CHECKPOINT_PATH or PROMPTS; ENSEMBLE does not take it.')
   entries = {'PROMPTS': prompts, 'ENSEMBLE': ensemble_runs}.get(which)
   named = prompt_bank.named_entries(entries, which) if entries is not None else None
   if which == 'PROMPTS' and not input_file:
@@ -320,6 +332,7 @@ def infer(
       ensemble_method,
       ensemble_options,
       before_load=read_inputs,
+      use=use,
     )
   if input_file:
     source = infer_io.tokenized(input_file, records, served.vocabulary(), served.input_length)
@@ -346,7 +359,9 @@ def infer(
     'num_examples': len(source.examples),
   }
   if use:  # An output begun with other tools does not continue with these.
-    settings.update(tools=sorted(use.tools), tool_call_top_k=use.call_top_k)
+    settings.update(
+      tools=sorted(use.tools), tool_call_top_k=use.call_top_k, max_tool_calls=use.max_calls
+    )
   final_path = fs.join(output_dir, f'{source.name}.jsonl')
   if fs.exists(final_path):
     _say(f'{final_path} is already complete; delete it to decode again.')
@@ -378,26 +393,6 @@ def infer(
   output.finish(num_chunks)
   _say(f'{len(source.examples)} predictions -> {output.final_path}')
   return output.final_path
-
-
-def _tool_use(tools, call_top_k, which, decode) -> Optional[tool_decoding.ToolUse]:
-  """TOOLS and TOOL_CALL_TOP_K checked before anything loads (None: decode without)."""
-  if tools is None:
-    return None
-  tools = registry.check_tools(tools)
-  checks.integer(call_top_k, 'TOOL_CALL_TOP_K (batch_inference.infer.tool_call_top_k)', 1)
-  if which != 'CHECKPOINT_PATH':
-    raise UserError(
-      f'TOOLS decodes with one model (CHECKPOINT_PATH); {which} does not take it yet.'
-    )
-  if jax.process_count() > 1:
-    raise UserError('TOOLS decodes on one host for now; run infer.sh with TOOLS on a single host.')
-  if decode.method == 'beam' or decode.num_decodes != 1:
-    raise UserError(
-      "TOOLS runs one greedy or sampled decode per input: set DECODE's method to 'greedy' or "
-      "'sample' and num_decodes = 1 (inference.DecodeConfig)."
-    )
-  return tool_decoding.ToolUse(tools, call_top_k=call_top_k)
 
 
 def _say(message: str) -> None:

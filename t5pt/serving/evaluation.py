@@ -7,6 +7,12 @@ declares in `metric_fns`) on decodes and its score metrics on target log-likelih
 writes `<task>-metrics.jsonl`, `<task>-<step>.jsonl` (each example's prediction) and
 TensorBoard events to EVAL_OUTPUT_DIR (local or gs://). During training, RunEvaluator runs
 the teacher-forced metrics and the same InferenceEvaluator every EVAL_PERIOD steps.
+
+With TOOLS the model's calls run as it decodes (tool_decoding.py); the task's metrics score
+the text without the call spans (what a reader sees), and `<task>-tool_use.jsonl` adds the
+tool-use statistics (calls per example, the share of examples that call each tool, errors
+and time-outs per tool; tools/statistics.py), `<task>-<step>-calls.jsonl` each example's
+decode with its calls.
 """
 
 import functools
@@ -35,6 +41,9 @@ from t5pt.serving import ensemble_evaluation
 from t5pt.serving import inference
 from t5pt.serving import prompt_bank
 from t5pt.serving import seqio_outputs
+from t5pt.serving import tool_decoding
+from t5pt.tools import registry
+from t5pt.tools import statistics
 
 
 class InferenceEvaluator:
@@ -53,8 +62,10 @@ class InferenceEvaluator:
     log_dir: Optional[str] = None,
     tensorboard: bool = True,
     num_examples: Optional[int] = None,
+    tool_use: Optional[tool_decoding.ToolUse] = None,
   ):
-    """Writes its results into `log_dir` when given (see OutputLogger)."""
+    """Writes its results into `log_dir` when given (see OutputLogger); with `tool_use`,
+    decodes running the calls the model writes."""
     data.get_provider(mixture_or_task_name)  # A clear error for unknown names.
     self._evaluator = seqio.Evaluator(
       mixture_or_task_name=mixture_or_task_name,
@@ -70,6 +81,10 @@ class InferenceEvaluator:
     )
     self._batch_size = batch_size
     self._sharding = partitioning.batch_sharding(mesh)
+    self._log_dir = log_dir
+    self._model, self._decode = model, decode
+    self._max_length = task_feature_lengths['targets']
+    self._tool_use = tool_use
     # Compiled once here, then reused at every evaluation of a training run.
     self._predict = jax.jit(
       functools.partial(
@@ -98,14 +113,45 @@ class InferenceEvaluator:
       (i, tokens[0].tolist())
       for i, tokens in run(ds, lambda b: self._predict(params, b['encoder_input_tokens'])[0])
     ]
+    with_tools = {}
+    if self._tool_use:
+      predict_fn = functools.partial(self._predict_with_tools, params, with_tools)
     score_fn = lambda ds: [(i, float(s)) for i, s in run(ds, lambda b: self._score(params, b))]
     metrics, _ = self._evaluator.evaluate(
       compute_metrics=True, step=step, predict_fn=predict_fn, score_fn=score_fn
     )
-    return {
+    results = {
       task: {name: seqio_outputs.scalar(value) for name, value in task_metrics.items()}
       for task, task_metrics in metrics.result().items()
     }
+    for task, decoded in with_tools.items():
+      stats = statistics.tool_use([row.calls for row in decoded], self._tool_use.tools)
+      results.setdefault(task, {}).update({f'tools/{k}': v for k, v in stats.items()})
+      _say(f'{task} tool use: {statistics.describe(stats)}')
+      if self._log_dir and distributed.is_writer():
+        seqio_outputs.write_tool_use(self._log_dir, task, step or 0, stats, decoded)
+    return results
+
+  def _predict_with_tools(self, params, with_tools: dict, ds) -> list[tuple[int, list[int]]]:
+    """seqio's predict_fn with the calls run: each example's text without its call spans,
+    as target tokens; each decode (with its calls) kept in with_tools[task]."""
+    cached = self._evaluator.cached_model_datasets
+    task = next(name for name, task_ds in cached.items() if task_ds is ds)
+    vocabulary = seqio.get_mixture_or_task(task).output_features['targets'].vocabulary
+    decoded = []
+    for indices, batch in seqio_outputs.enumerated_batches(ds, self._batch_size):
+      placed = partitioning.place_batch(batch, self._sharding)['encoder_input_tokens']
+      rows = tool_decoding.decode_with_tools(
+        self._model, params, placed, vocabulary, self._max_length, self._tool_use, self._decode
+      )
+      decoded += [(int(i), rows[row]) for row, i in enumerate(indices)]
+    decoded.sort(key=lambda pair: pair[0])
+    with_tools[task] = [row for _, row in decoded]
+    return [(i, self._padded(vocabulary.encode(row.text_without_calls))) for i, row in decoded]
+
+  def _padded(self, tokens: list[int]) -> list[int]:
+    """[max_length] tokens, as seqio stacks predictions."""
+    return (tokens + [0] * self._max_length)[: self._max_length]
 
 
 class RunEvaluator:
@@ -184,12 +230,21 @@ def evaluate(
   ensemble_runs: Union[Mapping[str, str], Sequence[str], None] = None,
   ensemble_method: str = 'vote',
   ensemble_options: Optional[Sequence[str]] = None,
+  tools: Optional[Mapping[str, object]] = None,
+  tool_call_top_k: int = 1,
+  max_tool_calls: int = 4,
 ) -> dict:
   """Evaluates a trained run (or a base checkpoint) on a task split; returns the metrics
-  {task: {metric: value}}. With ENSEMBLE instead: {member or 'ensemble': {task: ...}}."""
+  {task: {metric: value}} (with TOOLS, 'tools/...' statistics too). With ENSEMBLE instead:
+  {member or 'ensemble': {task: ...}}."""
   which = checks.one_model(CHECKPOINT_PATH=checkpoint_path, ENSEMBLE=ensemble_runs)
   errors.require_macros(EVAL_OUTPUT_DIR=output_dir)
   checks.inference_values('evaluation.evaluate', 'EVAL_OUTPUT_DIR', locals())
+  use = tool_decoding.ToolUse.from_settings(
+    tools, tool_call_top_k, max_tool_calls, decode, 'evaluation.evaluate'
+  )
+  if use and which == 'ENSEMBLE':
+    raise UserError('TOOLS evaluates one model (CHECKPOINT_PATH); ENSEMBLE does not take it.')
   ensemble.check_method(ensemble_method, ensemble_options)
   fs.check_output_dir(output_dir, 'EVAL_OUTPUT_DIR')
   mesh = partition.make_mesh()
@@ -224,6 +279,9 @@ def evaluate(
     loaded, mixture_or_task_name, mixture_or_task_module, task_feature_lengths
   )
   _require_task(task, lengths)
+  if use:
+    targets = seqio.get_mixture_or_task(task).output_features['targets'].vocabulary
+    registry.check_tools(use.tools, use.syntax, targets)
   evaluator = InferenceEvaluator(
     models.EncoderDecoderModel(loaded.config),
     mesh,
@@ -234,6 +292,7 @@ def evaluate(
     use_cached_tasks,
     decode,
     log_dir=output_dir,
+    tool_use=use,
   )
   if not evaluator.has_metrics:
     raise UserError(

@@ -30,6 +30,7 @@ from t5pt.runtime import fs
 from t5pt.runtime import partitioning
 from t5pt.runtime.errors import UserError
 from t5pt.serving import inference
+from t5pt.serving import tool_decoding
 
 Entries = Union[Mapping[str, str], Sequence[str]]
 
@@ -294,6 +295,23 @@ class PromptBank:
       fn(self.params, self._prompts, self._mask, placed['tokens'], placed['ids'])
     )
 
+  def decode_with_tools(
+    self,
+    tokens: np.ndarray,
+    ids: np.ndarray,
+    max_length: int,
+    decode: inference.DecodeConfig,
+    use: tool_decoding.ToolUse,
+    vocabulary,
+  ) -> list[tool_decoding.Decoded]:
+    """Decodes tokens [rows, length], row r with prompt ids[r], running the calls each row
+    writes (tool_decoding.py)."""
+    placed = partitioning.place_batch({'tokens': tokens, 'ids': ids.astype(np.int32)}, self._rows)
+    prompts, mask = _gather(self._prompts, self._mask, placed['ids'])
+    return tool_decoding.decode_with_tools(
+      self.model, self.params, placed['tokens'], vocabulary, max_length, use, decode, prompts, mask
+    )
+
   def score(self, tokens: np.ndarray, targets: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Log-likelihood [rows] of targets [rows, target_length] (zero-padded, with EOS)
     given tokens [rows, length], row r with prompt ids[r]."""
@@ -319,6 +337,12 @@ def _predict_fn(model: models.EncoderDecoderModel, max_length: int, decode: infe
     )
 
   return jax.jit(predict)
+
+
+@jax.jit
+def _gather(prompts, mask, ids):
+  """Each row's prompt [rows, P, embed] and mask [rows, P] from the stack."""
+  return prompts[ids], mask[ids]
 
 
 @functools.lru_cache(maxsize=None)

@@ -71,6 +71,27 @@ class OutputLogger(seqio.Logger):
     fs.write_text(fs.join(output_dir, f'{task_name}-{step:06d}.jsonl'), ''.join(lines))
 
 
+def write_tool_use(output_dir: str, task: str, step: int, stats: dict, decoded) -> None:
+  """Appends the tool-use statistics to `<task>-tool_use.jsonl` and writes each example's
+  decode with its calls (tool_decoding.Decoded, in example order) to
+  `<task>-<step>-calls.jsonl`."""
+  metrics_log.JsonLines(fs.join(output_dir, f'{task}-tool_use.jsonl')).append(
+    {'step': step, **stats}
+  )
+  lines = [
+    json.dumps(
+      {
+        'prediction': row.text,
+        'prediction_without_calls': row.text_without_calls,
+        'calls': [call.to_json() for call in row.calls],
+      }
+    )
+    + '\n'
+    for row in decoded
+  ]
+  fs.write_text(fs.join(output_dir, f'{task}-{step:06d}-calls.jsonl'), ''.join(lines))
+
+
 def _jsonable(value):
   """A target or prediction as JSON: bytes as text, numpy values as Python ones, and a
   non-finite number (NaN or Inf, which JSON cannot hold; e.g. a regression task's

@@ -6,6 +6,11 @@ rows' calls at once, each within its tool's limits (t5pt/tools/base.py: a failur
 bounded error text, never an exception); each result is written in (` result]`) and
 decoding goes on from there, the text so far forced as a prefix. The encoder runs once.
 
+On several hosts every process decodes the same rows (the batch is one global array);
+process 0 alone runs the host tools and hands their results to the others, so every
+process forces the same text even when a tool's timing differs. A tool that is a trained
+model (`batched`, e.g. serving/run_tool.py) runs on every process, as JAX needs.
+
     decoded = decode_with_tools(model, params, encoder_tokens, vocabulary, max_length, use)
 
 A stop is a candidate only (a token whose text ends like the arrow); the host confirms it
@@ -13,7 +18,6 @@ with the syntax, and a row whose arrow closes no call just goes on. Greedy and s
 beam search cannot stop rows one by one and is refused.
 """
 
-import concurrent.futures
 import dataclasses
 import functools
 from typing import Mapping, Optional
@@ -25,12 +29,14 @@ import seqio
 
 from t5pt.model import decoding
 from t5pt.model import models
+from t5pt.runtime import checks
+from t5pt.runtime import distributed
+from t5pt.runtime import partitioning
 from t5pt.runtime.errors import UserError
 from t5pt.serving import inference
 from t5pt.tools import base
+from t5pt.tools import registry
 from t5pt.tools import syntax as syntax_lib
-
-_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix='t5pt-calls')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +49,24 @@ class ToolUse:
   syntax: syntax_lib.CallSyntax = syntax_lib.TOOLFORMER
   call_top_k: int = 1
   max_calls: int = 4
+
+  @classmethod
+  def from_settings(
+    cls, tools, call_top_k, max_calls, decode: inference.DecodeConfig, configurable: str
+  ) -> Optional['ToolUse']:
+    """TOOLS, TOOL_CALL_TOP_K and MAX_TOOL_CALLS as `configurable` (e.g.
+    'batch_inference.infer') takes them, checked before anything loads; None without TOOLS."""
+    if tools is None:
+      return None
+    tools = registry.check_tools(tools)
+    checks.integer(call_top_k, f'TOOL_CALL_TOP_K ({configurable}.tool_call_top_k)', 1)
+    checks.integer(max_calls, f'MAX_TOOL_CALLS ({configurable}.max_tool_calls)', 0)
+    if decode.method == 'beam' or decode.num_decodes != 1:
+      raise UserError(
+        "TOOLS runs one greedy or sampled decode per input: set DECODE's method to 'greedy' "
+        "or 'sample' and num_decodes = 1 (inference.DecodeConfig)."
+      )
+    return cls(tools, call_top_k=call_top_k, max_calls=max_calls)
 
 
 @dataclasses.dataclass
@@ -87,15 +111,7 @@ def decode_with_tools(
   rows = encoder_tokens.shape[0]
   stops, start = _marker_tokens(vocabulary, use)
   segment = _segment_fn(model, config, max_length, use.call_top_k if start >= 0 else 1, start)
-  encoded = model.module.apply(
-    {'params': params},
-    encoder_tokens,
-    None,
-    False,
-    prompt,
-    prompt_mask,
-    method=model.module.encode,
-  )
+  encoded = _encode_fn(model)(params, encoder_tokens, prompt, prompt_mask)
   prefix = np.zeros((rows, max_length), np.int32)
   lengths = np.zeros((rows,), np.int32)
   calls: list[list[base.CallResult]] = [[] for _ in range(rows)]
@@ -104,18 +120,15 @@ def decode_with_tools(
   while True:
     may_call = np.array([len(c) < use.max_calls for c in calls]) & (false_stops < 8)
     rng, key = jax.random.split(rng)
-    tokens, scores, stopped = jax.device_get(
-      segment(
-        params,
-        encoded,
-        jnp.asarray(encoder_tokens),
-        prompt_mask,
-        key,
-        jnp.asarray(prefix),
-        jnp.asarray(lengths),
-        jnp.asarray(stops[None] & may_call[:, None]),
-        jnp.asarray(may_call),
-      )
+    steering = _like_rows(
+      encoder_tokens,
+      prefix=prefix,
+      lengths=lengths,
+      stops=stops[None] & may_call[:, None],
+      may_call=may_call,
+    )
+    tokens, scores, stopped = distributed.fetch(
+      segment(params, encoded, encoder_tokens, prompt_mask, key, **steering)
     )
     pending = []
     for row in np.flatnonzero(stopped):
@@ -128,13 +141,38 @@ def decode_with_tools(
         pending.append((row, call, written))
     if not stopped.any():
       break
-    results = _POOL.map(lambda p: base.run_call(use.tools, p[1].name, p[1].argument), pending)
+    results = run_calls(use.tools, [(call.name, call.argument) for _, call, _ in pending])
     for (row, _, written), result in zip(pending, results):
       calls[row].append(result)
       written = written + vocabulary.encode(syntax_lib.result_suffix(result.text, use.syntax))
       written = written[:max_length]
       prefix[row, : len(written)], lengths[row] = written, len(written)
   return [_decoded(vocabulary, tokens[r], float(scores[r]), calls[r], use) for r in range(rows)]
+
+
+def run_calls(tools, calls: list[tuple[str, str]]) -> list[base.CallResult]:
+  """Each (tool name, argument) run, the same results on every process: host tools run on
+  process 0 and are handed to the others; batched tools (models) run on every process."""
+  on_all = [i for i, (name, _) in enumerate(calls) if base.is_batched(tools, name)]
+  on_first = [i for i in range(len(calls)) if i not in on_all]
+  results: list = [None] * len(calls)
+  first = []
+  if distributed.is_writer():
+    first = [r.to_json() for r in base.run_calls(tools, [calls[i] for i in on_first])]
+  for i, result in zip(on_first, distributed.from_first_process(first)):
+    results[i] = base.CallResult(**result)
+  for i, result in zip(on_all, base.run_calls(tools, [calls[i] for i in on_all])):
+    results[i] = result
+  return results
+
+
+def _like_rows(encoder_tokens, **arrays) -> dict:
+  """Host arrays [rows, ...] placed as the batch's rows are (one global array on several
+  hosts), so that the jitted segment takes them whatever the mesh."""
+  sharding = getattr(encoder_tokens, 'sharding', None)
+  if isinstance(sharding, jax.sharding.NamedSharding):
+    return partitioning.place_batch(arrays, sharding)
+  return {name: jnp.asarray(value) for name, value in arrays.items()}
 
 
 def _until_stop(row_tokens: np.ndarray) -> list[int]:
@@ -154,11 +192,11 @@ def _segment_fn(model, config: inference.DecodeConfig, max_length: int, top_k: i
   """A jitted decode of every row from its forced prefix until EOS, the length, or a stop."""
 
   @jax.jit
-  def segment(params, encoded, encoder_tokens, prompt_mask, rng, prefix, lengths, stops, may):
+  def segment(params, encoded, encoder_tokens, prompt_mask, rng, prefix, lengths, stops, may_call):
     state, step_fn = inference.step_functions(
       model, params, encoded, encoder_tokens, prompt_mask, max_length, config.use_cache
     )
-    steering = decoding.Steering(prefix, lengths, stops, start, top_k, may)
+    steering = decoding.Steering(prefix, lengths, stops, start, top_k, may_call)
     temperature = 0.0 if config.method == 'greedy' else config.temperature
     return decoding.sample(
       step_fn,
@@ -174,3 +212,22 @@ def _segment_fn(model, config: inference.DecodeConfig, max_length: int, top_k: i
     )
 
   return segment
+
+
+@functools.lru_cache(maxsize=8)
+def _encode_fn(model):
+  """The encoder, jitted: [rows, in_len] tokens (and per-row prompts) -> encoded."""
+
+  @jax.jit
+  def encode(params, encoder_tokens, prompt, prompt_mask):
+    return model.module.apply(
+      {'params': params},
+      encoder_tokens,
+      None,
+      False,
+      prompt,
+      prompt_mask,
+      method=model.module.encode,
+    )
+
+  return encode

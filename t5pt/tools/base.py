@@ -9,11 +9,13 @@ the call's record says which.
 import concurrent.futures
 import dataclasses
 import time
-from typing import Optional
+from typing import Optional, Sequence
 
 # A tool that hangs cannot be stopped from inside this process (only the sandbox's
 # process can be killed); its thread is left to finish while decoding goes on.
 _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix='t5pt-tool')
+# Waits on _POOL's calls, so it must not share its threads (a full pool would deadlock).
+_CALLERS = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix='t5pt-call')
 
 
 class ToolError(Exception):
@@ -29,12 +31,20 @@ class Limits:
 
 
 class Tool:
-  """A named text-to-text function; subclasses implement `__call__`."""
+  """A named text-to-text function; subclasses implement `__call__`.
+
+  A `batched` tool (a trained model on the accelerator) takes all of a step's calls at
+  once through `call_batch`, in the calling thread: it cannot be timed out, so it bounds
+  its own work (a model decodes at most its max_length)."""
 
   limits: Limits = Limits()
+  batched: bool = False
 
   def __call__(self, argument: str) -> str:
     raise NotImplementedError
+
+  def call_batch(self, arguments: Sequence[str]) -> list[str]:
+    return [self(argument) for argument in arguments]
 
   def close(self) -> None:
     """Releases what the tool holds (processes, indexes)."""
@@ -56,6 +66,49 @@ class CallResult:
 
 def bounded(text: str, limit: int) -> str:
   return text if len(text) <= limit else text[: max(limit - 3, 0)] + '...'
+
+
+def is_batched(tools: dict, name: str) -> bool:
+  return getattr(tools.get(name), 'batched', False)
+
+
+def run_calls(tools: dict, calls: Sequence[tuple[str, str]]) -> list[CallResult]:
+  """Runs every (tool name, argument): each batched tool's calls as one batch, the others
+  concurrently, each within its limits. Never raises."""
+  results: list = [None] * len(calls)
+  batches: dict[str, list[int]] = {}
+  singles = []
+  for i, (name, _) in enumerate(calls):
+    (batches.setdefault(name, []) if is_batched(tools, name) else singles).append(i)
+  futures = [_CALLERS.submit(run_call, tools, *calls[i]) for i in singles]
+  for name, indices in batches.items():
+    batch = _run_batch(tools[name], name, [calls[i][1] for i in indices])
+    for i, result in zip(indices, batch):
+      results[i] = result
+  for i, future in zip(singles, futures):
+    results[i] = future.result()
+  return results
+
+
+def _run_batch(tool: Tool, name: str, arguments: list[str]) -> list[CallResult]:
+  """A batched tool's calls in one go; each call's milliseconds are the batch's."""
+  start = time.perf_counter()
+  limit = tool.limits.max_result_chars
+  try:
+    texts = [str(text) for text in tool.call_batch(arguments)]
+    errors = [None] * len(arguments)
+  except ToolError as e:
+    texts, errors = [bounded(f'error: {e}', limit)] * len(arguments), ['error'] * len(arguments)
+  except Exception as e:  # pylint: disable=broad-except  # a tool's bug: the model reads it
+    text = bounded(f'error: {type(e).__name__}: {e}', limit)
+    texts, errors = [text] * len(arguments), ['error'] * len(arguments)
+  ms = (time.perf_counter() - start) * 1000
+  results = []
+  for argument, text, error in zip(arguments, texts, errors):
+    if len(text) > limit:
+      text, error = f'error: {len(text)} characters, over the cap of {limit}', 'too long'
+    results.append(CallResult(name, argument, text, error, ms))
+  return results
 
 
 def run_call(tools: dict, name: str, argument: str) -> CallResult:
