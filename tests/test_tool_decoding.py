@@ -1,6 +1,8 @@
 """Decoding that runs the calls a model writes: a row stops when its call closes, the tool
 runs on the host, its result is written in, and decoding goes on."""
 
+import json
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -196,3 +198,18 @@ def _gin(macros: dict) -> dict:
 class _GinText(str):
   def __repr__(self):
     return str(self)
+
+
+@pytest.mark.slow
+def test_on_two_hosts_process_0_runs_the_calls_and_both_force_its_results():
+  """Two processes decode one global batch; `Who` answers with the process that ran it."""
+  from tests.test_multihost import _finish
+  from tests.test_multihost import _start_two
+
+  outputs = _finish(_start_two('tests.two_hosts_tool_calls'), quiet=False)
+  decoded = [json.loads(out.strip().splitlines()[-1]) for out in outputs]
+  assert decoded[0] == decoded[1]
+  (text, results), plain = decoded[0]
+  assert results == ['process 0', '42']
+  assert text == '[Who() -> process 0] then [Calculator(6*7) -> 42] end'
+  assert plain == ['plain', []]
