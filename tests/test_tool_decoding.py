@@ -24,15 +24,19 @@ VOCAB = seqio.ByteVocabulary()
 SCRIPT = ['Sum: [Calculator(2+3) -> 9] done', 'No call here.']
 
 
-def _scripted(monkeypatch, scripts):
+def _scripted(monkeypatch, scripts, only_rows=None):
   """The decoder replaced by one that writes `scripts[row % len(scripts)]` (then EOS),
-  whatever it is fed."""
+  whatever it is fed (with `only_rows`, only in batches of that many rows)."""
   ids = np.zeros((len(scripts), 64), np.int32)
   for row, text in enumerate(scripts):
     encoded = VOCAB.encode(text) + [1]
     ids[row, : len(encoded)] = encoded
+  real = inference.step_functions
 
   def step_functions(model, params, encoded, encoder_tokens, prompt_mask, max_length, cache):
+    if only_rows and encoded.shape[0] != only_rows:
+      return real(model, params, encoded, encoder_tokens, prompt_mask, max_length, cache)
+
     def step(tokens, index, state):
       script = jnp.asarray(ids)[jnp.arange(tokens.shape[0]) % len(scripts), index]
       return jax.nn.one_hot(script, VOCAB.vocab_size) * 10.0, state
@@ -213,3 +217,60 @@ def test_on_two_hosts_process_0_runs_the_calls_and_both_force_its_results():
   assert results == ['process 0', '42']
   assert text == '[Who() -> process 0] then [Calculator(6*7) -> 42] end'
   assert plain == ['plain', []]
+
+
+def test_a_prompt_run_as_a_tool_answers_as_that_run_decodes(monkeypatch, prompt_run, tmp_path):
+  """TOOLS = {'Max': @tools.run()}, tools.run.path = the run: the main model (scripted, in batches of
+  2) calls Max; the tool decodes on the base infer already loaded, as the run itself does."""
+  from tasks import synthetic
+  from t5pt.checkpoints import opening
+  from t5pt.serving import run_tool
+  from tests.test_infer import _read
+  from tests.test_infer import infer_in_process
+
+  question = synthetic.examples('synthetic_heldout_max', 'validation')[0][0]
+  (tmp_path / 'q.txt').write_text(question + '\n')
+  bases_read = []
+  real_open_base = opening.open_base
+  monkeypatch.setattr(
+    opening, 'open_base', lambda *a, **k: bases_read.append(a) or real_open_base(*a, **k)
+  )
+  (alone,) = _read(
+    infer_in_process(tmp_path / 'alone', CHECKPOINT_PATH=prompt_run, INPUT_FILE=f'{tmp_path}/q.txt')
+  )
+  answer = alone['prediction']
+  reads_alone, bases_read[:] = len(bases_read), []
+  _scripted(monkeypatch, [f'[Max({question}) -> ' + '?' * len(answer) + '] ok'], only_rows=2)
+  lines = _read(
+    infer_in_process(
+      tmp_path / 'out',
+      [
+        "TOOLS = {'Max': @max/tools.run()}",
+        f'max/tools.run.path = {prompt_run!r}',
+        "TASK_FEATURE_LENGTHS = {'inputs': 24, 'targets': 60}",
+        'BATCH_SIZE = 2',
+      ],
+      CHECKPOINT_PATH=prompt_run,
+      INPUT_FILE=f'{tmp_path}/q.txt',
+    )
+  )
+  assert lines[0]['prediction'] == f'[Max({question}) -> {answer}] ok'
+  assert [(c['tool'], c['text'], c['error']) for c in lines[0]['calls']] == [('Max', answer, None)]
+  assert len(bases_read) == reads_alone  # the tool read no base of its own
+  # Not sharing (no base loaded yet), the tool loads its run's base itself: the same answer.
+  monkeypatch.undo()
+  assert run_tool.RunTool(prompt_run).call_batch([question, question]) == [answer, answer]
+
+
+def test_a_run_tool_that_is_not_a_prompt_run_stops_before_anything_loads(tmp_path):
+  from tests.test_infer import infer_in_process
+
+  missing = str(tmp_path / 'missing')
+  with pytest.raises(UserError, match=r'qa/tools.run.path = .*missing.*no such run'):
+    infer_in_process(
+      tmp_path / 'out',
+      ["TOOLS = {'QA': @qa/tools.run()}", f'qa/tools.run.path = {missing!r}'],
+      CHECKPOINT_PATH='/nonexistent',
+      INPUT_FILE=str(tmp_path / 'in.txt'),
+    )
+  assert not (tmp_path / 'out').exists()

@@ -47,6 +47,7 @@ from t5pt.serving import ensemble
 from t5pt.serving import infer_io
 from t5pt.serving import inference
 from t5pt.serving import prompt_bank
+from t5pt.serving import run_tool
 from t5pt.serving import tool_decoding
 from t5pt.tools import registry
 
@@ -97,6 +98,8 @@ def _one_model(checkpoint_path, output_dir, args, mesh, batch_size, decode, use=
       return vocabularies.sentencepiece(loaded.base_path, setting='the base checkpoint')
     return data.vocabulary(task)
 
+  if use:
+    run_tool.share_loaded(use.tools, loaded, mesh)
   model = models.EncoderDecoderModel(loaded.config)
   predict = jax.jit(
     functools.partial(inference.predict_batch, model, max_length=lengths['targets'], config=decode)
@@ -155,6 +158,8 @@ def _prompt_bank(
   )
   lengths = _require_lengths(lengths)
   bank.check_fits(lengths['inputs'])
+  if use:
+    run_tool.share_base(use.tools, bank.config, bank.params, bank.base_path, mesh)
   input_length = lengths['inputs'] - min(bank.prompt_length(n) for n in bank.names)
 
   def vocabulary():

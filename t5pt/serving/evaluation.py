@@ -40,6 +40,7 @@ from t5pt.serving import ensemble
 from t5pt.serving import ensemble_evaluation
 from t5pt.serving import inference
 from t5pt.serving import prompt_bank
+from t5pt.serving import run_tool
 from t5pt.serving import seqio_outputs
 from t5pt.serving import tool_decoding
 from t5pt.tools import registry
@@ -282,6 +283,7 @@ def evaluate(
   if use:
     targets = seqio.get_mixture_or_task(task).output_features['targets'].vocabulary
     registry.check_tools(use.tools, use.syntax, targets)
+    run_tool.share_loaded(use.tools, loaded, mesh)
   evaluator = InferenceEvaluator(
     models.EncoderDecoderModel(loaded.config),
     mesh,

@@ -188,7 +188,26 @@ class PromptBank:
     _check_networks(self.members, base_config, macro)
     before_load()
     # Everything is checked: only now is the (large) base read, once.
-    base_config, self.params = checkpoint.load_model(base_config, dtype, self.mesh)
+    base_config, params = checkpoint.load_model(base_config, dtype, self.mesh)
+    self._serve(base_config, params)
+
+  @classmethod
+  def on_loaded_base(
+    cls, members: Sequence[Member], macro: str, config: network.T5Config, params, base_path, mesh
+  ) -> 'PromptBank':
+    """Prompts served on a base already loaded (`config`, `params` on `mesh`, read from
+    `base_path`): nothing more is read. The members must have been trained on it."""
+    bank = cls.__new__(cls)
+    bank.members, bank.macro, bank.mesh = list(members), macro, mesh
+    bank.names = tuple(m.name for m in members)
+    bank.base_path = common_base(members, base_path, macro)
+    _check_networks(bank.members, config, macro)
+    bank._serve(config, params)
+    return bank
+
+  def _serve(self, base_config: network.T5Config, params) -> None:
+    """The model, with the prompts stacked, on the loaded base."""
+    self.params = params
     stacked, mask = inference.stack_prompts([m.prompt for m in self.members])
     self.config = dataclasses.replace(base_config, prompt_length=stacked.shape[1])
     self.model = models.EncoderDecoderModel(self.config)

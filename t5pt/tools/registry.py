@@ -88,7 +88,8 @@ def check_tools(
     if not isinstance(tool, base.Tool):
       raise UserError(
         f'{setting}[{name!r}] = {tool!r} is not a tool: use one of @tools.calculator(), '
-        '@tools.bm25(), @tools.python(), @tools.calendar() (note the parentheses).'
+        '@tools.bm25(), @tools.python(), @tools.calendar(), @tools.run() (note the '
+        'parentheses).'
       )
   if vocabulary is not None:
     missing = syntax_lib.unwritable_characters(vocabulary, syntax, extra=''.join(tools))
