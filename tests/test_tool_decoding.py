@@ -1,6 +1,7 @@
 """Decoding that runs the calls a model writes: a row stops when its call closes, the tool
 runs on the host, its result is written in, and decoding goes on."""
 
+import dataclasses
 import json
 
 import flax.linen as nn
@@ -44,7 +45,7 @@ def _scripted(monkeypatch, scripts, only_rows=None):
     return jnp.zeros(()), step
 
   monkeypatch.setattr(inference, 'step_functions', step_functions)
-  tool_decoding._segment_fn.cache_clear()
+  tool_decoding._decode_fns.cache_clear()
 
 
 @pytest.fixture
@@ -92,25 +93,28 @@ def test_beam_search_is_refused(model_and_params):
     )
 
 
-def test_steering_forces_prefixes_stops_rows_and_triggers_the_call_start():
-  """decoding.sample on a step function whose favourite is token 5, then 7."""
+def test_steering_forces_tokens_pauses_on_a_stop_resumes_and_triggers_the_call_start():
+  """decoding.resume on a step function whose favourite is token 5, then 7; the state
+  counts the steps taken, so a resumed decode is seen to decode nothing again."""
   logits = jnp.zeros((2, 10)).at[:, 5].set(3.0).at[:, 7].set(2.0)
-  step = lambda tokens, index, state: (logits, state)
-  prefix = jnp.zeros((2, 6), jnp.int32).at[0, :2].set(jnp.array([9, 8]))
+  step = lambda tokens, index, state: (logits, state + 1)
+  forced = jnp.zeros((2, 6), jnp.int32).at[0, :2].set(jnp.array([9, 8]))
   stops = jnp.zeros((2, 10), bool).at[1, 5].set(True)
-  steering = decoding.Steering(prefix, jnp.array([2, 0]), stops, -1, 1, jnp.ones(2, bool))
-  tokens, scores, stopped = decoding.sample(
-    step, None, 2, 6, jax.random.PRNGKey(0), eos_id=1, steering=steering
-  )
-  assert tokens.tolist() == [[9, 8, 5, 5, 5, 5], [5, 0, 0, 0, 0, 0]]
-  assert stopped.tolist() == [False, True]
-  assert scores[0] == pytest.approx(4 * float(jax.nn.log_softmax(logits[0])[5]))
+  steering = decoding.Steering(forced, jnp.array([2, 0]), stops, -1, 1, jnp.ones(2, bool))
+  start = decoding.begin(jnp.zeros(()), 2, 6, jax.random.PRNGKey(0))
+  paused = decoding.resume(step, start, eos_id=1, steering=steering)
+  assert (int(paused.index), paused.paused.tolist()) == (1, [False, True])
+  assert paused.tokens.tolist() == [[9, 0, 0, 0, 0, 0], [5, 0, 0, 0, 0, 0]]
+  done = decoding.resume(step, paused, eos_id=1, steering=dataclasses.replace(steering, stops=None))
+  assert done.tokens.tolist() == [[9, 8, 5, 5, 5, 5], [5, 5, 5, 5, 5, 5]]
+  assert int(done.state) == 6  # one step per position, none repeated
+  assert done.scores[0] == pytest.approx(4 * float(jax.nn.log_softmax(logits[0])[5]))
+  assert done.scores[1] == pytest.approx(6 * float(jax.nn.log_softmax(logits[0])[5]))
   trigger = decoding.Steering(
     jnp.zeros((2, 3), jnp.int32), jnp.zeros(2, jnp.int32), None, 7, 2, jnp.array([True, False])
   )
-  tokens, _, _ = decoding.sample(
-    step, None, 2, 3, jax.random.PRNGKey(0), eos_id=1, steering=trigger
-  )
+  start = decoding.begin(jnp.zeros(()), 2, 3, jax.random.PRNGKey(0))
+  tokens = decoding.resume(step, start, eos_id=1, steering=trigger).tokens
   assert tokens.tolist() == [[7, 7, 7], [5, 5, 5]]
 
 

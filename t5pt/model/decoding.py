@@ -16,7 +16,7 @@ tokens including EOS; beam search divides them by t5x's brevity penalty
 """
 
 import dataclasses
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -47,20 +47,52 @@ def filter_logits(logits: jax.Array, top_k: int = 0, top_p: float = 1.0) -> jax.
 class Steering:
   """What a caller can impose on sampling, row by row (decoding with tools uses all three).
 
-  prefix [rows, max_length], prefix_lengths [rows]: tokens forced at the start of each row
-    (what was decoded before, and a tool's result written in); their scores are not counted.
-  stops [rows, vocab] bool: a row stops once it chooses such a token (a call's arrow),
-    reported in `stopped`; forced tokens never stop a row.
+  forced [rows, max_length], forced_until [rows]: a row is given forced[row, i] at every
+    position i < forced_until[row] (a tool's result written in); their scores are not
+    counted.
+  stops [rows, vocab] bool: once a row chooses such a token (a call's arrow), decoding
+    pauses, every row where it is, with `paused` saying which rows stopped; forced tokens
+    never stop a row. `resume` goes on from there.
   trigger, trigger_k, may_trigger [rows]: where token `trigger` is among the `trigger_k`
     most likely, a row that may is given it (Toolformer's call start).
   """
 
-  prefix: jax.Array
-  prefix_lengths: jax.Array
+  forced: jax.Array
+  forced_until: jax.Array
   stops: Optional[jax.Array] = None
   trigger: int = -1
   trigger_k: int = 1
   may_trigger: Optional[jax.Array] = None
+
+
+class Progress(NamedTuple):
+  """Sampling so far: every row is at position `index` (the next one to decode), having
+  chosen `current` last. tokens [rows, max_length], ended / paused [rows] bool, scores
+  [rows], the model's `state` (its cache) and the random key."""
+
+  index: jax.Array
+  tokens: jax.Array
+  current: jax.Array
+  ended: jax.Array
+  paused: jax.Array
+  scores: jax.Array
+  state: State
+  rng: jax.Array
+
+
+def begin(state: State, rows: int, max_length: int, rng: jax.Array) -> Progress:
+  """Nothing decoded yet: position 0, fed the start token."""
+  false = jnp.zeros((rows,), bool)
+  return Progress(
+    jnp.zeros((), jnp.int32),
+    jnp.zeros((rows, max_length), jnp.int32),
+    jnp.full((rows,), PAD_ID, jnp.int32),
+    false,
+    false,
+    jnp.zeros((rows,), jnp.float32),
+    state,
+    rng,
+  )
 
 
 def sample(
@@ -73,26 +105,37 @@ def sample(
   temperature: float = 0.0,
   top_k: int = 0,
   top_p: float = 1.0,
+) -> tuple[jax.Array, jax.Array]:
+  """Greedy (temperature 0) or temperature sampling with optional top-k / top-p.
+
+  Returns tokens [rows, max_length] and scores [rows]. Stops early once every row has
+  ended."""
+  done = resume(step_fn, begin(state, rows, max_length, rng), eos_id, temperature, top_k, top_p)
+  return done.tokens, done.scores
+
+
+def resume(
+  step_fn: StepFn,
+  progress: Progress,
+  eos_id: int = 1,
+  temperature: float = 0.0,
+  top_k: int = 0,
+  top_p: float = 1.0,
   steering: Optional[Steering] = None,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Greedy (temperature 0) or temperature sampling with optional top-k / top-p, under
-  `steering` if given (see Steering).
-
-  Returns tokens [rows, max_length], scores [rows] and stopped [rows] (the rows that
-  stopped on a stop token, which ends their tokens). Stops early once every row has ended.
-  """
+) -> Progress:
+  """Samples on from `progress` until every row has ended, the length runs out, or (with
+  `steering`'s stops) a row stops: rows already ended stay so, nothing is decoded again."""
+  rows, max_length = progress.tokens.shape
   if steering is None:
-    steering = Steering(jnp.zeros((rows, max_length), jnp.int32), jnp.zeros((rows,), jnp.int32))
+    steering = Steering(progress.tokens, jnp.zeros((rows,), jnp.int32))
 
-  def cond(carry):
-    index, _, _, ended, _, _, _, _ = carry
-    return (index < max_length) & ~ended.all()
+  def cond(p: Progress):
+    return (p.index < max_length) & ~p.ended.all() & ~p.paused.any()
 
-  def body(carry):
-    index, tokens, current, ended, stopped, scores, state, rng = carry
-    logits, state = step_fn(current, index, state)
+  def body(p: Progress) -> Progress:
+    logits, state = step_fn(p.current, p.index, p.state)
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
-    rng, key = jax.random.split(rng)
+    rng, key = jax.random.split(p.rng)
     if temperature == 0.0:
       chosen = jnp.argmax(logits, axis=-1)
     else:
@@ -103,31 +146,20 @@ def sample(
       kth = jax.lax.top_k(logits, steering.trigger_k)[0][:, -1]
       fire = (logits[:, steering.trigger] >= kth) & steering.may_trigger
       chosen = jnp.where(fire, steering.trigger, chosen)
-    forced = index < steering.prefix_lengths
-    chosen = jnp.where(forced, steering.prefix[:, index], chosen)
-    chosen = jnp.where(ended, PAD_ID, chosen).astype(jnp.int32)
-    scores = scores + jnp.where(
-      ended | forced, 0.0, jnp.take_along_axis(log_probs, chosen[:, None], axis=-1)[:, 0]
+    forced = p.index < steering.forced_until
+    chosen = jnp.where(forced, steering.forced[:, p.index], chosen)
+    chosen = jnp.where(p.ended, PAD_ID, chosen).astype(jnp.int32)
+    scores = p.scores + jnp.where(
+      p.ended | forced, 0.0, jnp.take_along_axis(log_probs, chosen[:, None], axis=-1)[:, 0]
     )
-    tokens = jax.lax.dynamic_update_slice_in_dim(tokens, chosen[:, None], index, axis=1)
+    tokens = jax.lax.dynamic_update_slice_in_dim(p.tokens, chosen[:, None], p.index, axis=1)
+    paused = p.paused
     if steering.stops is not None:
-      stop = ~ended & ~forced & jnp.take_along_axis(steering.stops, chosen[:, None], 1)[:, 0]
-      stopped = stopped | stop
-    ended = ended | (chosen == eos_id) | stopped
-    return index + 1, tokens, chosen, ended, stopped, scores, state, rng
+      paused = ~p.ended & ~forced & jnp.take_along_axis(steering.stops, chosen[:, None], 1)[:, 0]
+    ended = p.ended | (chosen == eos_id)
+    return Progress(p.index + 1, tokens, chosen, ended, paused, scores, state, rng)
 
-  carry = (
-    jnp.zeros((), jnp.int32),
-    jnp.zeros((rows, max_length), jnp.int32),
-    jnp.full((rows,), PAD_ID, jnp.int32),
-    jnp.zeros((rows,), bool),
-    jnp.zeros((rows,), bool),
-    jnp.zeros((rows,), jnp.float32),
-    state,
-    rng,
-  )
-  _, tokens, _, _, stopped, scores, _, _ = jax.lax.while_loop(cond, body, carry)
-  return tokens, scores, stopped
+  return jax.lax.while_loop(cond, body, progress._replace(paused=jnp.zeros((rows,), bool)))
 
 
 def brevity_penalty(alpha: float, length) -> jax.Array:

@@ -141,7 +141,7 @@ def predict_batch(
   if config.method == 'beam':
     return decoding.beam_search(step_fn, state, batch, n, max_length, EOS_ID, config.alpha)
   temperature = 0.0 if config.method == 'greedy' else config.temperature
-  tokens, scores, _ = decoding.sample(
+  tokens, scores = decoding.sample(
     step_fn,
     state,
     batch * n,

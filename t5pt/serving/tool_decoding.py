@@ -1,10 +1,12 @@
 """Decoding that runs the calls a model writes (Toolformer, Schick et al. 2023).
 
-Rows decode until a call closes (Toolformer's syntax: the model has written
-`[Name(argument) ->`), then stop. On the host the closed calls are parsed and run, all
-rows' calls at once, each within its tool's limits (t5pt/tools/base.py: a failure is a
-bounded error text, never an exception); each result is written in (` result]`) and
-decoding goes on from there, the text so far forced as a prefix. The encoder runs once.
+All rows decode in step until one closes a call (Toolformer's syntax: the model has
+written `[Name(argument) ->`); then decoding pauses, every row where it is. On the host the
+closed calls are parsed and run, all at once, each within its tool's limits
+(t5pt/tools/base.py: a failure is a bounded error text, never an exception); each result
+(` result]`) is queued as tokens forced into its row, and decoding resumes from the same
+key/value cache: nothing decoded is decoded again, the encoder runs once, and while a row
+takes in its result the others go on writing.
 
 On several hosts every process decodes the same rows (the batch is one global array);
 process 0 alone runs the host tools and hands their results to the others, so every
@@ -20,7 +22,7 @@ beam search cannot stop rows one by one and is refused.
 
 import dataclasses
 import functools
-from typing import Mapping, Optional
+from typing import Callable, Mapping, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -81,14 +83,20 @@ class Decoded:
   score: float
 
 
+_MARKERS: dict = {}  # (id(vocabulary), syntax) -> (vocabulary, markers): a scan is slow
+
+
 def _marker_tokens(vocabulary: seqio.Vocabulary, use: ToolUse) -> tuple[np.ndarray, int]:
   """(stops [vocab] bool: tokens whose text ends like the arrow, the call-start token id or
-  -1 when the start marker is not one token)."""
-  arrow = use.syntax.arrow
-  size = vocabulary.vocab_size
-  stops = np.array([vocabulary.decode([i]).endswith(arrow[-1]) for i in range(size)])
-  start = vocabulary.encode(use.syntax.start)
-  return stops, (start[-1] if len(start) == 1 else -1)
+  -1 when the start marker is not one token). Scanned once per vocabulary."""
+  key = (id(vocabulary), use.syntax)
+  if key not in _MARKERS:  # The vocabulary is kept with it, so its id is not reused.
+    arrow = use.syntax.arrow
+    size = vocabulary.vocab_size
+    stops = np.array([vocabulary.decode([i]).endswith(arrow[-1]) for i in range(size)])
+    start = vocabulary.encode(use.syntax.start)
+    _MARKERS[key] = (vocabulary, (stops, start[-1] if len(start) == 1 else -1))
+  return _MARKERS[key][1]
 
 
 def decode_with_tools(
@@ -110,43 +118,41 @@ def decode_with_tools(
     )
   rows = encoder_tokens.shape[0]
   stops, start = _marker_tokens(vocabulary, use)
-  segment = _segment_fn(model, config, max_length, use.call_top_k if start >= 0 else 1, start)
-  encoded = _encode_fn(model)(params, encoder_tokens, prompt, prompt_mask)
-  prefix = np.zeros((rows, max_length), np.int32)
-  lengths = np.zeros((rows,), np.int32)
+  fns = _decode_fns(model, config, max_length, use.call_top_k if start >= 0 else 1, start)
+  encoded = fns.encode(params, encoder_tokens, prompt, prompt_mask)
+  forced = np.zeros((rows, max_length), np.int32)
+  forced_until = np.zeros((rows,), np.int32)
   calls: list[list[base.CallResult]] = [[] for _ in range(rows)]
   false_stops = np.zeros((rows,), np.int32)
-  rng = jax.random.PRNGKey(config.seed)
+  progress = fns.begin(params, encoded, encoder_tokens, prompt_mask, config.seed)
   while True:
     may_call = np.array([len(c) < use.max_calls for c in calls]) & (false_stops < 8)
-    rng, key = jax.random.split(rng)
     steering = _like_rows(
       encoder_tokens,
-      prefix=prefix,
-      lengths=lengths,
+      forced=forced,
+      forced_until=forced_until,
       stops=stops[None] & may_call[:, None],
       may_call=may_call,
     )
-    tokens, scores, stopped = distributed.fetch(
-      segment(params, encoded, encoder_tokens, prompt_mask, key, **steering)
-    )
-    pending = []
-    for row in np.flatnonzero(stopped):
-      written = _until_stop(tokens[row])
-      call = syntax_lib.pending_call(vocabulary.decode(written), use.syntax)
-      prefix[row, : len(written)], lengths[row] = written, len(written)
-      if call is None:
-        false_stops[row] += 1
-      else:
-        pending.append((row, call, written))
-    if not stopped.any():
+    progress = fns.resume(params, encoded, encoder_tokens, prompt_mask, progress, **steering)
+    index, tokens, paused = distributed.fetch((progress.index, progress.tokens, progress.paused))
+    if not paused.any():
       break
-    results = run_calls(use.tools, [(call.name, call.argument) for _, call, _ in pending])
-    for (row, _, written), result in zip(pending, results):
+    pending = []
+    for row in np.flatnonzero(paused):
+      call = syntax_lib.pending_call(vocabulary.decode(_written(tokens[row])), use.syntax)
+      if call is None:
+        false_stops[row] += 1  # An arrow outside a call: the row just goes on.
+      else:
+        pending.append((row, call))
+    results = run_calls(use.tools, [(call.name, call.argument) for _, call in pending])
+    for (row, _), result in zip(pending, results):
       calls[row].append(result)
-      written = written + vocabulary.encode(syntax_lib.result_suffix(result.text, use.syntax))
-      written = written[:max_length]
-      prefix[row, : len(written)], lengths[row] = written, len(written)
+      suffix = vocabulary.encode(syntax_lib.result_suffix(result.text, use.syntax))
+      suffix = suffix[: max_length - int(index)]
+      forced[row, index : index + len(suffix)] = suffix
+      forced_until[row] = index + len(suffix)
+  scores = distributed.fetch(progress.scores)
   return [_decoded(vocabulary, tokens[r], float(scores[r]), calls[r], use) for r in range(rows)]
 
 
@@ -175,7 +181,7 @@ def _like_rows(encoder_tokens, **arrays) -> dict:
   return {name: jnp.asarray(value) for name, value in arrays.items()}
 
 
-def _until_stop(row_tokens: np.ndarray) -> list[int]:
+def _written(row_tokens: np.ndarray) -> list[int]:
   """The row's tokens up to its last non-padding one."""
   nonzero = np.flatnonzero(row_tokens)
   return [int(t) for t in row_tokens[: nonzero[-1] + 1]] if nonzero.size else []
@@ -187,36 +193,16 @@ def _decoded(vocabulary, row_tokens, score, calls, use: ToolUse) -> Decoded:
   return Decoded(tokens, text, syntax_lib.strip_calls(text, use.syntax), calls, score)
 
 
-@functools.lru_cache(maxsize=8)
-def _segment_fn(model, config: inference.DecodeConfig, max_length: int, top_k: int, start: int):
-  """A jitted decode of every row from its forced prefix until EOS, the length, or a stop."""
-
-  @jax.jit
-  def segment(params, encoded, encoder_tokens, prompt_mask, rng, prefix, lengths, stops, may_call):
-    state, step_fn = inference.step_functions(
-      model, params, encoded, encoder_tokens, prompt_mask, max_length, config.use_cache
-    )
-    steering = decoding.Steering(prefix, lengths, stops, start, top_k, may_call)
-    temperature = 0.0 if config.method == 'greedy' else config.temperature
-    return decoding.sample(
-      step_fn,
-      state,
-      encoded.shape[0],
-      max_length,
-      rng,
-      inference.EOS_ID,
-      temperature,
-      config.top_k,
-      config.top_p,
-      steering,
-    )
-
-  return segment
+class _DecodeFns(NamedTuple):
+  encode: Callable
+  begin: Callable
+  resume: Callable
 
 
 @functools.lru_cache(maxsize=8)
-def _encode_fn(model):
-  """The encoder, jitted: [rows, in_len] tokens (and per-row prompts) -> encoded."""
+def _decode_fns(model, config: inference.DecodeConfig, max_length: int, top_k: int, start: int):
+  """Jitted: the encoder; the empty progress (a fresh cache); sampling on from a progress
+  under the steering until a row stops, every row ends, or the length runs out."""
 
   @jax.jit
   def encode(params, encoder_tokens, prompt, prompt_mask):
@@ -230,4 +216,30 @@ def _encode_fn(model):
       method=model.module.encode,
     )
 
-  return encode
+  def steps(params, encoded, encoder_tokens, prompt_mask):
+    return inference.step_functions(
+      model, params, encoded, encoder_tokens, prompt_mask, max_length, config.use_cache
+    )
+
+  @jax.jit
+  def begin(params, encoded, encoder_tokens, prompt_mask, seed):
+    state, _ = steps(params, encoded, encoder_tokens, prompt_mask)
+    return decoding.begin(state, encoded.shape[0], max_length, jax.random.PRNGKey(seed))
+
+  @jax.jit
+  def resume(params, encoded, encoder_tokens, prompt_mask, progress, **steering):
+    _, step_fn = steps(params, encoded, encoder_tokens, prompt_mask)  # the cache: progress's
+    temperature = 0.0 if config.method == 'greedy' else config.temperature
+    steer = decoding.Steering(
+      steering['forced'],
+      steering['forced_until'],
+      steering['stops'],
+      start,
+      top_k,
+      steering['may_call'],
+    )
+    return decoding.resume(
+      step_fn, progress, inference.EOS_ID, temperature, config.top_k, config.top_p, steer
+    )
+
+  return _DecodeFns(encode, begin, resume)
