@@ -18,6 +18,7 @@ from t5pt.runtime.errors import UserError
 from t5pt.serving import inference
 from t5pt.serving import tool_decoding
 from t5pt.tools import calculator
+from t5pt.tools import syntax as syntax_lib
 from tests.conftest import TINY
 
 VOCAB = seqio.ByteVocabulary()
@@ -64,6 +65,24 @@ def test_a_closed_call_runs_and_its_result_is_written_in(monkeypatch, model_and_
   (call,) = first.calls
   assert (call.tool, call.argument, call.text, call.error) == ('Calculator', '2+3', '5', None)
   assert (second.text, second.calls) == ('No call here.', [])
+
+
+def test_other_markers_and_the_inline_style(monkeypatch, model_and_params):
+  """TOOL_SYNTAX's markers are what a call is written in; TOOL_CALL_STYLE='inline' runs the
+  calls written inside an answer once it is decoded, and puts their results in its place."""
+  inputs = np.full((2, 8), 5, np.int32)
+  calculator_only = {'Calculator': calculator.Calculator()}
+  _scripted(monkeypatch, ['{{Calculator(2+3) => 9}} done', 'x'])
+  syntax = syntax_lib.CallSyntax(start='{{', end='}}', arrow='=>')
+  use = tool_decoding.ToolUse(calculator_only, syntax)
+  row, _ = tool_decoding.decode_with_tools(*model_and_params, inputs, VOCAB, 48, use)
+  assert (row.text, row.text_without_calls) == ('{{Calculator(2+3) => 5}} done', 'done')
+  _scripted(monkeypatch, ["Calculator('2+3') or Calculator('1/0') [Calculator(1) -> 2]"])
+  use = tool_decoding.ToolUse(calculator_only, inline=True)
+  row, _ = tool_decoding.decode_with_tools(*model_and_params, inputs, VOCAB, 64, use)
+  assert row.text == "Calculator('2+3') or Calculator('1/0') [Calculator(1) -> 2]"
+  assert row.text_without_calls == '5 or error: division by zero [Calculator(1) -> 2]'
+  assert [c.error for c in row.calls] == [None, 'error']
 
 
 def test_an_unknown_tool_or_an_arrow_outside_a_call_never_stops_decoding(
@@ -150,6 +169,8 @@ def test_infer_sh_with_tools_records_each_call(monkeypatch, prompt_run, tmp_path
     ),
     (["TOOLS = {'C': @tools.calculator()}", "ENSEMBLE = ['/x', '/y']"], 'ENSEMBLE does not take'),
     (["TOOLS = {'C': @tools.calculator()}", 'MAX_TOOL_CALLS = -1'], 'MAX_TOOL_CALLS'),
+    (["TOOLS = {'C': @tools.calculator()}", "TOOL_CALL_STYLE = 'alpaca'"], "'inline'"),
+    (["TOOLS = {'C': @tools.calculator()}", "tools.CallSyntax.arrow = '['"], 'must differ'),
   ],
 )
 def test_bad_tool_settings_stop_before_anything_loads(tmp_path, bindings, message):

@@ -50,6 +50,7 @@ from t5pt.serving import prompt_bank
 from t5pt.serving import run_tool
 from t5pt.serving import tool_decoding
 from t5pt.tools import registry
+from t5pt.tools import syntax as syntax_lib
 
 
 @dataclasses.dataclass
@@ -276,6 +277,8 @@ def infer(
   tools: Optional[Mapping[str, object]] = None,
   tool_call_top_k: int = 1,
   max_tool_calls: int = 4,
+  tool_syntax: syntax_lib.CallSyntax = syntax_lib.TOOLFORMER,
+  tool_call_style: str = 'toolformer',
   progress_bar: bool = True,
 ) -> str:
   """Decodes a task split or an input file with a trained run (or a base checkpoint),
@@ -293,7 +296,13 @@ def infer(
   mesh = partition.make_mesh()
   partitioning.check_batch_size(batch_size, mesh)
   use = tool_decoding.ToolUse.from_settings(
-    tools, tool_call_top_k, max_tool_calls, decode, 'batch_inference.infer'
+    tools,
+    tool_call_top_k,
+    max_tool_calls,
+    decode,
+    'batch_inference.infer',
+    tool_syntax,
+    tool_call_style,
   )
   if use and which == 'ENSEMBLE':
     raise UserError('TOOLS decodes with CHECKPOINT_PATH or PROMPTS; ENSEMBLE does not take it.')
@@ -350,7 +359,7 @@ def infer(
   vocabularies.check_fits(source.vocabulary, served.vocab_size, source.name)
   served.check(source.vocabulary)
   if use:
-    registry.check_tools(use.tools, use.syntax, source.vocabulary)
+    registry.check_tools(use.tools, use.syntax, source.vocabulary, inline=use.inline)
 
   settings = {
     **served.identity,
@@ -365,7 +374,11 @@ def infer(
   }
   if use:  # An output begun with other tools does not continue with these.
     settings.update(
-      tools=sorted(use.tools), tool_call_top_k=use.call_top_k, max_tool_calls=use.max_calls
+      tools=sorted(use.tools),
+      tool_call_top_k=use.call_top_k,
+      max_tool_calls=use.max_calls,
+      tool_syntax=dataclasses.asdict(use.syntax),
+      tool_call_style='inline' if use.inline else 'toolformer',
     )
   final_path = fs.join(output_dir, f'{source.name}.jsonl')
   if fs.exists(final_path):

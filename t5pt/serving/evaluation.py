@@ -44,6 +44,7 @@ from t5pt.serving import run_tool
 from t5pt.serving import seqio_outputs
 from t5pt.serving import tool_decoding
 from t5pt.tools import registry
+from t5pt.tools import syntax as syntax_lib
 from t5pt.tools import statistics
 
 
@@ -234,6 +235,8 @@ def evaluate(
   tools: Optional[Mapping[str, object]] = None,
   tool_call_top_k: int = 1,
   max_tool_calls: int = 4,
+  tool_syntax: syntax_lib.CallSyntax = syntax_lib.TOOLFORMER,
+  tool_call_style: str = 'toolformer',
 ) -> dict:
   """Evaluates a trained run (or a base checkpoint) on a task split; returns the metrics
   {task: {metric: value}} (with TOOLS, 'tools/...' statistics too). With ENSEMBLE instead:
@@ -242,7 +245,13 @@ def evaluate(
   errors.require_macros(EVAL_OUTPUT_DIR=output_dir)
   checks.inference_values('evaluation.evaluate', 'EVAL_OUTPUT_DIR', locals())
   use = tool_decoding.ToolUse.from_settings(
-    tools, tool_call_top_k, max_tool_calls, decode, 'evaluation.evaluate'
+    tools,
+    tool_call_top_k,
+    max_tool_calls,
+    decode,
+    'evaluation.evaluate',
+    tool_syntax,
+    tool_call_style,
   )
   if use and which == 'ENSEMBLE':
     raise UserError('TOOLS evaluates one model (CHECKPOINT_PATH); ENSEMBLE does not take it.')
@@ -282,7 +291,7 @@ def evaluate(
   _require_task(task, lengths)
   if use:
     targets = seqio.get_mixture_or_task(task).output_features['targets'].vocabulary
-    registry.check_tools(use.tools, use.syntax, targets)
+    registry.check_tools(use.tools, use.syntax, targets, inline=use.inline)
     run_tool.share_loaded(use.tools, loaded, mesh)
   evaluator = InferenceEvaluator(
     models.EncoderDecoderModel(loaded.config),

@@ -18,6 +18,10 @@ model (`batched`, e.g. serving/run_tool.py) runs on every process, as JAX needs.
 A stop is a candidate only (a token whose text ends like the arrow); the host confirms it
 with the syntax, and a row whose arrow closes no call just goes on. Greedy and sampling;
 beam search cannot stop rows one by one and is refused.
+
+The inline style (`style='inline'`, Toolformer-style Alpaca sets: `Calculator('2+3')`
+inside an answer) decodes without pauses; each call is then run and replaced by its
+result in the text a reader sees (`text_without_calls`).
 """
 
 import dataclasses
@@ -51,24 +55,44 @@ class ToolUse:
   syntax: syntax_lib.CallSyntax = syntax_lib.TOOLFORMER
   call_top_k: int = 1
   max_calls: int = 4
+  inline: bool = False
 
   @classmethod
   def from_settings(
-    cls, tools, call_top_k, max_calls, decode: inference.DecodeConfig, configurable: str
+    cls,
+    tools,
+    call_top_k,
+    max_calls,
+    decode: inference.DecodeConfig,
+    configurable: str,
+    syntax: syntax_lib.CallSyntax = syntax_lib.TOOLFORMER,
+    style: str = 'toolformer',
   ) -> Optional['ToolUse']:
-    """TOOLS, TOOL_CALL_TOP_K and MAX_TOOL_CALLS as `configurable` (e.g.
-    'batch_inference.infer') takes them, checked before anything loads; None without TOOLS."""
+    """TOOLS, TOOL_CALL_TOP_K, MAX_TOOL_CALLS, TOOL_SYNTAX and TOOL_CALL_STYLE as
+    `configurable` (e.g. 'batch_inference.infer') takes them, checked before anything
+    loads; None without TOOLS."""
     if tools is None:
       return None
     tools = registry.check_tools(tools)
     checks.integer(call_top_k, f'TOOL_CALL_TOP_K ({configurable}.tool_call_top_k)', 1)
     checks.integer(max_calls, f'MAX_TOOL_CALLS ({configurable}.max_tool_calls)', 0)
+    if not isinstance(syntax, syntax_lib.CallSyntax):
+      raise UserError(
+        f'TOOL_SYNTAX ({configurable}.tool_syntax) = {syntax!r}: expected '
+        "@tools.CallSyntax(), e.g. with tools.CallSyntax.start = '['."
+      )
+    if style not in ('toolformer', 'inline'):
+      raise UserError(
+        f"TOOL_CALL_STYLE ({configurable}.tool_call_style) = {style!r}: use 'toolformer' "
+        "([Name(argument) -> result], run as the model writes) or 'inline' (Name('argument') "
+        'in the answer, replaced by its result after decoding).'
+      )
     if decode.method == 'beam' or decode.num_decodes != 1:
       raise UserError(
         "TOOLS runs one greedy or sampled decode per input: set DECODE's method to 'greedy' "
         "or 'sample' and num_decodes = 1 (inference.DecodeConfig)."
       )
-    return cls(tools, call_top_k=call_top_k, max_calls=max_calls)
+    return cls(tools, syntax, call_top_k, max_calls, style == 'inline')
 
 
 @dataclasses.dataclass
@@ -127,6 +151,7 @@ def decode_with_tools(
   progress = fns.begin(params, encoded, encoder_tokens, prompt_mask, config.seed)
   while True:
     may_call = np.array([len(c) < use.max_calls for c in calls]) & (false_stops < 8)
+    may_call &= not use.inline
     steering = _like_rows(
       encoder_tokens,
       forced=forced,
@@ -153,7 +178,30 @@ def decode_with_tools(
       forced[row, index : index + len(suffix)] = suffix
       forced_until[row] = index + len(suffix)
   scores = distributed.fetch(progress.scores)
+  if use.inline:
+    return _with_inline_calls(vocabulary, tokens, scores, use)
   return [_decoded(vocabulary, tokens[r], float(scores[r]), calls[r], use) for r in range(rows)]
+
+
+def _with_inline_calls(vocabulary, tokens, scores, use: ToolUse) -> list[Decoded]:
+  """Each row's inline calls (at most max_calls) run, all rows' at once, and replaced by
+  their results in text_without_calls."""
+  texts = [vocabulary.decode(inference.until_eos(row)) for row in tokens]
+  found = [syntax_lib.find_inline_calls(text, use.tools)[: use.max_calls] for text in texts]
+  flat = [(call.name, call.argument) for row in found for call in row]
+  results = iter(run_calls(use.tools, flat))
+  decoded = []
+  for row, (text, row_calls) in enumerate(zip(texts, found)):
+    ran = [next(results) for _ in row_calls]
+    pieces, position = [], 0
+    for call, result in zip(row_calls, ran):
+      pieces += [text[position : call.start], result.text]
+      position = call.end
+    replaced = ''.join(pieces) + text[position:]
+    decoded.append(
+      Decoded(inference.until_eos(tokens[row]), text, replaced, ran, float(scores[row]))
+    )
+  return decoded
 
 
 def run_calls(tools, calls: list[tuple[str, str]]) -> list[base.CallResult]:

@@ -29,6 +29,9 @@ from t5pt.tools import syntax as syntax_lib
 NAME = r'[A-Za-z_][A-Za-z0-9_]*'
 
 
+gin.external_configurable(syntax_lib.CallSyntax, module='tools')
+
+
 @gin.configurable(module='tools')
 def calculator(decimals: int = 2, allow_power: bool = False) -> base.Tool:
   """Arithmetic with Toolformer's conventions (+ - * /, two decimals)."""
@@ -71,6 +74,7 @@ def check_tools(
   syntax: syntax_lib.CallSyntax = syntax_lib.TOOLFORMER,
   vocabulary: Optional[seqio.Vocabulary] = None,
   setting: str = 'TOOLS',
+  inline: bool = False,
 ) -> dict:
   """`tools` as {name: Tool}, checked: names a call can carry, values that are tools, and
   markers the model's vocabulary can write. A UserError names what to fix."""
@@ -92,7 +96,8 @@ def check_tools(
         'parentheses).'
       )
   if vocabulary is not None:
-    missing = syntax_lib.unwritable_characters(vocabulary, syntax, extra=''.join(tools))
+    extra = ''.join(tools) + ('(\'")' if inline else '')
+    missing = syntax_lib.unwritable_characters(vocabulary, syntax, extra=extra)
     if missing:
       raise UserError(
         f'{setting}: the model\'s vocabulary cannot write {missing!r}, which its calls '
