@@ -299,3 +299,53 @@ def test_a_run_tool_that_is_not_a_prompt_run_stops_before_anything_loads(tmp_pat
       INPUT_FILE=str(tmp_path / 'in.txt'),
     )
   assert not (tmp_path / 'out').exists()
+
+
+def test_infer_with_tools_resumes_and_refuses_other_tools(monkeypatch, prompt_run, tmp_path):
+  """Interrupted after its first chunk, infer with TOOLS continues with the same tools into
+  the file an uninterrupted run writes; with other tools (or another style) it refuses."""
+  from t5pt.serving import infer_io
+  from tests.test_infer import infer_in_process
+
+  _scripted(monkeypatch, [SCRIPT[0], SCRIPT[1]])
+  (tmp_path / 'in.txt').write_text('cab\nhgf\nabc\nfed\n')
+  settings = [
+    "TASK_FEATURE_LENGTHS = {'inputs': 24, 'targets': 40}",
+    'BATCH_SIZE = 2',
+    'batch_inference.infer.chunk_batches = 1',
+  ]
+  run = lambda out, *tools: infer_in_process(
+    tmp_path / out,
+    [*settings, *tools],
+    CHECKPOINT_PATH=prompt_run,
+    INPUT_FILE=str(tmp_path / 'in.txt'),
+  )
+  calculator_tools = "TOOLS = {'Calculator': @tools.calculator()}"
+  whole = _untimed(run('whole', calculator_tools))
+  real_write = infer_io.ChunkedOutput.write_chunk
+
+  def first_then_die(self, index, lines):
+    if index == 1:
+      raise KeyboardInterrupt('simulated interruption')
+    real_write(self, index, lines)
+
+  monkeypatch.setattr(infer_io.ChunkedOutput, 'write_chunk', first_then_die)
+  with pytest.raises(KeyboardInterrupt):
+    run('out', calculator_tools)
+  monkeypatch.setattr(infer_io.ChunkedOutput, 'write_chunk', real_write)
+  for other in (
+    ["TOOLS = {'Calc': @tools.calculator()}"],
+    [calculator_tools, "TOOL_CALL_STYLE = 'inline'"],
+  ):
+    with pytest.raises(UserError, match='partial run with other settings'):
+      run('out', *other)
+  assert _untimed(run('out', calculator_tools)) == whole
+
+
+def _untimed(path) -> list[dict]:
+  """An output file's lines without the calls' milliseconds."""
+  lines = [json.loads(line) for line in open(path)]
+  for line in lines:
+    for call in line['calls']:
+      del call['milliseconds']
+  return lines
