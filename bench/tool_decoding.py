@@ -23,19 +23,20 @@ script has the model write the result itself, so every way decodes the same toke
 script checks they are equal) and tokens/s compares like with like. Three ways:
 
   without tools      jax.jit(inference.predict_batch), what infer.sh runs without TOOLS
-  tool path, no call decode_with_tools with max_calls=0 (one segment; its fixed costs)
+  tool path, no call decode_with_tools with max_calls=0 (one decode; its fixed costs)
   with tools         decode_with_tools, every row calls once
 
-and, as an illustration only, "with tools" again with the vocabulary scan of
-tool_decoding._marker_tokens memoised here in the bench (what caching it would give).
 Batch 8, 128 random input ids. The ways run interleaved, one round after another, after one
-untimed round (compilation excluded; each way's first call is printed apart). Times are the
-median wall time of one call over --repeats rounds; "x without tools" (and the cost of the
-calls, 1 - it) is the median over the rounds of the ratio of the two ways' times in the same
-round, which a shared machine's load shifts less than either time. Outside the segments =
-total - time inside the jitted decode segments (each timed from when its inputs are ready),
-split into the call markers' scan of the vocabulary, the encoder and set-up (to the first
-segment), the tool calls, and the rest (parsing, transfers).
+untimed round (compilation and the vocabulary scan, cached per vocabulary by tool_decoding,
+excluded; each way's first call is printed apart). Times are the median wall time of one
+call over --repeats rounds; "x without tools" (and the cost of the calls, 1 - it) is the
+median over the rounds of the ratio of the two ways' times in the same round, which a shared
+machine's load shifts less than either time. decode_with_tools decodes every row in step
+until one closes a call, pauses, runs the calls and resumes from the same cache: "decodes"
+counts its jitted resumes (1 + the pauses). Outside them = total - time inside the resumes
+(each timed until its output is ready), split into the encoder, the empty progress
+(`begin`: a fresh cache), the tool calls (`run_calls`), the markers' vocabulary scan, and the rest
+(steering arrays, fetching tokens, parsing the calls, writing the results in).
 
 Tool latency: --tool_calls calls of each tool through base.run_call (its own milliseconds,
 what infer records), after 3 untimed ones: Calculator (varied expressions), Retrieval (BM25
@@ -163,77 +164,71 @@ def script_steps(rows, max_length: int):
   return step_functions
 
 
-# Instruments: the decode path's pieces timed from outside (tool_decoding is not changed).
+# Instruments: decode_with_tools timed from outside (tool_decoding is not changed).
 
 
 @dataclasses.dataclass
 class Probe:
-  segment_s: float = 0.0
-  segments: int = 0
-  steps: int = 0  # decoder steps the segments ran (the longest row of each)
-  marker_s: float = 0.0
-  encoder_s: float = 0.0  # from the end of the vocabulary scan to the first segment's start
-  calls_s: float = 0.0
-  scanned_at: float = 0.0
-
-  def reset(self):
-    for field in dataclasses.fields(self):
-      setattr(self, field.name, field.default)
+  encode_s: float = 0.0  # the jitted encoder
+  begin_s: float = 0.0  # the empty progress (a fresh cache)
+  decode_s: float = 0.0  # inside the jitted resumes, each timed until its output is ready
+  decodes: int = 0  # resumes: 1 + the pauses
+  paused_at: list = dataclasses.field(default_factory=list)  # (position, rows) per pause
+  steps: int = 0  # decoder steps run (the position the last resume reached)
+  scan_s: float = 0.0  # the call markers' vocabulary scan (cached per vocabulary)
+  calls_s: float = 0.0  # run_calls: the tools on the host
 
 
 PROBE = Probe()
 
 
-def instrument():
-  """Times the pieces of decode_with_tools from outside by wrapping its module's helpers
-  (tool_decoding itself is not changed). Tolerates the helpers it finds: the tool calls run
-  through `run_calls` (newer) or the `_POOL` thread pool (older)."""
-  segment_fn, marker_tokens = tool_decoding._segment_fn, tool_decoding._marker_tokens
+def instrument() -> None:
+  """Wraps tool_decoding's `_decode_fns` (whose encode/begin/resume are timed until their
+  outputs are ready), `run_calls` and, where present, `_marker_tokens`; decode_with_tools
+  looks each up in its module when it runs, so it runs the wrapped ones."""
+  missing = [n for n in ('_decode_fns', 'run_calls') if not hasattr(tool_decoding, n)]
+  if missing:
+    raise SystemExit(
+      f'tool_decoding has no {", ".join(missing)}: this bench follows its internals as of '
+      '97c2531 (decode_with_tools pausing and resuming one cache); update instrument()'
+    )
 
-  def timed_segment_fn(*args):
-    segment = segment_fn(*args)
-
-    def run(params, encoded, *rest, **named):
-      jax.block_until_ready(encoded)  # the encoder's work is not the segment's
-      start = time.perf_counter()
-      if PROBE.segments == 0:
-        PROBE.encoder_s = start - PROBE.scanned_at
-      out = jax.block_until_ready(segment(params, encoded, *rest, **named))
-      PROBE.segment_s += time.perf_counter() - start
-      PROBE.segments += 1
-      tokens = np.asarray(out[0])
-      PROBE.steps += int(max((np.flatnonzero(r)[-1] + 1 if r.any() else 0) for r in tokens))
-      return out
-
-    return run
-
-  def timed(fn, field):
+  def timed(fn, field, ready=False):
     def call(*args, **named):
       start = time.perf_counter()
       out = fn(*args, **named)
+      if ready:
+        jax.block_until_ready(out)
       setattr(PROBE, field, getattr(PROBE, field) + time.perf_counter() - start)
       return out
 
     return call
 
-  def scan(*args, **named):
-    out = timed(marker_tokens, 'marker_s')(*args, **named)
-    PROBE.scanned_at = time.perf_counter()
-    return out
+  decode_fns = tool_decoding._decode_fns
 
-  tool_decoding._segment_fn = timed_segment_fn
-  tool_decoding._marker_tokens = scan
-  if hasattr(tool_decoding, 'run_calls'):
-    tool_decoding.run_calls = timed(tool_decoding.run_calls, 'calls_s')
-  elif hasattr(tool_decoding, '_POOL'):
-    pool = tool_decoding._POOL
+  def timed_decode_fns(*args, **named):
+    fns = decode_fns(*args, **named)  # still cached by tool_decoding: nothing compiles again
+    resume = timed(fns.resume, 'decode_s', ready=True)
 
-    class TimedPool:
-      def map(self, fn, items):
-        return timed(lambda: list(pool.map(fn, items)), 'calls_s')()
+    def counted_resume(*args, **named):
+      progress = resume(*args, **named)
+      PROBE.decodes += 1
+      PROBE.steps = int(progress.index)
+      paused = np.asarray(progress.paused)
+      if paused.any():
+        PROBE.paused_at.append((PROBE.steps, int(paused.sum())))
+      return progress
 
-    tool_decoding._POOL = TimedPool()
-  return marker_tokens
+    return fns._replace(
+      encode=timed(fns.encode, 'encode_s', ready=True),
+      begin=timed(fns.begin, 'begin_s', ready=True),
+      resume=counted_resume,
+    )
+
+  tool_decoding._decode_fns = timed_decode_fns
+  tool_decoding.run_calls = timed(tool_decoding.run_calls, 'calls_s')
+  if hasattr(tool_decoding, '_marker_tokens'):
+    tool_decoding._marker_tokens = timed(tool_decoding._marker_tokens, 'scan_s')
 
 
 # Decoding with and without tools.
@@ -246,7 +241,7 @@ def bench_decoding(args, vocabulary, tools: dict) -> dict:
   max_length = -(-(max(row_tokens) + 1) // 16) * 16
   model, params = model_and_params(args.size, max_length)
   inference.step_functions = script_steps(rows, max_length)
-  marker_tokens = instrument()
+  instrument()
   inputs = np.random.default_rng(0).integers(3, 32000, (BATCH, INPUTS), dtype=np.int32)
   predict = jax.jit(lambda p, x: inference.predict_batch(model, p, x, max_length)[0])
   calls_on = tool_decoding.ToolUse({args.call_tool: tools[args.call_tool]})
@@ -257,33 +252,15 @@ def bench_decoding(args, vocabulary, tools: dict) -> dict:
       model, params, inputs, vocabulary, max_length, use
     )
 
-  cache = {}  # one for all the calls of the way
-
-  def memoised_scan():
-    def scan(vocab, use):
-      key = (id(vocab), use.syntax)
-      if key not in cache:
-        cache[key] = marker_tokens(vocab, use)
-      PROBE.scanned_at = time.perf_counter()
-      return cache[key]
-
-    saved = tool_decoding._marker_tokens
-    tool_decoding._marker_tokens = scan
-    try:
-      return with_tools(calls_on)()
-    finally:
-      tool_decoding._marker_tokens = saved
-
   ways = {
     'without tools (predict_batch, jit)': lambda: np.asarray(predict(params, inputs))[:, 0],
     'tool path, calls off (max_calls=0)': with_tools(calls_off),
     'with tools, every row calls once': with_tools(calls_on),
-    'with tools, vocabulary scan memoised (bench-side, illustration)': memoised_scan,
   }
   results = {name: {'times': [], 'probes': []} for name in ways}
   for timed in (False,) + (True,) * args.repeats:
     for name, way in ways.items():
-      PROBE.reset()
+      PROBE.__init__()
       start = time.perf_counter()
       out = way()
       seconds = time.perf_counter() - start
@@ -293,14 +270,13 @@ def bench_decoding(args, vocabulary, tools: dict) -> dict:
         results[name]['probes'].append(dataclasses.replace(PROBE))
       else:
         results[name]['first_s'] = seconds
-  encoder = eager_encoder_seconds(model, params, inputs)
+        results[name]['first_probe'] = dataclasses.replace(PROBE)
   return {
     'results': results,
     'row_tokens': row_tokens,
     'call_at': [len(before) for before, _, _ in rows],
     'result_tokens': [len(suffix) for _, suffix, _ in rows],
     'max_length': max_length,
-    'encoder': encoder,
   }
 
 
@@ -318,25 +294,6 @@ def check(name: str, out, expected: list[list[int]], tool: str) -> None:
     raise SystemExit(f'{name}: decoded {got[0]}, the script is {expected[0]}')
 
 
-def eager_encoder_seconds(model, params, inputs) -> dict:
-  """The encoder as decode_with_tools runs it (outside jit) and jitted, median of 5."""
-
-  def encode(p, x):
-    return model.module.apply({'params': p}, x, None, False, None, None, method=model.module.encode)
-
-  jitted = jax.jit(encode)
-  out = {}
-  for name, fn in (('eager', encode), ('jit', jitted)):
-    jax.block_until_ready(fn(params, inputs))
-    times = []
-    for _ in range(5):
-      start = time.perf_counter()
-      jax.block_until_ready(fn(params, inputs))
-      times.append(time.perf_counter() - start)
-    out[name] = float(np.median(times))
-  return out
-
-
 def report_decoding(args, measured: dict) -> None:
   results, tokens = measured['results'], sum(measured['row_tokens'])
   print(
@@ -348,43 +305,42 @@ def report_decoding(args, measured: dict) -> None:
     '(time without tools / time of the way) in the same round\n'
   )
   print(
-    '| way | s / batch (min-max) | first call s | tokens/s | x without tools | segments | decoder steps '
-    '| in jitted segments s | outside them s (share) | vocabulary scan s | encoder + set-up s '
-    '| tool calls s | rest s |'
+    '| way | s / batch (min-max) | first call s | tokens/s | x without tools | decodes '
+    '| decoder steps | in jitted decodes s | outside them s (share) | encoder s | begin s '
+    '| tool calls s | vocabulary scan s | rest s |'
   )
-  print('|---|---|---|---|---|---|---|---|---|---|---|---|---|')
+  print('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|')
   baseline = next(iter(results.values()))['times']
   paired = lambda times: float(np.median(np.array(baseline) / np.array(times)))
+  med = lambda values: float(np.median(list(values)))
   for name, r in results.items():
-    seconds = float(np.median(r['times']))
-    probes = r['probes']
-    med = lambda values: float(np.median(list(values)))
+    seconds, probes = med(r['times']), r['probes']
     field = lambda name: med(getattr(p, name) for p in probes)
-    pieces = ('marker_s', 'encoder_s', 'calls_s')
-    outside = med(t - p.segment_s for t, p in zip(r['times'], probes))
-    rest = med(
-      t - p.segment_s - sum(getattr(p, f) for f in pieces) for t, p in zip(r['times'], probes)
-    )
     row = f'| {name} | {seconds:.3f} ({min(r["times"]):.2f}-{max(r["times"]):.2f}) | '
     row += f'{r["first_s"]:.2f} | {tokens / seconds:.0f} | {paired(r["times"]):.2f} | '
-    if probes[0].segments:
+    if probes[0].decodes:
+      pieces = ('encode_s', 'begin_s', 'calls_s', 'scan_s')
+      outside = [t - p.decode_s for t, p in zip(r['times'], probes)]
+      rest = [o - sum(getattr(p, f) for f in pieces) for o, p in zip(outside, probes)]
       row += (
-        f'{probes[0].segments} | {probes[0].steps} | {field("segment_s"):.3f} | '
-        f'{outside:.3f} ({outside / seconds:.0%}) | '
+        f'{probes[0].decodes} | {probes[0].steps} | {field("decode_s"):.3f} | '
+        f'{med(outside):.3f} ({med(outside) / seconds:.0%}) | '
         + ' | '.join(f'{field(f):.3f}' for f in pieces)
-        + f' | {rest:.3f} |'
+        + f' | {med(rest):.3f} |'
       )
     else:
-      row += f'1 jit | {max(measured["row_tokens"])} | - | - | - | - | - | - |'
+      row += f'1 jit | {max(measured["row_tokens"])} | - | - | - | - | - | - | - |'
     print(row)
-  ratios = np.array(baseline) / np.array(results['with tools, every row calls once']['times'])
+  with_tools = results['with tools, every row calls once']
+  ratios = np.array(baseline) / np.array(with_tools['times'])
   cost = 1 - float(np.median(ratios))
+  first = [(name, r['first_probe'].scan_s) for name, r in results.items() if 'first_probe' in r]
   print(
     f'\ncost of the calls: {cost:.0%} of the throughput without tools (rounds: '
     f'{", ".join(f"{1 - x:.0%}" for x in ratios)}; goal: under 30%, '
-    f'{"met" if cost < 0.30 else "NOT met"}); encoder alone: {measured["encoder"]["eager"]:.3f} '
-    f's outside jit, {measured["encoder"]["jit"]:.3f} s jitted (decode_with_tools runs it '
-    f'{"jitted" if hasattr(tool_decoding, "_encode_fn") else "outside jit"})'
+    f'{"met" if cost < 0.30 else "NOT met"}); pauses with tools (position, rows that stopped): '
+    f'{with_tools["probes"][0].paused_at}; vocabulary scan in the untimed first calls: '
+    + ', '.join(f'{name} {s:.3f} s' for name, s in first if s)
   )
 
 
