@@ -274,7 +274,8 @@ def _decode_fns(model, config: inference.DecodeConfig, max_length: int, top_k: i
     state, _ = steps(params, encoded, encoder_tokens, prompt_mask)
     return decoding.begin(state, encoded.shape[0], max_length, jax.random.PRNGKey(seed))
 
-  @jax.jit
+  # The progress (its cache) is donated: a resume updates it in place, not in a copy.
+  @functools.partial(jax.jit, donate_argnames='progress')
   def resume(params, encoded, encoder_tokens, prompt_mask, progress, **steering):
     _, step_fn = steps(params, encoded, encoder_tokens, prompt_mask)  # the cache: progress's
     temperature = 0.0 if config.method == 'greedy' else config.temperature
