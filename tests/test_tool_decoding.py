@@ -137,7 +137,7 @@ def test_steering_forces_tokens_pauses_on_a_stop_resumes_and_triggers_the_call_s
   assert tokens.tolist() == [[7, 7, 7], [5, 5, 5]]
 
 
-def test_infer_sh_with_tools_records_each_call(monkeypatch, prompt_run, tmp_path):
+def test_infer_sh_with_tools_records_each_call(monkeypatch, prompt_run, tmp_path, capsys):
   """infer.sh's TOOLS on a trained run, its decoder scripted to write a call."""
   from tests.test_infer import _read
   from tests.test_infer import infer_in_process
@@ -156,6 +156,9 @@ def test_infer_sh_with_tools_records_each_call(monkeypatch, prompt_run, tmp_path
   assert [l['prediction'] for l in lines] == ['Sum: [Calculator(2+3) -> 5] done'] * 2
   assert lines[0]['prediction_without_calls'] == 'Sum: done'
   assert [c['text'] for c in lines[0]['calls']] == ['5'] and lines[0]['calls'][0]['error'] is None
+  assert 'tool use (2 inputs decoded now): 1.00 calls/example, Calculator 100.0% of' in (
+    capsys.readouterr().out
+  )
 
 
 @pytest.mark.parametrize(

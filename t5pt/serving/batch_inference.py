@@ -49,7 +49,9 @@ from t5pt.serving import inference
 from t5pt.serving import prompt_bank
 from t5pt.serving import run_tool
 from t5pt.serving import tool_decoding
+from t5pt.tools import base
 from t5pt.tools import registry
+from t5pt.tools import statistics
 from t5pt.tools import syntax as syntax_lib
 
 
@@ -399,6 +401,7 @@ def infer(
     disable=not progress_bar or not distributed.is_writer(),
     dynamic_ncols=True,
   )
+  calls = []  # with TOOLS: each line's calls, for the summary
   for chunk in range(start_chunk, num_chunks):
     examples = source.examples[chunk * chunk_size : (chunk + 1) * chunk_size]
     lines = []
@@ -407,9 +410,13 @@ def infer(
       lines += served.lines(batch, source.vocabulary)
       bar.update(len(batch))
     output.write_chunk(chunk, lines)
+    calls += [[base.CallResult(**c) for c in line['calls']] for line in lines if use]
   bar.close()
   output.finish(num_chunks)
   _say(f'{len(source.examples)} predictions -> {output.final_path}')
+  if calls:
+    used = statistics.describe(statistics.tool_use(calls, use.tools))
+    _say(f'tool use ({len(calls)} inputs decoded now): {used}')
   return output.final_path
 
 
