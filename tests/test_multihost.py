@@ -1,5 +1,7 @@
 """Two processes on localhost as two hosts (jax.distributed over gloo, t5x's flags):
-preempted together, resumed, and equal to one process with the same global batch."""
+preempted together, resumed, and equal to one process with the same global batch; infer,
+eval and an ensemble on two hosts equal to one process. The tests read one module
+fixture's runs."""
 
 import json
 import os
@@ -7,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
@@ -54,12 +57,11 @@ def _start_two(module: str, *args: str, env: dict | None = None) -> list[subproc
   ]
 
 
-def _finish(procs, quiet: bool = True) -> list[str]:
-  """Each process's stdout and stderr; with `quiet`, none holds gloo's connection line."""
+def _finish(procs) -> list[str]:
+  """Each process's stdout and stderr, once all have exited 0."""
   outputs = [p.communicate(timeout=600)[0] for p in procs]
   for proc, out in zip(procs, outputs):
     assert proc.returncode == 0, out[-3000:]
-    assert not quiet or '[Gloo]' not in out, out[-3000:]
   return outputs
 
 
@@ -78,23 +80,75 @@ def _metrics(path) -> list[dict]:
     return [json.loads(l) for l in f]
 
 
-def test_gloo_connection_lines_stay_off_the_quiet_terminal(tmp_path):
+@pytest.fixture(scope='module')
+def runs(base_checkpoint, tmp_path_factory) -> types.SimpleNamespace:
+  """The runs every test here reads, made once (each start of a process costs seconds of
+  imports): two hosts train, one of them gets SIGTERM, and a rerun on two hosts finishes
+  the run; one process trains the same steps straight; then infer, eval and a prompt
+  ensemble on two hosts and (infer) in one process. The two-host eval runs with
+  T5PT_VERBOSE=1; every other run is quiet. `outputs` maps each two-host run to its
+  processes' stdout and stderr."""
+  tmp = tmp_path_factory.mktemp('multihost')
+  two, one = tmp / 'two', tmp / 'one'
+  outputs = {}
+  procs = _start_two('t5pt.train', *_train_args(two, base_checkpoint, 400))
+  deadline = time.time() + 300
+  while not (two / 'checkpoint_10').is_dir():
+    assert all(p.poll() is None for p in procs) and time.time() < deadline
+    time.sleep(0.05)
+  # The notice reaches one host; JAX's preemption sync point stops both at one step.
+  procs[1].send_signal(signal.SIGTERM)
+  outputs['preempted'] = _finish(procs)
+  (line,) = [
+    l
+    for l in outputs['preempted'][0].splitlines()
+    if l.startswith('Stopped by SIGTERM after step ')
+  ]
+  stopped = int(line.split()[5].rstrip(':'))
+
+  # The rerun on two hosts finishes a shorter run; one process trains it straight.
+  finish = stopped + 10
+  outputs['resumed'] = _finish(_start_two('t5pt.train', *_train_args(two, base_checkpoint, finish)))
+  single = run_module('t5pt.train', *_train_args(one, base_checkpoint, finish))
+  assert single.returncode == 0, single.stderr[-3000:]
+
+  args = [f"--gin.CHECKPOINT_PATH='{two}'", '--gin.BATCH_SIZE=8']
+  outputs['infer'] = _finish(
+    _start_two('t5pt.infer', *args, f"--gin.INFER_OUTPUT_DIR='{tmp / 'infer2'}'")
+  )
+  single = run_module('t5pt.infer', *args, f"--gin.INFER_OUTPUT_DIR='{tmp / 'infer1'}'")
+  assert single.returncode == 0, single.stderr[-3000:]
+  outputs['eval (verbose)'] = _finish(
+    _start_two(
+      't5pt.eval',
+      *args,
+      f"--gin.EVAL_OUTPUT_DIR='{tmp / 'eval2'}'",
+      env={logs.VERBOSE_ENV: '1'},
+    )
+  )
+
+  # A prompt ensemble of the two runs (one base).
+  ensemble = [f"--gin.ENSEMBLE=['{one}', '{two}']", "--gin.ENSEMBLE_METHOD='score'", *args[1:]]
+  outputs['ensemble'] = _finish(
+    _start_two('t5pt.infer', *ensemble, f"--gin.INFER_OUTPUT_DIR='{tmp / 'ens2'}'")
+  )
+  single = run_module('t5pt.infer', *ensemble, f"--gin.INFER_OUTPUT_DIR='{tmp / 'ens1'}'")
+  assert single.returncode == 0, single.stderr[-3000:]
+  return types.SimpleNamespace(
+    dir=tmp, two=two, one=one, stopped=stopped, finish=finish, outputs=outputs
+  )
+
+
+def test_gloo_connection_lines_stay_off_the_quiet_terminal(runs):
   """gloo prints '[Gloo] Rank 0 is connected to 1 peer ranks...' from C++ on stdout when
   the processes first meet (logs.NativeStdoutFilter); T5PT_VERBOSE=1 shows it."""
-  args = [
-    '--gin_file=gin/t5_1_1_tiny_prompt.gin',
-    '--gin.TRAIN_STEPS=1',
-    '--gin.BATCH_SIZE=4',
-    '--gin.INFER_EVAL=False',
-  ]
-  verbose = _finish(
-    _start_two(
-      't5pt.train', *args, f"--gin.MODEL_DIR='{tmp_path}/verbose'", env={logs.VERBOSE_ENV: '1'}
-    ),
-    quiet=False,
-  )
-  assert all('[Gloo] Rank' in out for out in verbose)  # What the filter has to drop.
-  # The quiet runs: every other test here (_finish finds no [Gloo] line in their output).
+  for name, outputs in runs.outputs.items():
+    for out in outputs:
+      if name == 'eval (verbose)':
+        assert '[Gloo] Rank' in out, out[-3000:]  # What the filter has to drop.
+      else:
+        assert '[Gloo]' not in out, f'{name}: {out[-3000:]}'
+  assert 'mesh: data=2 x model=1' in runs.outputs['resumed'][0]  # Its own stdout still shows.
 
 
 def test_stdout_filter_drops_whole_gloo_lines_only():
@@ -107,26 +161,10 @@ def test_stdout_filter_drops_whole_gloo_lines_only():
   assert f.filter(b' [Gloo] in a line\n[Glow\n') == b' [Gloo] in a line\n[Glow\n'
 
 
-def test_two_hosts_preempted_and_resumed_train_like_one(tmp_path, base_checkpoint):
-  two, one = tmp_path / 'two', tmp_path / 'one'
-  procs = _start_two('t5pt.train', *_train_args(two, base_checkpoint, 400))
-  deadline = time.time() + 300
-  while not (two / 'checkpoint_10').is_dir():
-    assert all(p.poll() is None for p in procs) and time.time() < deadline
-    time.sleep(0.05)
-  # The notice reaches one host; JAX's preemption sync point stops both at one step.
-  procs[1].send_signal(signal.SIGTERM)
-  out = _finish(procs)
-  (line,) = [l for l in out[0].splitlines() if l.startswith('Stopped by SIGTERM after step ')]
-  stopped = int(line.split()[5].rstrip(':'))
+def test_two_hosts_preempted_and_resumed_train_like_one(runs):
+  two, one, stopped, finish = runs.two, runs.one, runs.stopped, runs.finish
   assert 10 <= stopped < 400 and (two / f'checkpoint_{stopped}').is_dir()
-  assert 'Stopped by' not in out[1], 'process 1 prints nothing of its own'
-
-  # The rerun on two hosts finishes a shorter run; one process trains it straight.
-  finish = stopped + 10
-  _finish(_start_two('t5pt.train', *_train_args(two, base_checkpoint, finish)))
-  single = run_module('t5pt.train', *_train_args(one, base_checkpoint, finish))
-  assert single.returncode == 0, single.stderr[-3000:]
+  assert 'Stopped by' not in runs.outputs['preempted'][1], 'process 1 prints nothing of its own'
 
   def prompt(run):
     flat = opening.open_base(str(run / f'checkpoint_{finish}')).read_all()
@@ -148,28 +186,23 @@ def test_two_hosts_preempted_and_resumed_train_like_one(tmp_path, base_checkpoin
   # after 39 steps), where a wrong split of the batch moves values by 0.1 and more.
   np.testing.assert_allclose(prompt(two), prompt(one), atol=1e-2, err_msg=f'{finish} steps')
 
-  # infer on two hosts writes what one process writes; eval on two hosts scores it.
-  args = [f"--gin.CHECKPOINT_PATH='{two}'", '--gin.BATCH_SIZE=8']
-  _finish(_start_two('t5pt.infer', *args, f"--gin.INFER_OUTPUT_DIR='{tmp_path / 'infer2'}'"))
-  single = run_module('t5pt.infer', *args, f"--gin.INFER_OUTPUT_DIR='{tmp_path / 'infer1'}'")
-  assert single.returncode == 0, single.stderr[-3000:]
-  name = 'synthetic_heldout_max-validation.jsonl'
-  decoded = (tmp_path / 'infer2' / name).read_text()
-  assert decoded == (tmp_path / 'infer1' / name).read_text()
+
+NAME = 'synthetic_heldout_max-validation.jsonl'
+
+
+def test_infer_on_two_hosts_writes_what_one_process_writes_and_eval_scores_it(runs):
+  decoded = (runs.dir / 'infer2' / NAME).read_text()
+  assert decoded == (runs.dir / 'infer1' / NAME).read_text()
   predictions = [json.loads(l) for l in decoded.splitlines()]
   assert len(predictions) == 512
-  _finish(_start_two('t5pt.eval', *args, f"--gin.EVAL_OUTPUT_DIR='{tmp_path / 'eval2'}'"))
-  (metrics,) = _metrics(tmp_path / 'eval2' / 'synthetic_heldout_max-metrics.jsonl')
+  (metrics,) = _metrics(runs.dir / 'eval2' / 'synthetic_heldout_max-metrics.jsonl')
   right = sum(p['prediction'] == p['targets'] for p in predictions)
   assert metrics['sequence_accuracy'] == pytest.approx(100 * right / 512)
 
-  # A prompt ensemble of the two runs (one base): decoded and ranked on two hosts, it
-  # writes what one process writes.
-  ensemble = [f"--gin.ENSEMBLE=['{one}', '{two}']", "--gin.ENSEMBLE_METHOD='score'", *args[1:]]
-  _finish(_start_two('t5pt.infer', *ensemble, f"--gin.INFER_OUTPUT_DIR='{tmp_path / 'ens2'}'"))
-  single = run_module('t5pt.infer', *ensemble, f"--gin.INFER_OUTPUT_DIR='{tmp_path / 'ens1'}'")
-  assert single.returncode == 0, single.stderr[-3000:]
-  hosts, alone = ([json.loads(l) for l in open(tmp_path / d / name)] for d in ('ens2', 'ens1'))
+
+def test_prompt_ensemble_on_two_hosts_writes_what_one_process_writes(runs):
+  """Decoded and ranked on two hosts, the ensemble of the two runs (one base)."""
+  hosts, alone = ([json.loads(l) for l in open(runs.dir / d / NAME)] for d in ('ens2', 'ens1'))
   assert len(hosts) == 512 and all(set(l['members']) == {'one', 'two'} for l in hosts)
   assert [l['prediction'] for l in hosts] == [l['prediction'] for l in alone]
   # Rows split over two hosts' devices run other matrix shapes: float32 roundings.
