@@ -238,7 +238,7 @@ def test_on_two_hosts_process_0_runs_the_calls_and_both_force_its_results():
   from tests.test_multihost import _finish
   from tests.test_multihost import _start_two
 
-  outputs = _finish(_start_two('tests.two_hosts_tool_calls'), quiet=False)
+  outputs = _finish(_start_two('tests.two_hosts_tool_calls'))
   decoded = [json.loads(out.strip().splitlines()[-1]) for out in outputs]
   assert decoded[0] == decoded[1]
   (text, results), plain = decoded[0]
