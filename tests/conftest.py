@@ -87,10 +87,11 @@ for module, args in json.loads(sys.argv[1]):
   out, status = io.StringIO(), 0
   try:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+      main = importlib.import_module(module).main  # Defines the module's own flags.
       flags.FLAGS.unparse_flags()
       flags.FLAGS(gin_utils.rewrite_gin_args([module, *args]))
       gin.clear_config()
-      importlib.import_module(module).main([module])
+      main([module])
   except SystemExit as e:
     status = e.code if isinstance(e.code, int) else 1
   except BaseException:
@@ -107,8 +108,8 @@ with open(sys.argv[2], 'w') as f:
 def run_in_one_process(
   commands: list[tuple[str, list[str]]], env: dict | None = None, timeout: int = 1200
 ) -> list[subprocess.CompletedProcess]:
-  """Runs the command lines `(module, args)` of t5pt.train, t5pt.infer or t5pt.eval one
-  after another in one new process, each through its module's main() as `python -m module
+  """Runs the command lines `(module, args)` of t5pt.train, t5pt.infer, t5pt.eval or
+  t5pt.plan one after another in one new process, each through its module's main() as `python -m module
   args` runs it, and returns what each `run_module` would: a command's exit status, and
   its interleaved output in both stdout and stderr. One process saves the seconds a start
   takes (Python, TensorFlow, JAX, the first dataset) for every command after the first."""
