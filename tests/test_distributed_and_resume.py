@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from t5pt.checkpoints import opening
-from tests.conftest import REPO, run_in_one_process, run_module
+from tests.conftest import REPO, run_in_one_process
 
 pytestmark = pytest.mark.slow
 
@@ -148,9 +148,6 @@ def test_sigterm_then_sigkill_then_rerun_gives_the_uninterrupted_prompt(tmp_path
     '--gin.LOG_PERIOD=20',
     '--gin.INFER_EVAL=False',
   ]
-  straight = run_module('t5pt.train', *_args(tmp_path / 'straight', base_checkpoint, *common))
-  assert straight.returncode == 0, straight.stderr[-3000:]
-
   # A preemption notice: the step in flight finishes, is saved, and the run exits 0.
   stopped_dir = tmp_path / 'stopped'
   proc = _start(stopped_dir, base_checkpoint, common)
@@ -169,9 +166,16 @@ def test_sigterm_then_sigkill_then_rerun_gives_the_uninterrupted_prompt(tmp_path
   assert proc.wait() == -signal.SIGKILL
   assert not (stopped_dir / 'checkpoint_120').exists()
 
-  resumed = run_module('t5pt.train', *_args(stopped_dir, base_checkpoint, *common))
+  # The rerun, then (in the same process, run_in_one_process) the run never interrupted.
+  resumed, straight = run_in_one_process(
+    [
+      ('t5pt.train', _args(stopped_dir, base_checkpoint, *common)),
+      ('t5pt.train', _args(tmp_path / 'straight', base_checkpoint, *common)),
+    ]
+  )
   assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert 'Resuming' in resumed.stdout + resumed.stderr
+  assert straight.returncode == 0, straight.stderr[-3000:]
+  assert 'Resuming' in resumed.stdout
   np.testing.assert_array_equal(_prompt(stopped_dir, 120), _prompt(tmp_path / 'straight', 120))
   with open(stopped_dir / 'metrics.jsonl') as f:
     logged = [(l['split'], l['step']) for l in map(json.loads, f)]
