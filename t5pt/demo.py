@@ -9,10 +9,8 @@ must learn to stand in for one. Both stages are ordinary `t5pt.train` runs of th
 files in gin/demo/ and gin/t5_1_1_tiny_prompt.gin; the demo only chains them.
 """
 
-import functools
 import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import flags
@@ -67,15 +65,12 @@ def _show_predictions(prompt_dir: str, count: int) -> None:
   tokens = np.zeros((count, input_length), np.int32)
   for i, ex in enumerate(examples):
     tokens[i, : len(ex['tokens'])] = ex['tokens']
-  # Compiled whole, as infer and eval decode (op by op it takes ~10 s on a CPU).
-  predict = jax.jit(
-    functools.partial(
-      inference.predict_batch,
-      models.EncoderDecoderModel(loaded.config),
-      max_length=lengths['targets'],
-    )
+  decoded, _ = inference.predict_batch(
+    models.EncoderDecoderModel(loaded.config),
+    loaded.params,
+    jnp.asarray(tokens),
+    lengths['targets'],
   )
-  decoded, _ = predict(loaded.params, jnp.asarray(tokens))
   print(f'\nGreedy decodes of the first {count} held-out examples (base + prompt):')
   for ex, row in zip(examples, np.asarray(decoded)[:, 0]):
     prediction = source.vocabulary.decode([int(t) for t in row])

@@ -5,7 +5,6 @@ time. Every process of one test run, workers and the entry points they start, sh
 persistent JAX compilation cache, and the session's trained base and prompt are made once
 for all workers."""
 
-import json
 import os
 import shutil
 import subprocess
@@ -73,63 +72,6 @@ def run_module(
     text=True,
     timeout=timeout,
   )
-
-
-_IN_ONE_PROCESS = """
-import contextlib, importlib, io, json, sys, traceback
-from absl import flags
-import gin
-from t5pt.runtime import gin_utils
-
-gin_utils.define_flags()
-results = []
-for module, args in json.loads(sys.argv[1]):
-  out, status = io.StringIO(), 0
-  try:
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-      main = importlib.import_module(module).main  # Defines the module's own flags.
-      flags.FLAGS.unparse_flags()
-      flags.FLAGS(gin_utils.rewrite_gin_args([module, *args]))
-      gin.clear_config()
-      main([module])
-  except SystemExit as e:
-    status = e.code if isinstance(e.code, int) else 1
-  except BaseException:
-    out.write(traceback.format_exc())
-    status = 1
-  finally:
-    gin.clear_config()
-  results.append([status, out.getvalue()])
-with open(sys.argv[2], 'w') as f:
-  json.dump(results, f)
-"""
-
-
-def run_in_one_process(
-  commands: list[tuple[str, list[str]]], env: dict | None = None, timeout: int = 1200
-) -> list[subprocess.CompletedProcess]:
-  """Runs the command lines `(module, args)` of t5pt.train, t5pt.infer, t5pt.eval or
-  t5pt.plan one after another in one new process, each through its module's main() as `python -m module
-  args` runs it, and returns what each `run_module` would: a command's exit status, and
-  its interleaved output in both stdout and stderr. One process saves the seconds a start
-  takes (Python, TensorFlow, JAX, the first dataset) for every command after the first."""
-  with tempfile.TemporaryDirectory() as tmp:
-    report = os.path.join(tmp, 'results.json')
-    process = subprocess.run(
-      [sys.executable, '-c', _IN_ONE_PROCESS, json.dumps(commands), report],
-      cwd=REPO,
-      env={**os.environ, 'PYTHONPATH': REPO, **(env or {})},
-      capture_output=True,
-      text=True,
-      timeout=timeout,
-    )
-    assert process.returncode == 0 and os.path.exists(report), process.stderr[-3000:]
-    with open(report) as f:
-      results = json.load(f)
-  return [
-    subprocess.CompletedProcess([module, *args], status, output, output)
-    for (module, args), (status, output) in zip(commands, results)
-  ]
 
 
 def pytest_configure(config):

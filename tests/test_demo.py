@@ -11,7 +11,7 @@ def test_demo_trains_a_base_then_a_prompt_and_reports_both_accuracies(tmp_path):
   result = run_module(
     't5pt.demo',
     f'--run_dir={tmp_path}',
-    '--base_train_steps=10',
+    '--base_train_steps=30',
     '--prompt_train_steps=20',
     env={'T5PT_VERBOSE': '0'},
   )
@@ -22,7 +22,7 @@ def test_demo_trains_a_base_then_a_prompt_and_reports_both_accuracies(tmp_path):
   assert 'Greedy decodes of the first 6 held-out examples' in out
   assert len([l for l in out.splitlines() if l.endswith((' ok', ' wrong'))]) == 6
   assert f'Run directory: {tmp_path}' in out
-  assert (tmp_path / 'base' / 'checkpoint_10').exists()
+  assert (tmp_path / 'base' / 'checkpoint_30').exists()
   assert (tmp_path / 'prompt' / 'checkpoint_20').exists()
   library_lines = [
     line for line in (result.stdout + result.stderr).splitlines() if LIBRARY_LINE.search(line)

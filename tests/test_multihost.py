@@ -16,7 +16,7 @@ import pytest
 
 from t5pt.checkpoints import opening
 from t5pt.runtime import logs
-from tests.conftest import REPO, run_in_one_process
+from tests.conftest import REPO, run_module
 from tests.gcs_emulator import free_port
 
 pytestmark = pytest.mark.slow
@@ -84,10 +84,10 @@ def _metrics(path) -> list[dict]:
 def runs(base_checkpoint, tmp_path_factory) -> types.SimpleNamespace:
   """The runs every test here reads, made once (each start of a process costs seconds of
   imports): two hosts train, one of them gets SIGTERM, and a rerun on two hosts finishes
-  the run; one process (run_in_one_process) trains the same steps straight and infers with
-  the run and with a prompt ensemble of both; two hosts do the same infer, an eval and the
-  ensemble. The two-host eval runs with T5PT_VERBOSE=1; every other run is quiet.
-  `outputs` maps each two-host run to its processes' stdout and stderr."""
+  the run; one process trains the same steps straight; then infer, eval and a prompt
+  ensemble on two hosts and (infer) in one process. The two-host eval runs with
+  T5PT_VERBOSE=1; every other run is quiet. `outputs` maps each two-host run to its
+  processes' stdout and stderr."""
   tmp = tmp_path_factory.mktemp('multihost')
   two, one = tmp / 'two', tmp / 'one'
   outputs = {}
@@ -106,26 +106,18 @@ def runs(base_checkpoint, tmp_path_factory) -> types.SimpleNamespace:
   ]
   stopped = int(line.split()[5].rstrip(':'))
 
-  # The rerun on two hosts finishes a shorter run.
+  # The rerun on two hosts finishes a shorter run; one process trains it straight.
   finish = stopped + 10
   outputs['resumed'] = _finish(_start_two('t5pt.train', *_train_args(two, base_checkpoint, finish)))
+  single = run_module('t5pt.train', *_train_args(one, base_checkpoint, finish))
+  assert single.returncode == 0, single.stderr[-3000:]
 
-  # One process trains the same steps straight, then does what two hosts do below: infer
-  # with the run of two hosts and with a prompt ensemble of both runs (one base).
   args = [f"--gin.CHECKPOINT_PATH='{two}'", '--gin.BATCH_SIZE=8']
-  ensemble = [f"--gin.ENSEMBLE=['{one}', '{two}']", "--gin.ENSEMBLE_METHOD='score'", *args[1:]]
-  for single in run_in_one_process(
-    [
-      ('t5pt.train', _train_args(one, base_checkpoint, finish)),
-      ('t5pt.infer', [*args, f"--gin.INFER_OUTPUT_DIR='{tmp / 'infer1'}'"]),
-      ('t5pt.infer', [*ensemble, f"--gin.INFER_OUTPUT_DIR='{tmp / 'ens1'}'"]),
-    ]
-  ):
-    assert single.returncode == 0, single.stderr[-3000:]
-
   outputs['infer'] = _finish(
     _start_two('t5pt.infer', *args, f"--gin.INFER_OUTPUT_DIR='{tmp / 'infer2'}'")
   )
+  single = run_module('t5pt.infer', *args, f"--gin.INFER_OUTPUT_DIR='{tmp / 'infer1'}'")
+  assert single.returncode == 0, single.stderr[-3000:]
   outputs['eval (verbose)'] = _finish(
     _start_two(
       't5pt.eval',
@@ -134,9 +126,14 @@ def runs(base_checkpoint, tmp_path_factory) -> types.SimpleNamespace:
       env={logs.VERBOSE_ENV: '1'},
     )
   )
+
+  # A prompt ensemble of the two runs (one base).
+  ensemble = [f"--gin.ENSEMBLE=['{one}', '{two}']", "--gin.ENSEMBLE_METHOD='score'", *args[1:]]
   outputs['ensemble'] = _finish(
     _start_two('t5pt.infer', *ensemble, f"--gin.INFER_OUTPUT_DIR='{tmp / 'ens2'}'")
   )
+  single = run_module('t5pt.infer', *ensemble, f"--gin.INFER_OUTPUT_DIR='{tmp / 'ens1'}'")
+  assert single.returncode == 0, single.stderr[-3000:]
   return types.SimpleNamespace(
     dir=tmp, two=two, one=one, stopped=stopped, finish=finish, outputs=outputs
   )

@@ -15,7 +15,7 @@ import gin
 from t5pt.runtime import gin_utils
 from t5pt.runtime.errors import UserError
 from t5pt.training import planner as plan
-from tests.conftest import REPO, run_in_one_process, run_module
+from tests.conftest import REPO, run_module
 
 # Public parameter counts of T5 1.1 / Flan-T5 (untied logits).
 PARAMETERS = {
@@ -171,14 +171,13 @@ def test_command_line_plans_shards_and_searches():
     '--gin.network.T5Config.vocab_size=32128',
     '--devices=2',
   )
-  data, model = run_in_one_process(
-    [('t5pt.plan', [*common, '--budget_gb=0.1']), ('t5pt.plan', [*common, '--mesh=1x2'])],
-    env={'JAX_PLATFORMS': 'cpu'},
-  )
+  env = {'JAX_PLATFORMS': 'cpu'}
+  data = run_module('t5pt.plan', *common, '--budget_gb=0.1', env=env)
   assert data.returncode == 0, data.stderr[-3000:]
   assert 'mesh data=2 x model=1' in data.stdout
   assert 'Within 0.1 GB per device:' in data.stdout
   assert 'largest batch: ' in data.stdout
+  model = run_module('t5pt.plan', *common, '--mesh=1x2', env=env)
   assert model.returncode == 0, model.stderr[-3000:]
   assert 'mesh data=1 x model=2' in model.stdout
   replicated = _gigabytes(data.stdout, 'frozen parameters')

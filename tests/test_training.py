@@ -8,8 +8,6 @@ import flax.linen as nn
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from t5pt.checkpoints import opening
 from t5pt.model import models
@@ -17,7 +15,6 @@ from t5pt.model import network
 from t5pt.model import steps
 from t5pt.runtime import partitioning
 from t5pt.training import optimizers
-from t5pt.training import run_setup
 from tests.conftest import TINY as TINY_2_LAYERS
 from tests.conftest import train_in_process
 
@@ -140,18 +137,3 @@ def test_class_label_init_inside_a_run_uses_the_base_embedding(base_checkpoint, 
   a, b, c = (ord(ch) + 3 for ch in 'abc')  # ByteVocabulary: id = byte + 3
   np.testing.assert_allclose(prompt[0], embedding[a], rtol=1e-6)
   np.testing.assert_allclose(prompt[1], (embedding[b] + embedding[c]) / 2, rtol=1e-6)
-
-
-def test_optimizer_moments_start_sharded_like_their_parameters():
-  """Adam's moments start where the train step leaves them, on their parameter's sharding:
-  where XLA places tx.init's zeros (replicated), a model-parallel run held every moment
-  whole on each device and compiled its step a second time at step 2."""
-  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ('data', 'model'))
-  sharded = NamedSharding(mesh, P(None, 'model'))
-  params = {'encoder': {'lora_a': jax.ShapeDtypeStruct((8, 4), np.float32, sharding=sharded)}}
-  tx = optimizers.adamw(peak_learning_rate=1e-3, warmup_steps=1, decay_steps=10).transform
-  state = run_setup.abstract_opt_state(tx, params, mesh)
-  leaves = jax.tree_util.tree_flatten_with_path(state)[0]
-  moments = [leaf for path, leaf in leaves if leaf.shape == (8, 4)]
-  assert len(moments) == 2 and all(m.sharding.spec == P(None, 'model') for m in moments)
-  assert all(leaf.sharding.spec == P() for _, leaf in leaves if leaf.shape == ())

@@ -442,35 +442,17 @@ def initial_state(setup: RunSetup) -> InitialState:
 
 
 def abstract_opt_state(tx, abstract_params, mesh):
-  """The optimizer state's shapes, dtypes and shardings. A leaf shaped like the parameter
-  it is kept for (Adam's moments, an unfactored second moment) is sharded like that
-  parameter, as the train step's output leaves it: XLA places tx.init's zeros without
-  looking at the parameters (replicated), so a state of its choosing would compile the
-  step a second time at step 2 and hold every moment whole on each device until then.
-  Any other leaf goes where XLA places it, replicated over the whole mesh where XLA names
+  """The optimizer state's shapes, dtypes and shardings: each leaf where XLA places it
+  given the parameters' shardings, and replicated over the whole mesh where XLA names
   no mesh (scalars such as the step count, which would otherwise live on one device)."""
-  params = {
-    tuple(k.key for k in path): leaf
-    for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]
-  }
 
-  def on_mesh(path, shape, sharding):
-    keys = []  # The parameter path a leaf is kept under ends the leaf's own path.
-    for k in reversed(path):
-      if not isinstance(k, jax.tree_util.DictKey):
-        break
-      keys.insert(0, k.key)
-    param = params.get(tuple(keys))
-    if param is not None and param.shape == shape.shape and param.sharding is not None:
-      sharding = param.sharding
-    elif not isinstance(sharding, jax.sharding.NamedSharding):
+  def on_mesh(shape, sharding):
+    if not isinstance(sharding, jax.sharding.NamedSharding):
       sharding = partitioning.replicated(mesh)
     return jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=sharding)
 
   compiled = jax.jit(tx.init).lower(abstract_params).compile()
-  return jax.tree_util.tree_map_with_path(
-    on_mesh, jax.eval_shape(tx.init, abstract_params), compiled.output_shardings
-  )
+  return jax.tree.map(on_mesh, jax.eval_shape(tx.init, abstract_params), compiled.output_shardings)
 
 
 def _rngs(seed: int) -> dict[str, jax.Array]:
